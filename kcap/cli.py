@@ -1,0 +1,152 @@
+"""The `kcap` command line: data → train → caption → evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import kcap
+
+
+def _bool_flag(parser, name: str, help: str) -> None:
+    parser.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction, default=None, help=help)
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from kcap.training.config import TrainConfig
+
+    d = TrainConfig(data="")
+    p.add_argument("--data", required=True, help="'synthetic' (the embedded set) or a caption file / folder")
+    p.add_argument("--run-dir", required=True, help="where checkpoints, logs and the vocabulary go; re-use it to resume")
+    p.add_argument("--images", default=None, help="images folder (default: Images/ or images/ beside the caption file)")
+    p.add_argument("--format", default="auto", choices=["auto", "csv"], help="caption file format")
+    p.add_argument("--synthetic-images", type=int, default=d.synthetic_images, help="images in the synthetic set")
+    p.add_argument("--synthetic-image-size", type=int, default=d.synthetic_image_size, help="side of synthetic images (64-128)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="images for validation, without split lists")
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction, help="images for test, without split lists")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument("--embedding-dim", type=int, default=d.embedding_dim)
+    p.add_argument("--units", type=int, default=d.units, help="GRU and attention units")
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="keep this many most frequent words")
+    p.add_argument("--max-length", type=int, default=None, help="cap on caption words (default: longest training caption)")
+    p.add_argument("--backbone", default=None, help="backbone name (default: small_cnn for synthetic data, inception_v3 otherwise)")
+    p.add_argument("--backbone-weights", default=None, help="imagenet | none | PATH (default: imagenet where available)")
+    p.add_argument("--image-size", type=int, default=None, help="side the backbone is fed (default: the backbone's own)")
+    p.add_argument("--preprocessing", default=None, choices=["none", "scale", "tf", "torch", "caffe"], help="default: the backbone's own")
+    _bool_flag(p, "train-backbone", "train the backbone's weights (default: only when it starts from random weights)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="random horizontal flips (contradicts 'left'/'right' captions)")
+    p.add_argument("--zoom", type=float, default=None, help="random zoom-in crop, fraction (default 0.05 synthetic / 0.1 real)")
+    p.add_argument("--translate", type=float, default=None, help="random shift, fraction (default 0.05 synthetic / 0 real)")
+    p.add_argument("--brightness", type=float, default=None, help="random brightness change, fraction (default 0.1)")
+    p.add_argument("--clipnorm", type=float, default=None, help="clip gradients to this global norm")
+
+
+def _train_config(args: argparse.Namespace):
+    from kcap.training.config import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from kcap.training.trainer import train
+
+    history = train(_train_config(args), args.run_dir, verbose=args.verbose)
+    last = history["epochs"][-1] if history["epochs"] else {}
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "epoch")
+    print(f"Trained {len(history['epochs'])} epochs ({summary}). Run directory: {args.run_dir}")
+    return 0
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    from kcap.inference import load_run
+
+    trained = load_run(args.run_dir, args.checkpoint)
+    for result in trained.caption_files(args.images, batch_size=args.batch_size):
+        print(f"{result['image']}\t{result['caption']}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from kcap.evaluation.evaluate import evaluate_run
+
+    report = evaluate_run(args.run_dir, args.split, args.batch_size, args.checkpoint)
+    base = report["baseline"]
+    print(f"{args.split}: {report['num_images']} images, {report['distinct_captions']} distinct captions")
+    for n in range(1, 5):
+        print(f"  BLEU-{n}: {report[f'bleu{n}']:.4f}   (image-blind baseline {base[f'bleu{n}']:.4f})")
+    for item in report["captions"][: args.show]:
+        print(f"  {item['image']}\n    kcap:      {item['caption']}\n    reference: {item['references'][0]}")
+    print(f"Wrote {args.run_dir}/eval_{args.split}.json")
+    return 0
+
+
+def cmd_data_synthetic(args: argparse.Namespace) -> int:
+    from kcap.data.synthetic import write_synthetic_dataset
+
+    path = write_synthetic_dataset(args.output, args.num_images, args.seed, args.image_size)
+    print(f"Wrote {args.num_images} images and their captions to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kcap", description=kcap.__doc__)
+    parser.add_argument("--version", action="version", version=f"kcap {kcap.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a captioner (re-run to resume)")
+    _add_train_arguments(p)
+    p.add_argument("--verbose", "-v", type=int, default=None, help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("caption", help="caption image files with a trained run")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("evaluate", help="score a trained run on a split (BLEU-1..4)")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--show", type=int, default=3, help="print this many example captions")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("data", help="data sets: generate the synthetic set")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    q = data_sub.add_parser("synthetic", help="write the embedded synthetic set to disk")
+    q.add_argument("--output", required=True, help="folder for images/ and captions.csv")
+    q.add_argument("--num-images", type=int, default=3000)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--image-size", type=int, default=96)
+    q.set_defaults(func=cmd_data_synthetic)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "verbose", 0) is None:
+        args.verbose = "auto"
+    logging.basicConfig(level=logging.INFO, format="kcap: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, OSError, RuntimeError) as error:
+        if os.environ.get("KCAP_DEBUG"):
+            raise
+        print(f"kcap {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

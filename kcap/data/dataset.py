@@ -1,0 +1,65 @@
+"""The one in-memory form every caption format is read into."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class CaptionedImage:
+    """One image and all of its reference captions."""
+
+    path: Path
+    captions: list[str]
+    split: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclasses.dataclass
+class CaptionDataset:
+    """Images with captions, as read from any supported caption file.
+
+    `images` keeps the order of the caption file; `split` is `None` until a
+    split list or `kcap.data.splits.assign_splits` sets it.
+    """
+
+    images: list[CaptionedImage]
+    images_dir: Path
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __iter__(self) -> Iterator[CaptionedImage]:
+        return iter(self.images)
+
+    @property
+    def num_captions(self) -> int:
+        return sum(len(image.captions) for image in self.images)
+
+    def subset(self, split: str) -> list[CaptionedImage]:
+        return [image for image in self.images if image.split == split]
+
+    def split_sizes(self) -> dict[str, int]:
+        return {split: len(self.subset(split)) for split in SPLITS}
+
+    def to_manifest(self, splits: Sequence[str] = SPLITS) -> dict:
+        """JSON-able listing of every image and its captions, by split."""
+        return {
+            "source": self.source,
+            "images_dir": str(self.images_dir),
+            "splits": {
+                split: [
+                    {"image": str(image.path), "captions": list(image.captions)}
+                    for image in self.subset(split)
+                ]
+                for split in splits
+            },
+        }

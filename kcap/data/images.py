@@ -1,0 +1,23 @@
+"""Reading and decoding image files in TensorFlow."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+
+def decode_image(data: tf.Tensor, image_size: Sequence[int]) -> tf.Tensor:
+    """Encoded bytes (JPEG, PNG, GIF, BMP) → uint8 (height, width, 3) at `image_size`.
+
+    Grayscale becomes RGB and an alpha channel is dropped.
+    """
+    image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def load_image(path: tf.Tensor | str, image_size: Sequence[int]) -> tf.Tensor:
+    """Reads an image file and decodes it as in `decode_image`."""
+    return decode_image(tf.io.read_file(path), image_size)

@@ -1,0 +1,99 @@
+"""The tf.data pipeline: (image, caption) rows → shuffled, batched, prefetched tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from kcap.data.dataset import CaptionedImage
+from kcap.data.images import load_image
+from kcap.text.vocabulary import Vocabulary
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def caption_rows(images: Sequence[CaptionedImage], vocabulary: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
+    """One row per caption: image paths (str) and padded token ids (int32)."""
+    paths, tokens = [], []
+    for image in images:
+        for caption in image.captions:
+            paths.append(str(image.path))
+            tokens.append(vocabulary.encode(caption, pad=True))
+    if not paths:
+        raise ValueError("No captions to build a dataset from.")
+    return np.asarray(paths), np.stack(tokens)
+
+
+def _trim_padding(inputs, tokens):
+    """Cuts the batch's captions to its longest one: no step is spent on padding alone."""
+    longest = tf.reduce_max(tf.math.count_nonzero(tokens, axis=1, dtype=tf.int32))
+    return inputs, tokens[:, :longest]
+
+
+def _rows_dataset(paths, tokens, image_size):
+    rows = tf.data.Dataset.from_tensor_slices((paths, tokens))
+    return rows, lambda path, ids: ({"images": load_image(path, image_size)}, ids)
+
+
+def steps_per_epoch(images: Sequence[CaptionedImage], batch_size: int) -> int:
+    rows = sum(len(image.captions) for image in images)
+    return -(-rows // batch_size)
+
+
+def training_dataset(
+    images: Sequence[CaptionedImage],
+    vocabulary: Vocabulary,
+    image_size: Sequence[int],
+    batch_size: int,
+    seed: int,
+    epochs: int,
+    initial_epoch: int = 0,
+) -> tf.data.Dataset:
+    """Batches for epochs `initial_epoch .. epochs-1`, each shuffled by `(seed, epoch)`.
+
+    The order of epoch `e` depends only on the seed and `e`, so a run resumed
+    at epoch `e` sees exactly the batches an uninterrupted run would have.
+    """
+    paths, tokens = caption_rows(images, vocabulary)
+    paths_t, tokens_t = tf.constant(paths), tf.constant(tokens)
+    num_rows = len(paths)
+
+    def load(index):
+        return {"images": load_image(paths_t[index], image_size)}, tokens_t[index]
+
+    def one_epoch(epoch):
+        seed_pair = tf.stack([tf.constant(seed, tf.int64), epoch])
+        order = tf.random.experimental.stateless_shuffle(tf.range(num_rows, dtype=tf.int64), seed=seed_pair)
+        return tf.data.Dataset.from_tensor_slices(order).map(load, num_parallel_calls=AUTOTUNE).batch(batch_size)
+
+    epochs_ds = tf.data.Dataset.range(initial_epoch, epochs)
+    return epochs_ds.flat_map(one_epoch).map(_trim_padding, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def evaluation_dataset(
+    images: Sequence[CaptionedImage],
+    vocabulary: Vocabulary,
+    image_size: Sequence[int],
+    batch_size: int,
+) -> tf.data.Dataset:
+    """Every (image, caption) row once, in order: for validation loss."""
+    paths, tokens = caption_rows(images, vocabulary)
+    rows, load = _rows_dataset(paths, tokens, image_size)
+    return (
+        rows.map(load, num_parallel_calls=AUTOTUNE)
+        .batch(batch_size)
+        .map(_trim_padding, num_parallel_calls=AUTOTUNE)
+        .prefetch(AUTOTUNE)
+    )
+
+
+def image_dataset(paths: Sequence[str], image_size: Sequence[int], batch_size: int) -> tf.data.Dataset:
+    """Unique images, in order, as `{"images": uint8 batch}`: for captioning."""
+    ds = tf.data.Dataset.from_tensor_slices(np.asarray([str(p) for p in paths]))
+    return (
+        ds.map(lambda path: {"images": load_image(path, image_size)}, num_parallel_calls=AUTOTUNE)
+        .batch(batch_size)
+        .prefetch(AUTOTUNE)
+    )

@@ -1,0 +1,1 @@
+"""Evaluation: caption metrics and scoring a run on a split."""

@@ -1,0 +1,70 @@
+"""Loading a trained run and captioning images with it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+from tqdm.auto import tqdm
+
+from kcap.data.pipeline import image_dataset
+from kcap.model.captioner import Captioner
+from kcap.text.vocabulary import Vocabulary
+from kcap.training.config import TrainConfig
+from kcap.training.run_dir import RunDir
+
+
+@dataclasses.dataclass
+class TrainedRun:
+    """A trained captioner with its vocabulary and settings."""
+
+    model: Captioner
+    vocabulary: Vocabulary
+    config: TrainConfig
+    run: RunDir
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.model.image_size)
+
+    def caption_files(
+        self, paths: Sequence[str | Path], batch_size: int = 32, progress: bool = False
+    ) -> list[dict]:
+        """Greedy captions for image files: `[{"image", "caption", "score", "attention"}]`."""
+        results = []
+        batches = image_dataset([str(p) for p in paths], self.image_size, batch_size)
+        total = -(-len(paths) // batch_size)
+        it = iter(paths)
+        for batch in tqdm(batches, total=total, desc="captioning", unit="batch", disable=not progress):
+            ids, attention, scores = self.model.generate(batch)
+            for row, weights, score in zip(ids.numpy(), attention.numpy(), scores.numpy()):
+                caption = self.vocabulary.decode(row)
+                num_words = len(caption.split()) if caption else 0
+                results.append({
+                    "image": str(next(it)),
+                    "caption": caption,
+                    "score": float(score),
+                    "attention": weights[: num_words + 1],
+                })
+        return results
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best") -> TrainedRun:
+    """Loads the model (`best` or `last`), vocabulary and config of a run directory."""
+    run = RunDir(Path(run_dir))
+    if not run.exists():
+        raise FileNotFoundError(f"{run.path} is not a kcap run directory (no config.json).")
+    config = TrainConfig.load(run.config)
+    vocabulary = Vocabulary.load(run.vocabulary)
+    model = keras.models.load_model(run.model_path(checkpoint), compile=False)
+    if model.vocabulary_size != len(vocabulary):
+        raise ValueError(
+            f"{run.path}: the model expects {model.vocabulary_size} words but vocab.json has "
+            f"{len(vocabulary)}; the run directory is inconsistent."
+        )
+    return TrainedRun(model, vocabulary, config, run)
+
+

@@ -1,0 +1,53 @@
+"""Bahdanau (additive) attention over the locations of a feature map."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="kcap")
+class BahdanauAttention(keras.layers.Layer):
+    """Additive attention: `score = v . tanh(W1 features + W2 state)`.
+
+    The feature projection `W1 features` does not depend on the decoder state,
+    so `project_features` computes it once per image and `call` reuses it at
+    every decoding step.
+
+    Example:
+
+    >>> attention = BahdanauAttention(units=64)
+    >>> features = keras.random.normal((2, 36, 32))
+    >>> keys = attention.project_features(features)
+    >>> context, weights = attention(features, keys, keras.random.normal((2, 48)))
+    >>> tuple(context.shape), tuple(weights.shape)
+    ((2, 32), (2, 36))
+    """
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.feature_projection = keras.layers.Dense(units, name="feature_projection")
+        self.state_projection = keras.layers.Dense(units, name="state_projection")
+        self.score = keras.layers.Dense(1, name="score")
+
+    def build(self, features_shape, state_shape=None):
+        self.feature_projection.build(features_shape)
+        self.state_projection.build(state_shape or (None, self.units))
+        self.score.build((None, None, self.units))
+        self.built = True
+
+    def project_features(self, features):
+        """`W1 features`, shape (batch, locations, units)."""
+        return self.feature_projection(features)
+
+    def call(self, features, keys, state):
+        """Returns the context vector (batch, channels) and the weights (batch, locations)."""
+        query = self.state_projection(state)[:, None, :]
+        scores = ops.squeeze(self.score(ops.tanh(keys + query)), axis=-1)
+        weights = ops.softmax(scores, axis=-1)
+        context = ops.sum(features * weights[..., None], axis=1)
+        return context, weights
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}

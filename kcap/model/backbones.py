@@ -1,0 +1,117 @@
+"""Backbones by name: which CNN, its input size, its preprocessing, its feature map."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import keras
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """What kcap needs to know about a named backbone."""
+
+    name: str
+    build: Callable[..., keras.Model]
+    image_size: int
+    preprocessing: str  # a mode of kcap.model.preprocessing.ImagePreprocessing
+    feature_shape: tuple[int, int, int]  # at `image_size`
+    pretrained: bool  # whether "imagenet" weights exist
+
+
+def _application(constructor: Callable, **extra) -> Callable[..., keras.Model]:
+    def build(weights: str | None, image_size: int) -> keras.Model:
+        return constructor(
+            include_top=False, weights=weights, input_shape=(image_size, image_size, 3), **extra
+        )
+
+    return build
+
+
+def small_cnn(weights: str | None = None, image_size: int = 96) -> keras.Model:
+    """A small CNN that learns from scratch in minutes on a CPU.
+
+    Six 3x3 conv + batch-norm + ReLU layers, stride 16 overall, 128 channels
+    out: 6x6x128 at 96 px. It is the default for the embedded synthetic set,
+    where no pretrained network is needed and InceptionV3 would take hours
+    on two CPU cores. It has no pretrained weights.
+    """
+    if weights not in (None, "none"):
+        raise ValueError("The small_cnn backbone has no pretrained weights; use weights=None.")
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = inputs
+    for i, (filters, stride) in enumerate(
+        [(24, 2), (48, 2), (48, 1), (96, 2), (96, 1), (128, 2)]
+    ):
+        x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+    return keras.Model(inputs, x, name="small_cnn")
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in [
+        BackboneSpec("inception_v3", _application(keras.applications.InceptionV3), 299, "tf", (8, 8, 2048), True),
+        BackboneSpec("mobilenet_v2", _application(keras.applications.MobileNetV2), 224, "tf", (7, 7, 1280), True),
+        BackboneSpec(
+            "mobilenet_v3_small",
+            _application(keras.applications.MobileNetV3Small, include_preprocessing=True),
+            224, "none", (7, 7, 576), True,
+        ),
+        BackboneSpec(
+            "mobilenet_v3_large",
+            _application(keras.applications.MobileNetV3Large, include_preprocessing=True),
+            224, "none", (7, 7, 960), True,
+        ),
+        BackboneSpec("efficientnet_b0", _application(keras.applications.EfficientNetB0), 224, "none", (7, 7, 1280), True),
+        BackboneSpec("resnet50", _application(keras.applications.ResNet50), 224, "caffe", (7, 7, 2048), True),
+        BackboneSpec("small_cnn", small_cnn, 96, "scale", (6, 6, 128), False),
+    ]
+}
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"Unknown backbone {name!r}; choose one of {sorted(BACKBONES)}.") from None
+
+
+def build_backbone(name: str, weights: str | None = "imagenet", image_size: int | None = None) -> keras.Model:
+    """Builds a named backbone without its classifier head.
+
+    Args:
+        name: one of `BACKBONES`.
+        weights: `"imagenet"`, `None`/`"none"` (random init) or a weights file path.
+        image_size: input side in pixels; defaults to the backbone's own.
+
+    Raises a clear error, within seconds, when ImageNet weights cannot be
+    downloaded.
+    """
+    spec = get_backbone_spec(name)
+    size = image_size or spec.image_size
+    weights = None if weights in (None, "none") else weights
+    if weights == "imagenet" and not spec.pretrained:
+        raise ValueError(f"Backbone {name!r} has no ImageNet weights; use --backbone-weights none.")
+    path_weights = weights if weights not in (None, "imagenet") else None
+    try:
+        model = spec.build(weights=None if path_weights else weights, image_size=size)
+    except Exception as error:  # noqa: BLE001 - keras raises many kinds for a failed download
+        if weights == "imagenet" and _looks_like_download_error(error):
+            raise RuntimeError(
+                f"Could not download the ImageNet weights of {name!r} ({type(error).__name__}: {error}). "
+                "Without network access, use --backbone-weights none (train from scratch), "
+                "--backbone-weights PATH (a weights file you have), or --backbone PATH.keras "
+                "(a whole feature-extractor model)."
+            ) from error
+        raise
+    if path_weights:
+        model.load_weights(path_weights)
+    return model
+
+
+def _looks_like_download_error(error: Exception) -> bool:
+    text = f"{type(error).__name__} {error}".lower()
+    return any(word in text for word in ("url", "download", "connection", "resolve", "http", "fetch", "network"))

@@ -1,0 +1,1 @@
+"""Training: the run configuration, the run directory, callbacks and the fit loop."""

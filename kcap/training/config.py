@@ -1,0 +1,143 @@
+"""Every setting of a training run, saved as `config.json` and validated on load."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from kcap.utils.files import atomic_write_json
+
+SYNTHETIC = "synthetic"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The whole configuration of a run. `kcap train` flags map one-to-one onto it."""
+
+    data: str
+    format: str = "auto"
+    images: str | None = None
+    synthetic_images: int = 3000
+    synthetic_image_size: int = 96
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    embedding_dim: int = 256
+    units: int = 512
+    dropout: float = 0.1
+    vocab_size: int = 5000
+    max_length: int | None = None
+    backbone: str | None = None  # None: small_cnn for the synthetic set, else inception_v3
+    backbone_weights: str | None = None  # None: "imagenet" where the backbone has it, else "none"
+    image_size: int | None = None  # None: the backbone's own
+    preprocessing: str | None = None  # None: the backbone's own
+    train_backbone: bool | None = None  # None: only when the backbone starts from random weights
+    flip: bool = False
+    zoom: float | None = None  # None: 0.05 on the synthetic set, 0.1 on real data
+    translate: float | None = None
+    brightness: float | None = None
+    position_embedding: bool = True
+    clipnorm: float | None = None
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.data == SYNTHETIC
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every `None` default replaced by its actual value."""
+        from kcap.model.backbones import get_backbone_spec
+
+        c = dataclasses.replace(self)
+        if c.backbone is None:
+            c.backbone = "small_cnn" if c.is_synthetic else "inception_v3"
+        spec = get_backbone_spec(c.backbone)
+        if c.backbone_weights is None:
+            c.backbone_weights = "imagenet" if spec.pretrained else "none"
+        if c.image_size is None:
+            c.image_size = c.synthetic_image_size if (c.is_synthetic and c.backbone == "small_cnn") else spec.image_size
+        if c.preprocessing is None:
+            c.preprocessing = spec.preprocessing
+        if c.train_backbone is None:
+            c.train_backbone = c.backbone_weights == "none"
+        if c.zoom is None:
+            c.zoom = 0.05 if c.is_synthetic else 0.1
+        if c.translate is None:
+            c.translate = 0.05 if c.is_synthetic else 0.0
+        if c.brightness is None:
+            c.brightness = 0.1
+        c.validate()
+        return c
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.learning_rate > 0, "learning_rate must be positive"),
+            (self.embedding_dim >= 1 and self.units >= 1, "embedding_dim and units must be positive"),
+            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (self.vocab_size >= 1, "vocab_size must be at least 1"),
+            (self.max_length is None or self.max_length >= 1, "max_length must be at least 1"),
+            (self.synthetic_images >= 10, "synthetic_images must be at least 10"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"Invalid configuration: {message}.")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a JSON object.")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {unknown}.")
+        hints = typing.get_type_hints(cls)
+        for name, value in data.items():
+            if not _matches(value, hints[name]):
+                raise ValueError(f"{source}: key {name!r} should be {hints[name]}, got {value!r}.")
+        missing = [
+            name for name, f in fields.items()
+            if name not in data and f.default is dataclasses.MISSING
+        ]
+        if missing:
+            raise ValueError(f"{source}: missing key(s) {missing}.")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error}).") from None
+        return cls.from_json(data.get("settings", data) if isinstance(data, dict) else data, source=str(path))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return True

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install kcap with its test extras into .venv (or $KCAP_VENV) and run the test suite.
+#   scripts/test.sh [PYTEST ARGS...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${KCAP_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+exec "$VENV/bin/python" -m pytest "$@"

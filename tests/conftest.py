@@ -1,0 +1,46 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("KCAP_SHARED", REPO.parent / "shared"))
+
+# Small enough to train in seconds on two CPU cores.
+TINY = dict(
+    synthetic_images=80, synthetic_image_size=64, epochs=2, batch_size=16,
+    embedding_dim=16, units=32, learning_rate=0.003, dropout=0.0,
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kcap_cache(tmp_path_factory):
+    """Synthetic sets are generated into a per-session cache, never into ~/.cache."""
+    cache = tmp_path_factory.mktemp("kcap-cache")
+    os.environ["KCAP_CACHE_DIR"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from kcap.training.config import TrainConfig
+
+    return TrainConfig(data="synthetic", **TINY)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_config):
+    """A tiny run trained once for the tests that caption, evaluate and reload."""
+    from kcap.training.trainer import train
+
+    run_dir = tmp_path_factory.mktemp("run")
+    train(tiny_config, run_dir, verbose=0)
+    return run_dir
+
+
+def kcap_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "kcap", *args]

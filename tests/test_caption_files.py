@@ -1,0 +1,82 @@
+import pytest
+
+from kcap.data.caption_files import CaptionFileError, read_captions
+from kcap.data.dataset import CaptionDataset, CaptionedImage
+from kcap.data.splits import assign_splits
+
+
+def _write(tmp_path, text, images=("a.jpg", "b.jpg")):
+    (tmp_path / "Images").mkdir(exist_ok=True)
+    for name in images:
+        (tmp_path / "Images" / name).write_bytes(b"")
+    path = tmp_path / "captions.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_csv_groups_captions_by_image_and_resolves_paths(tmp_path):
+    path = _write(tmp_path, 'image,caption\na.jpg,"A dog, running."\na.jpg,a dog\nb.jpg,a cat\n')
+    dataset = read_captions(tmp_path)  # the folder holding the file works too
+    assert [i.name for i in dataset] == ["a.jpg", "b.jpg"]
+    assert dataset.images[0].captions == ["A dog, running.", "a dog"]
+    assert dataset.images[0].path == tmp_path / "Images" / "a.jpg"
+    assert dataset.num_captions == 3
+    assert read_captions(path).num_captions == 3
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("img,text\na.jpg,x\n", r"captions.csv:1: .*no 'image' column"),
+        ("image,caption\na.jpg,ok\na.jpg,\n", r"captions.csv:3: the caption of 'a.jpg' is empty"),
+        ("image,caption\n,a dog\n", r"captions.csv:2: the image field is empty"),
+        ("image,caption\na.jpg,a,dog\n", r"captions.csv:2: expected 2 fields, found 3"),
+        ("image,caption\n../secret.jpg,a dog\n", r"captions.csv:2: image path '../secret.jpg' resolves outside"),
+        ("", r"captions.csv: the file is empty"),
+    ],
+)
+def test_bad_rows_name_file_and_line(tmp_path, text, message):
+    _write(tmp_path, text)
+    with pytest.raises(CaptionFileError, match=message):
+        read_captions(tmp_path / "captions.csv")
+
+
+def test_non_utf8_text_is_reported_with_its_line(tmp_path):
+    path = _write(tmp_path, "")
+    path.write_bytes(b"image,caption\na.jpg,a dog\nb.jpg,caf\xe9\n")
+    with pytest.raises(CaptionFileError, match=r"captions.csv:3: text is not UTF-8"):
+        read_captions(path)
+
+
+def test_missing_images_folder_says_what_to_do(tmp_path):
+    (tmp_path / "captions.csv").write_text("image,caption\na.jpg,x\n")
+    with pytest.raises(FileNotFoundError, match="--images"):
+        read_captions(tmp_path / "captions.csv")
+
+
+def _dataset(num_images, captions_per_image=5):
+    images = [
+        CaptionedImage(path=f"img{i}.jpg", captions=[f"caption {j} of {i}" for j in range(captions_per_image)])
+        for i in range(num_images)
+    ]
+    return CaptionDataset(images, images_dir=".", source="test")
+
+
+def test_splits_are_by_image_and_never_share_one():
+    dataset = assign_splits(_dataset(200), val_fraction=0.1, test_fraction=0.15, seed=3)
+    by_split = {s: {i.path for i in dataset.subset(s)} for s in ("train", "val", "test")}
+    assert len(by_split["val"]) == 20 and len(by_split["test"]) == 30 and len(by_split["train"]) == 150
+    assert not (by_split["train"] & by_split["val"] or by_split["train"] & by_split["test"] or by_split["val"] & by_split["test"])
+    # All five captions of an image stay with it.
+    assert all(len(i.captions) == 5 for i in dataset)
+
+
+def test_splits_depend_only_on_the_seed_and_keep_given_splits():
+    first = [i.split for i in assign_splits(_dataset(50), seed=7)]
+    second = [i.split for i in assign_splits(_dataset(50), seed=7)]
+    other = [i.split for i in assign_splits(_dataset(50), seed=8)]
+    assert first == second and first != other
+    dataset = _dataset(10)
+    dataset.images[0].split = "test"
+    assign_splits(dataset, 0.0, 0.0)
+    assert dataset.images[0].split == "test" and all(i.split == "train" for i in dataset.images[1:])

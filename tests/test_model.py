@@ -1,0 +1,70 @@
+import keras
+import numpy as np
+import pytest
+
+from kcap.inference import load_run
+from kcap.model.augmentation import ImageAugmentation
+from kcap.model.backbones import build_backbone
+from kcap.model.captioner import Captioner
+from kcap.text.vocabulary import END_ID, PAD_ID
+
+
+def _model(vocabulary_size=12, max_length=6, **kwargs):
+    keras.utils.set_random_seed(0)
+    backbone = build_backbone("small_cnn", weights=None, image_size=64)
+    return Captioner(
+        backbone, vocabulary_size, max_length, (64, 64), embedding_dim=16, units=24,
+        preprocessing="scale", train_backbone=True, **kwargs,
+    )
+
+
+def test_teacher_forcing_logits_and_greedy_shapes():
+    model = _model()
+    images = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3)).astype("uint8")
+    logits = model({"images": images, "tokens": np.ones((3, 5), "int32")})
+    assert logits.shape == (3, 5, 12)
+    ids, attention, scores = model.generate({"images": images})
+    assert ids.shape == (3, 7) and attention.shape == (3, 7, 16) and scores.shape == (3,)
+    np.testing.assert_allclose(attention.numpy()[:, 0].sum(-1), 1.0, rtol=1e-5)
+    # After <end>, only padding.
+    for row in ids.numpy():
+        ends = np.flatnonzero(row == END_ID)
+        if ends.size:
+            assert (row[ends[0] + 1:] == PAD_ID).all()
+
+
+def test_fit_on_a_tiny_batch_lowers_the_loss():
+    model = _model(augmentation=ImageAugmentation(zoom=0.05, brightness=0.1, seed=0))
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, (8, 64, 64, 3)).astype("uint8")
+    captions = np.concatenate([np.ones((8, 1)), rng.integers(4, 12, (8, 4)), np.full((8, 1), END_ID)], 1).astype("int32")
+    history = model.fit({"images": images}, captions, epochs=15, batch_size=8, verbose=0)
+    losses = history.history["loss"]
+    assert losses[-1] < 0.5 * losses[0]
+    assert set(history.history) == {"loss", "masked_accuracy"}
+
+
+def test_loss_ignores_padding():
+    model = _model()
+    model.compile(optimizer="adam")
+    images = np.zeros((2, 64, 64, 3), "uint8")
+    short = np.array([[1, 5, 2, 0, 0], [1, 6, 7, 2, 0]], "int32")
+    padded = np.pad(short, [(0, 0), (0, 4)])
+    a = model.evaluate({"images": images}, short, verbose=0, return_dict=True)
+    b = model.evaluate({"images": images}, padded, verbose=0, return_dict=True)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_saved_model_file_gives_identical_captions(trained_run, tmp_path):
+    trained = load_run(trained_run)
+    paths = [i["image"] for i in trained.run.load_splits()["splits"]["test"]]
+    before = trained.caption_files(paths)
+    trained.model.save(tmp_path / "copy.keras")
+    reloaded = keras.models.load_model(tmp_path / "copy.keras")
+    assert isinstance(reloaded, Captioner)
+    assert reloaded.get_config() == trained.model.get_config()
+    trained.model = reloaded
+    after = trained.caption_files(paths)
+    assert [r["caption"] for r in after] == [r["caption"] for r in before]
+    np.testing.assert_allclose([r["score"] for r in after], [r["score"] for r in before], rtol=1e-5)

@@ -1,0 +1,64 @@
+import csv
+import filecmp
+
+import numpy as np
+from PIL import Image
+
+from kcap.data.caption_files import read_captions
+from kcap.data.synthetic import COLORS, SHAPES, make_example, write_synthetic_dataset
+from kcap.text import tokenize
+
+
+def test_same_seed_same_files(tmp_path):
+    a = write_synthetic_dataset(tmp_path / "a", num_images=12, seed=5, image_size=64)
+    b = write_synthetic_dataset(tmp_path / "b", num_images=12, seed=5, image_size=64)
+    c = write_synthetic_dataset(tmp_path / "c", num_images=12, seed=6, image_size=64)
+    assert a.read_text() == b.read_text() != c.read_text()
+    assert filecmp.cmp(a.parent / "images" / "00003.png", b.parent / "images" / "00003.png", shallow=False)
+
+
+def test_written_set_reads_back_with_five_captions_per_image(tmp_path):
+    path = write_synthetic_dataset(tmp_path / "shapes", num_images=20, seed=0, image_size=96)
+    dataset = read_captions(path)
+    assert len(dataset) == 20 and all(len(i.captions) == 5 for i in dataset)
+    with Image.open(dataset.images[0].path) as image:
+        assert image.size == (96, 96) and image.mode == "RGB"
+    with open(path, newline="") as f:
+        assert next(csv.reader(f)) == ["image", "caption"]
+
+
+def test_captions_name_every_object_and_the_layout():
+    for index in range(60):
+        image, objects, layout, captions = make_example(index, seed=1, image_size=96)
+        assert image.shape == (96, 96, 3) and image.dtype == np.uint8
+        assert 1 <= len(objects) <= 3 and len(set(objects)) == len(objects)
+        for caption in captions:
+            words = tokenize(caption)
+            for obj in objects:
+                assert obj.color in words and obj.shape in words
+            if len(objects) > 1:
+                sides = {"left", "right", "above", "below", "top", "bottom", "shapes"}
+                assert sides & set(words), caption
+            if any(w in words for w in ("left", "right")):
+                assert layout == "horizontal"
+
+
+def test_the_set_varies_colours_shapes_counts_and_layouts():
+    examples = [make_example(i, seed=0) for i in range(200)]
+    colours = {o.color for _, objs, _, _ in examples for o in objs}
+    shapes = {o.shape for _, objs, _, _ in examples for o in objs}
+    sizes = {o.size for _, objs, _, _ in examples for o in objs}
+    counts = {len(objs) for _, objs, _, _ in examples}
+    templates = {tuple(tokenize(c))[:2] for _, _, _, caps in examples for c in caps}
+    assert colours == set(COLORS) and shapes == set(SHAPES) and sizes == {"small", "large"}
+    assert counts == {1, 2, 3} and len(templates) > 10
+
+
+def test_objects_have_their_colour_where_drawn():
+    # The object's colour must be the most common saturated colour in the picture.
+    for index in range(10):
+        image, objects, _, _ = make_example(index, seed=2, image_size=96)
+        pixels = image.reshape(-1, 3).astype(float)
+        for obj in objects:
+            target = np.asarray(COLORS[obj.color], float)
+            assert (np.linalg.norm(pixels - target, axis=1) < 40).sum() > 20

@@ -1,0 +1,113 @@
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import TINY, kcap_command
+
+from kcap.evaluation.evaluate import evaluate_run
+from kcap.training.config import TrainConfig
+from kcap.training.run_dir import RunDir
+from kcap.training.trainer import train
+
+TINY_FLAGS = [
+    "--data", "synthetic", "--synthetic-images", str(TINY["synthetic_images"]),
+    "--synthetic-image-size", str(TINY["synthetic_image_size"]),
+    "--batch-size", str(TINY["batch_size"]), "--embedding-dim", str(TINY["embedding_dim"]),
+    "--units", str(TINY["units"]), "--learning-rate", str(TINY["learning_rate"]), "--dropout", "0",
+    "--verbose", "2",
+]
+
+
+def test_run_directory_holds_everything_a_run_needs(trained_run, tiny_config):
+    run = RunDir(trained_run)
+    for path in (run.config, run.vocabulary, run.splits, run.history, run.final_model,
+                 run.best_model, run.resume_weights, run.resume_state):
+        assert path.is_file(), path
+    assert any(run.logs.rglob("events.out.tfevents.*"))
+    config = json.loads(run.config.read_text())
+    settings = TrainConfig.load(run.config)
+    assert settings == tiny_config.resolved()  # every setting, resolved, round-trips
+    assert settings.backbone == "small_cnn" and settings.train_backbone
+    assert config["vocabulary"]["size"] == len(json.loads(run.vocabulary.read_text())["words"])
+    history = json.loads(run.history.read_text())["epochs"]
+    assert [e["epoch"] for e in history] == [1, 2]
+    assert {"loss", "masked_accuracy", "val_loss", "val_masked_accuracy"} <= set(history[0])
+    splits = json.loads(run.splits.read_text())["splits"]
+    names = {s: {i["image"] for i in splits[s]} for s in splits}
+    assert not (names["train"] & names["test"]) and len(names["test"]) == 8
+
+
+def test_evaluate_writes_scores_and_captions(trained_run):
+    report = evaluate_run(trained_run, "test", progress=False)
+    saved = json.loads((trained_run / "eval_test.json").read_text())
+    assert saved == report
+    for key in ("bleu1", "bleu2", "bleu3", "bleu4"):
+        assert 0.0 <= report[key] <= 1.0
+    assert report["num_images"] == len(report["captions"]) == 8
+    first = report["captions"][0]
+    assert set(first) == {"image", "caption", "references"} and len(first["references"]) == 5
+    assert report["baseline"]["caption"]
+
+
+def test_caption_command_prints_one_caption_per_image(trained_run):
+    splits = json.loads((trained_run / "splits.json").read_text())["splits"]
+    paths = [i["image"] for i in splits["test"][:3]]
+    out = subprocess.run(
+        kcap_command("caption", "--run-dir", str(trained_run), *paths),
+        capture_output=True, text=True, check=True,
+    ).stdout.strip().splitlines()
+    assert [line.split("\t")[0] for line in out] == paths
+    vocab = set(json.loads((trained_run / "vocab.json").read_text())["words"])
+    for line in out:
+        assert set(line.split("\t")[1].split()) <= vocab
+
+
+def test_changed_settings_on_an_existing_run_are_refused(trained_run, tiny_config):
+    import dataclasses
+
+    with pytest.raises(ValueError, match="units: 32 → 64"):
+        train(dataclasses.replace(tiny_config, units=64), trained_run, verbose=0)
+
+
+def _history(run_dir):
+    return json.loads((run_dir / "history.json").read_text())["epochs"]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_the_last_finished_epoch(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    killed = tmp_path / "killed"
+    args = kcap_command("train", "--run-dir", str(killed), "--epochs", "4", *TINY_FLAGS)
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / "checkpoints" / "resume.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["completed_epochs"] >= 2:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "training finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = json.loads(state.read_text())["completed_epochs"]
+    assert 2 <= done < 4
+
+    resumed = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming {killed} after epoch {done} of 4" in resumed.stderr
+    assert f"Epoch {done + 1}/4" in resumed.stdout and "Epoch 1/4" not in resumed.stdout
+    history = _history(killed)
+    assert [e["epoch"] for e in history] == [1, 2, 3, 4]
+
+    # The interrupted run ends where an uninterrupted one does.
+    straight = tmp_path / "straight"
+    subprocess.run(
+        kcap_command("train", "--run-dir", str(straight), "--epochs", "4", *TINY_FLAGS),
+        env=env, capture_output=True, check=True,
+    )
+    for a, b in zip(history, _history(straight)):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a, b)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5), (a, b)
