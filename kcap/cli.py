@@ -18,13 +18,14 @@ def _bool_flag(parser, name: str, help: str) -> None:
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from kcap.data.caption_files import FORMATS
     from kcap.training.config import TrainConfig
 
     d = TrainConfig(data="")
     p.add_argument("--data", required=True, help="'synthetic' (the embedded set) or a caption file / folder")
     p.add_argument("--run-dir", required=True, help="where checkpoints, logs and the vocabulary go; re-use it to resume")
     p.add_argument("--images", default=None, help="images folder (default: Images/ or images/ beside the caption file)")
-    p.add_argument("--format", default="auto", choices=["auto", "csv"], help="caption file format")
+    p.add_argument("--format", default="auto", help="caption file format: " + " | ".join(FORMATS))
     p.add_argument("--synthetic-images", type=int, default=d.synthetic_images, help="images in the synthetic set")
     p.add_argument("--synthetic-image-size", type=int, default=d.synthetic_image_size, help="side of synthetic images (64-128)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="images for validation, without split lists")

@@ -107,10 +107,15 @@ def read_csv_captions(path: str | Path, images_dir: str | Path | None = None) ->
     return CaptionDataset(list(by_name.values()), images_root, source=str(path))
 
 
+FORMATS = ("auto", "csv")
+
+
 def read_captions(
-    path: str | Path, images_dir: str | Path | None = None
+    path: str | Path, images_dir: str | Path | None = None, format: str = "auto"
 ) -> CaptionDataset:
-    """Reads a caption file, or the caption file inside a folder."""
+    """Reads a caption file, or the caption file inside a folder, in any supported format."""
+    if format not in FORMATS:
+        raise ValueError(f"Unknown caption format {format!r}; expected one of {FORMATS}.")
     path = Path(path)
     if path.is_dir():
         for name in ("captions.csv", "captions.txt"):

@@ -17,5 +17,5 @@ def load_dataset(config: TrainConfig) -> CaptionDataset:
         )
         dataset = read_captions(path)
     else:
-        dataset = read_captions(config.data, config.images)
+        dataset = read_captions(config.data, config.images, config.format)
     return assign_splits(dataset, config.val_fraction, config.test_fraction, seed=config.seed)

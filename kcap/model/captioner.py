@@ -9,10 +9,11 @@ import tensorflow as tf
 from keras import ops
 
 from kcap.model.augmentation import ImageAugmentation
+from kcap.model.decoding import greedy_decode
 from kcap.model.decoder import AttentionDecoder
 from kcap.model.encoder import FeatureEncoder
 from kcap.model.preprocessing import ImagePreprocessing
-from kcap.text.vocabulary import END_ID, PAD_ID, START_ID
+from kcap.text.vocabulary import PAD_ID
 
 
 @keras.saving.register_keras_serializable(package="kcap")
@@ -207,7 +208,7 @@ class Captioner(keras.Model):
     # -- captioning ----------------------------------------------------------
 
     def generate(self, inputs, max_length: int | None = None):
-        """Greedy decoding, batched and compiled.
+        """Greedy captions for a batch, compiled (see `kcap.model.decoding.greedy_decode`).
 
         Returns `(token_ids, attention, scores)`: int32 (batch, max_length + 1)
         padded with 0 after `<end>`; attention (batch, max_length + 1,
@@ -219,38 +220,4 @@ class Captioner(keras.Model):
         return self._generate_fn(inputs, length)
 
     def _greedy(self, inputs, max_length):
-        encoded = self.encode(inputs, training=False)
-        state, keys = self.decoder.start(encoded)
-        batch = tf.shape(encoded)[0]
-        steps = max_length + 1  # words, then <end>
-        tokens = tf.fill([batch], START_ID)
-        finished = tf.zeros([batch], tf.bool)
-        scores = tf.zeros([batch], tf.float32)
-        ids = tf.TensorArray(tf.int32, size=steps)
-        attention = tf.TensorArray(tf.float32, size=steps)
-
-        def body(t, tokens, state, finished, scores, ids, attention):
-            logits, state, weights = self.decoder.step(tokens, state, encoded, keys)
-            log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))
-            next_tokens = tf.cast(tf.argmax(log_probs, axis=-1), tf.int32)
-            best = tf.reduce_max(log_probs, axis=-1)
-            scores += tf.where(finished, 0.0, best)
-            next_tokens = tf.where(finished, PAD_ID, next_tokens)
-            ids = ids.write(t, next_tokens)
-            attention = attention.write(t, tf.cast(weights, tf.float32))
-            finished = finished | tf.equal(next_tokens, END_ID)
-            return t + 1, next_tokens, state, finished, scores, ids, attention
-
-        def cond(t, tokens, state, finished, scores, ids, attention):
-            return tf.logical_and(t < steps, tf.logical_not(tf.reduce_all(finished)))
-
-        t, _, _, _, scores, ids, attention = tf.while_loop(
-            cond, body, (0, tokens, state, finished, scores, ids, attention)
-        )
-        ids = tf.transpose(ids.stack(), (1, 0))
-        attention = tf.transpose(attention.stack(), (1, 0, 2))
-        # Stopped early: every caption ended; pad to the fixed length.
-        pad = steps - t
-        ids = tf.pad(ids, [[0, 0], [0, pad]])
-        attention = tf.pad(attention, [[0, 0], [0, pad], [0, 0]])
-        return ids, attention, scores
+        return greedy_decode(self.decoder, self.encode(inputs, training=False), max_length)
