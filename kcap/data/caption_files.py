@@ -1,131 +1,166 @@
-"""Reading caption files into a `CaptionDataset`.
+"""Reading caption files into a `CaptionDataset`, whatever their format.
 
-Supported here: CSV with a header `image,caption` (optionally a `split`
-column), the layout of Kaggle's Flickr8k `captions.txt`.
+Formats (`FORMATS`; `--format` on the command line):
+
+- `csv`: a header `image,caption`, optionally a `split` column (Kaggle's Flickr8k `captions.txt`).
+- `flickr8k`: `NAME.jpg#N<TAB>caption` lines (`Flickr8k.token.txt`, Flickr30k's
+  `results_20130124.token`), with the official `Flickr_8k.{train,dev,test}Images.txt`
+  split lists beside it when present; images in none of those lists are left out.
+- `coco`: COCO captions JSON (`images` and `annotations`); no split, the random split applies.
+- `karpathy`: Karpathy's split JSON (`dataset_coco.json`, ...); its splits are kept.
+- `auto` (the default): a `.json` file is COCO or Karpathy by its keys, a file whose
+  first line is `NAME#N<TAB>...` is a token file, anything else is CSV.
+
+The path may be the caption file or a folder holding one (see `find_caption_file`).
+Images are in `Images/` or `images/` beside the caption file unless `images_dir`
+names the folder; an image path that leads outside that folder is refused. Each
+format's details are in its module under `kcap.data.formats`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import re
 from pathlib import Path
 
-from kcap.data.dataset import SPLITS, CaptionDataset, CaptionedImage
+from kcap.data.dataset import CaptionDataset
+from kcap.data.formats.coco import coco_dataset, read_coco_captions
+from kcap.data.formats.common import CaptionFileError, find_images_dir, load_json, resolve_image
+from kcap.data.formats.csv_captions import read_csv_captions
+from kcap.data.formats.flickr8k import read_flickr8k_captions
+from kcap.data.formats.karpathy import karpathy_dataset, read_karpathy_captions
+
+__all__ = [
+    "FORMATS",
+    "CaptionFileError",
+    "detect_format",
+    "find_caption_file",
+    "find_images_dir",
+    "read_captions",
+    "read_csv_captions",
+    "resolve_image",
+]
+
+FORMATS = ("auto", "csv", "flickr8k", "coco", "karpathy")
+
+_READERS = {
+    "csv": read_csv_captions,
+    "flickr8k": read_flickr8k_captions,
+    "coco": read_coco_captions,
+    "karpathy": read_karpathy_captions,
+}
+
+# What a folder is searched for, per format, in this order; the first pattern
+# that matches exactly one file wins.
+_FOLDER_CANDIDATES = {
+    "csv": ("captions.csv", "captions.txt"),
+    "flickr8k": ("Flickr8k.token.txt", "*.token.txt", "*.token"),
+    "coco": ("*.json",),
+    "karpathy": ("*.json",),
+}
+_FOLDER_CANDIDATES["auto"] = _FOLDER_CANDIDATES["csv"] + _FOLDER_CANDIDATES["flickr8k"] + ("*.json",)
+
+# The start of a token-file line: NAME#N, then whitespace.
+_TOKEN_START = re.compile(r"^\S+#\d+\s")
 
 
-class CaptionFileError(ValueError):
-    """A caption file that cannot be read; the message names file and line."""
+def find_caption_file(folder: str | Path, format: str = "auto") -> Path:
+    """The caption file inside `folder` for `format`.
+
+    Looks for `captions.csv`, `captions.txt` (csv), `Flickr8k.token.txt`,
+    `*.token.txt`, `*.token` (flickr8k) and a single `*.json` (coco, karpathy);
+    `auto` tries them all in that order.
+
+    Example: `find_caption_file("flickr8k")` → `flickr8k/captions.txt`.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"Unknown caption format {format!r}; expected one of {FORMATS}.")
+    folder = Path(folder)
+    patterns = _FOLDER_CANDIDATES[format]
+    for pattern in patterns:
+        matches = sorted(p for p in folder.glob(pattern) if p.is_file())
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            names = ", ".join(p.name for p in matches)
+            raise FileNotFoundError(
+                f"Several caption files match {pattern} in {folder} ({names}); pass the one to read."
+            )
+    raise FileNotFoundError(f"No caption file in {folder}: looked for {', '.join(patterns)}.")
 
 
-def find_images_dir(caption_file: Path, images_dir: str | Path | None = None) -> Path:
-    """`images_dir` if given, else `Images/` or `images/` beside the caption file."""
-    if images_dir is not None:
-        path = Path(images_dir)
-        if not path.is_dir():
-            raise FileNotFoundError(f"Images folder {path} does not exist.")
-        return path
-    for name in ("Images", "images"):
-        candidate = caption_file.parent / name
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(
-        f"No images folder beside {caption_file}: expected {caption_file.parent / 'Images'} "
-        f"or {caption_file.parent / 'images'}; pass --images DIR to name it."
-    )
+def detect_format(path: str | Path) -> str:
+    """The format of caption file `path`: "csv", "flickr8k", "coco" or "karpathy".
 
-
-def resolve_image(images_dir: Path, name: str, where: str) -> Path:
-    """Joins `name` to `images_dir`, refusing names that escape the folder."""
-    root = images_dir.resolve()
-    path = (images_dir / name).resolve()
-    if root != path and root not in path.parents:
-        raise CaptionFileError(f"{where}: image path {name!r} resolves outside {images_dir}.")
-    return images_dir / name
-
-
-def read_csv_captions(path: str | Path, images_dir: str | Path | None = None) -> CaptionDataset:
-    """Reads a CSV caption file with a header naming `image` and `caption` columns.
-
-    Example:
-
-    ```python
-    dataset = read_csv_captions("flickr8k/captions.txt")  # images in flickr8k/Images
-    ```
+    Example: `detect_format("Flickr8k_text/Flickr8k.token.txt")` → `"flickr8k"`.
     """
     path = Path(path)
-    images_root = find_images_dir(path, images_dir)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = path.read_bytes()[: error.start].count(b"\n") + 1
-        raise CaptionFileError(f"{path}:{line}: text is not UTF-8 ({error.reason}).") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
-    if header is None:
-        raise CaptionFileError(f"{path}: the file is empty; expected a header 'image,caption'.")
-    columns = [name.strip().lower() for name in header]
-    for required in ("image", "caption"):
-        if required not in columns:
-            raise CaptionFileError(
-                f"{path}:1: the header {header} has no {required!r} column; "
-                f"expected a header 'image,caption'."
-            )
-    image_col, caption_col = columns.index("image"), columns.index("caption")
-    split_col = columns.index("split") if "split" in columns else None
-
-    by_name: dict[str, CaptionedImage] = {}
-    for row in reader:
-        line = reader.line_num
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        if len(row) != len(columns):
-            raise CaptionFileError(
-                f"{path}:{line}: expected {len(columns)} fields, found {len(row)}; "
-                f"quote captions that contain commas."
-            )
-        name, caption = row[image_col].strip(), row[caption_col].strip()
-        if not name:
-            raise CaptionFileError(f"{path}:{line}: the image field is empty.")
-        if not caption:
-            raise CaptionFileError(f"{path}:{line}: the caption of {name!r} is empty.")
-        split = None
-        if split_col is not None:
-            split = row[split_col].strip().lower() or None
-            if split == "restval":
-                split = "train"
-            if split is not None and split not in SPLITS:
-                raise CaptionFileError(
-                    f"{path}:{line}: unknown split {split!r}; expected one of {SPLITS}."
-                )
-        image = by_name.get(name)
-        if image is None:
-            image_path = resolve_image(images_root, name, f"{path}:{line}")
-            image = by_name[name] = CaptionedImage(image_path, [], split)
-        image.captions.append(caption)
-    if not by_name:
-        raise CaptionFileError(f"{path}: no caption rows after the header.")
-    return CaptionDataset(list(by_name.values()), images_root, source=str(path))
-
-
-FORMATS = ("auto", "csv")
+    if _is_json(path):
+        return _json_format(load_json(path), path)
+    return _text_format(path)
 
 
 def read_captions(
     path: str | Path, images_dir: str | Path | None = None, format: str = "auto"
 ) -> CaptionDataset:
-    """Reads a caption file, or the caption file inside a folder, in any supported format."""
+    """Reads a caption file, or the caption file inside a folder, in any supported format.
+
+    Example:
+
+    ```python
+    dataset = read_captions("Flickr8k_text", images_dir="Flicker8k_Dataset")  # finds Flickr8k.token.txt
+    dataset.split_sizes()  # the official splits: {'train': 6000, 'val': 1000, 'test': 1000}
+    ```
+    """
     if format not in FORMATS:
         raise ValueError(f"Unknown caption format {format!r}; expected one of {FORMATS}.")
     path = Path(path)
     if path.is_dir():
-        for name in ("captions.csv", "captions.txt"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise FileNotFoundError(
-                f"No caption file in {path}: expected captions.csv or captions.txt."
-            )
-    if not path.is_file():
+        path = find_caption_file(path, format)
+    elif not path.is_file():
         raise FileNotFoundError(f"Caption file {path} does not exist.")
-    return read_csv_captions(path, images_dir)
+    if format == "auto":
+        if _is_json(path):
+            # Parsed once: COCO training files are tens of megabytes.
+            images_root = find_images_dir(path, images_dir)
+            data = load_json(path)
+            build = coco_dataset if _json_format(data, path) == "coco" else karpathy_dataset
+            return build(data, path, images_root)
+        format = _text_format(path)
+    return _READERS[format](path, images_dir)
+
+
+def _is_json(path: Path) -> bool:
+    if path.suffix.lower() == ".json":
+        return True
+    with path.open("rb") as file:
+        return file.read(1024).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{")
+
+
+def _json_format(data: object, path: Path) -> str:
+    if isinstance(data, dict):
+        if "annotations" in data:
+            return "coco"
+        entries = data.get("images")
+        if isinstance(entries, list) and entries and isinstance(entries[0], dict):
+            if "sentences" in entries[0] or "filename" in entries[0]:
+                return "karpathy"
+            if "file_name" in entries[0]:
+                return "coco"  # the COCO reader then says what is missing
+        found = f"top-level keys {sorted(data)[:10]}"
+    else:
+        found = "a JSON " + type(data).__name__
+    raise CaptionFileError(
+        f"{path}: cannot tell which caption format this JSON is: expected COCO captions "
+        f"(top-level 'images' and 'annotations') or a Karpathy split file ('images' entries "
+        f"with 'filename', 'split' and 'sentences'); found {found}. Pass --format to choose."
+    )
+
+
+def _text_format(path: Path) -> str:
+    with path.open("rb") as file:
+        # Only a peek; the reader reports undecodable text with its line.
+        head = file.read(64 * 1024).decode("utf-8-sig", errors="replace")
+    first = next((line for line in head.split("\n") if line.strip()), "")
+    # Loose on purpose (a space instead of the tab still counts), so that a broken
+    # token file gets the token reader's precise error, not a CSV header complaint.
+    return "flickr8k" if _TOKEN_START.match(first) else "csv"

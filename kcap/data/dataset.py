@@ -27,12 +27,16 @@ class CaptionDataset:
     """Images with captions, as read from any supported caption file.
 
     `images` keeps the order of the caption file; `split` is `None` until a
-    split list or `kcap.data.splits.assign_splits` sets it.
+    split list or `kcap.data.splits.assign_splits` sets it. `excluded` holds
+    images the file has captions for but that official split lists leave out
+    (Flickr8k images in none of its lists): they are not in `images`, so no
+    split, random or given, ever holds them.
     """
 
     images: list[CaptionedImage]
     images_dir: Path
     source: str
+    excluded: list[CaptionedImage] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.images)

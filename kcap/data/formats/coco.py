@@ -1,0 +1,66 @@
+"""COCO caption files (`captions_train2014.json`, `captions_val2017.json`, ...).
+
+```
+{"images": [{"id": 42, "file_name": "COCO_val2014_000000000042.jpg", ...}, ...],
+ "annotations": [{"image_id": 42, "id": 1, "caption": "A dog on a sofa."}, ...]}
+```
+
+Images keep the order of `images`; each image's captions keep the order of
+`annotations`. An image with no annotation is left out (there is nothing to
+learn from it). A COCO file carries no split: every image gets split `None` and
+kcap's random split (`--val-fraction`, `--test-fraction`, `--seed`) applies. For
+the usual Karpathy splits of COCO, read Karpathy's `dataset_coco.json` instead.
+COCO images usually live in a folder named after the file (`train2014/`): pass
+it as `images_dir`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kcap.data.dataset import CaptionDataset, CaptionedImage
+from kcap.data.formats.common import CaptionFileError, find_images_dir, json_field, json_list, load_json, resolve_image
+
+
+def read_coco_captions(path: str | Path, images_dir: str | Path | None = None) -> CaptionDataset:
+    """Reads a COCO captions JSON file.
+
+    Example:
+
+    ```python
+    dataset = read_coco_captions("annotations/captions_val2014.json", images_dir="val2014")
+    ```
+    """
+    path = Path(path)
+    return coco_dataset(load_json(path), path, find_images_dir(path, images_dir))
+
+
+def coco_dataset(data: Any, path: Path, images_root: Path) -> CaptionDataset:
+    """The `CaptionDataset` of already-parsed COCO JSON `data` read from `path`."""
+    entries = json_list(data, "images", path)
+    annotations = json_list(data, "annotations", path)
+    by_id: dict[int | str, CaptionedImage] = {}
+    id_where: dict[int | str, str] = {}
+    name_where: dict[str, str] = {}
+    for index, entry in enumerate(entries):
+        where = f"{path}: images[{index}]"
+        image_id = json_field(entry, "id", (int, str), where)
+        file_name = json_field(entry, "file_name", str, where)
+        if image_id in by_id:
+            raise CaptionFileError(f"{where}: image id {image_id!r} is already used by {id_where[image_id]}.")
+        if file_name in name_where:
+            raise CaptionFileError(f"{where}: file_name {file_name!r} is already used by {name_where[file_name]}.")
+        by_id[image_id] = CaptionedImage(resolve_image(images_root, file_name, where), [])
+        id_where[image_id], name_where[file_name] = f"images[{index}]", f"images[{index}]"
+    for index, annotation in enumerate(annotations):
+        where = f"{path}: annotations[{index}]"
+        image_id = json_field(annotation, "image_id", (int, str), where)
+        caption = json_field(annotation, "caption", str, where)
+        if image_id not in by_id:
+            raise CaptionFileError(f"{where}: image_id {image_id!r} is not the id of any entry of 'images'.")
+        by_id[image_id].captions.append(caption.strip())
+    images = [image for image in by_id.values() if image.captions]
+    if not images:
+        raise CaptionFileError(f"{path}: no image has a caption ({len(entries)} images, {len(annotations)} annotations).")
+    return CaptionDataset(images, images_root, source=str(path))

@@ -1,0 +1,116 @@
+"""What every caption-format reader shares: the error type, text and JSON loading, image paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# Split names found in caption files, mapped onto kcap's splits. Karpathy's
+# "restval" (COCO val2014 images outside his val/test) is training data.
+SPLIT_ALIASES = {"train": "train", "val": "val", "test": "test", "restval": "train"}
+
+
+class CaptionFileError(ValueError):
+    """A caption file that cannot be read; the message names the file, line or entry, and why.
+
+    Example: `captions.csv:3: the caption of 'a.jpg' is empty.`
+    """
+
+
+def find_images_dir(caption_file: Path, images_dir: str | Path | None = None) -> Path:
+    """`images_dir` if given, else `Images/` or `images/` beside the caption file.
+
+    Example: `find_images_dir(Path("flickr8k/captions.txt"))` → `flickr8k/Images`.
+    """
+    if images_dir is not None:
+        path = Path(images_dir)
+        if not path.is_dir():
+            raise FileNotFoundError(f"Images folder {path} does not exist.")
+        return path
+    for name in ("Images", "images"):
+        candidate = caption_file.parent / name
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"No images folder beside {caption_file}: expected {caption_file.parent / 'Images'} "
+        f"or {caption_file.parent / 'images'}; pass --images DIR to name it."
+    )
+
+
+def resolve_image(images_dir: Path, name: str, where: str) -> Path:
+    """Joins `name` to `images_dir`, refusing names that escape the folder.
+
+    `where` ("captions.csv:3", "data.json: images[7]") starts the error message.
+    Example: `resolve_image(Path("Images"), "a.jpg", "captions.csv:2")` → `Images/a.jpg`.
+    """
+    root = images_dir.resolve()
+    path = (images_dir / name).resolve()
+    if root != path and root not in path.parents:
+        raise CaptionFileError(f"{where}: image path {name!r} resolves outside {images_dir}.")
+    return images_dir / name
+
+
+def read_text(path: Path) -> str:
+    """The file as text: UTF-8 (a byte-order mark is dropped), else a `CaptionFileError` with the line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise CaptionFileError(f"{path}:{line}: text is not UTF-8 ({error.reason}).") from None
+
+
+def text_lines(text: str) -> list[str]:
+    """Lines split on newlines only (`str.splitlines` also splits on form feeds and
+    Unicode separators, which would put the reported line numbers off)."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def load_json(path: Path) -> Any:
+    """Parses a JSON file, reporting syntax errors with their line and column."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as error:
+        raise CaptionFileError(f"{path}:{error.lineno}:{error.colno}: not valid JSON ({error.msg}).") from None
+
+
+def json_field(entry: Any, key: str, kind: type | tuple[type, ...], where: str, optional: bool = False) -> Any:
+    """`entry[key]`, checked to be of `kind` (and a non-blank string where `kind` is `str`).
+
+    `where` names the entry ("data.json: images[3]"). A missing optional key gives `None`.
+    """
+    if not isinstance(entry, dict):
+        raise CaptionFileError(f"{where}: expected a JSON object, found {_json_type(entry)}.")
+    if key not in entry:
+        if optional:
+            return None
+        raise CaptionFileError(f"{where}: no {key!r} key.")
+    value = entry[key]
+    # bool is an int subclass in Python, but `true` is never a valid id.
+    if not isinstance(value, kind) or isinstance(value, bool):
+        names = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))
+        raise CaptionFileError(f"{where}: {key!r} must be {names}, found {_json_type(value)}.")
+    if isinstance(value, str) and not value.strip() and not optional:
+        raise CaptionFileError(f"{where}: {key!r} is empty.")
+    return value
+
+
+def json_list(data: Any, key: str, path: Path) -> list:
+    """The top-level list `data[key]` of a JSON caption file."""
+    if not isinstance(data, dict):
+        raise CaptionFileError(f"{path}: expected a JSON object with an {key!r} list, found {_json_type(data)}.")
+    if key not in data:
+        raise CaptionFileError(f"{path}: no {key!r} key at the top level (found {sorted(data)[:10]}).")
+    value = data[key]
+    if not isinstance(value, list):
+        raise CaptionFileError(f"{path}: {key!r} must be a list, found {_json_type(value)}.")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    if type(value) in names:
+        return names[type(value)]
+    return "a number" if isinstance(value, (int, float)) else type(value).__name__
+

@@ -1,0 +1,87 @@
+"""CSV caption files: a header naming `image` and `caption` columns, optionally `split`.
+
+This is the layout of Kaggle's Flickr8k `captions.txt`:
+
+```
+image,caption
+1000268201_693b08cb0e.jpg,A child in a pink dress is climbing up a set of stairs in an entry way .
+```
+
+A `split` column (`train`, `val`, `test`; `restval` counts as train) fixes the
+splits; an empty cell leaves the image to the random split.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from kcap.data.dataset import SPLITS, CaptionDataset, CaptionedImage
+from kcap.data.formats.common import SPLIT_ALIASES, CaptionFileError, find_images_dir, read_text, resolve_image
+
+
+def read_csv_captions(path: str | Path, images_dir: str | Path | None = None) -> CaptionDataset:
+    """Reads a CSV caption file with a header naming `image` and `caption` columns.
+
+    Example:
+
+    ```python
+    dataset = read_csv_captions("flickr8k/captions.txt")  # images in flickr8k/Images
+    ```
+    """
+    path = Path(path)
+    images_root = find_images_dir(path, images_dir)
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    header = next(reader, None)
+    if header is None:
+        raise CaptionFileError(f"{path}: the file is empty; expected a header 'image,caption'.")
+    columns = [name.strip().lower() for name in header]
+    for required in ("image", "caption"):
+        if required not in columns:
+            raise CaptionFileError(
+                f"{path}:1: the header {header} has no {required!r} column; "
+                f"expected a header 'image,caption'."
+            )
+    image_col, caption_col = columns.index("image"), columns.index("caption")
+    split_col = columns.index("split") if "split" in columns else None
+
+    by_name: dict[str, CaptionedImage] = {}
+    first_line: dict[str, int] = {}
+    for row in reader:
+        line = reader.line_num
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != len(columns):
+            raise CaptionFileError(
+                f"{path}:{line}: expected {len(columns)} fields, found {len(row)}; "
+                f"quote captions that contain commas."
+            )
+        name, caption = row[image_col].strip(), row[caption_col].strip()
+        if not name:
+            raise CaptionFileError(f"{path}:{line}: the image field is empty.")
+        if not caption:
+            raise CaptionFileError(f"{path}:{line}: the caption of {name!r} is empty.")
+        split = None
+        if split_col is not None:
+            cell = row[split_col].strip().lower()
+            if cell and cell not in SPLIT_ALIASES:
+                raise CaptionFileError(
+                    f"{path}:{line}: unknown split {cell!r}; expected one of {SPLITS} (or restval)."
+                )
+            split = SPLIT_ALIASES.get(cell)
+        image = by_name.get(name)
+        if image is None:
+            image_path = resolve_image(images_root, name, f"{path}:{line}")
+            image = by_name[name] = CaptionedImage(image_path, [], split)
+            first_line[name] = line
+        elif image.split != split:
+            # Splits are by image: one image in two splits would leak test captions into training.
+            raise CaptionFileError(
+                f"{path}:{line}: {name!r} is in split {split!r} here but in {image.split!r} "
+                f"at line {first_line[name]}; all rows of an image must name the same split."
+            )
+        image.captions.append(caption)
+    if not by_name:
+        raise CaptionFileError(f"{path}: no caption rows after the header.")
+    return CaptionDataset(list(by_name.values()), images_root, source=str(path))

@@ -1,0 +1,115 @@
+"""Flickr8k / Flickr30k token files and the official Flickr8k split lists.
+
+A token file (`Flickr8k.token.txt`; Flickr30k's `results_20130124.token`) has one
+caption per line, the image name and caption number before a tab:
+
+```
+1000268201_693b08cb0e.jpg#0<TAB>A child in a pink dress is climbing up a set of stairs in an entry way .
+```
+
+The split lists `Flickr_8k.trainImages.txt`, `Flickr_8k.devImages.txt` (read as
+"val") and `Flickr_8k.testImages.txt`, one image name a line, are used when they
+lie beside the token file. When any of them is there, the lists present define
+the splits completely: an image in none of them is left out of the data set (it
+goes to `CaptionDataset.excluded`, never to a random split), because the
+official splits are what results on Flickr8k are compared by. Without split
+lists every image has split `None` and kcap's random split applies. Names in a
+list that the token file has no captions for are ignored (the original
+Flickr8k lists name an image the token file spells `2258277193_586949ec62.jpg.1`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kcap.data.dataset import CaptionDataset, CaptionedImage
+from kcap.data.formats.common import CaptionFileError, find_images_dir, read_text, resolve_image, text_lines
+
+# Official list file → kcap split, in the order they are read.
+SPLIT_LISTS = (
+    ("Flickr_8k.trainImages.txt", "train"),
+    ("Flickr_8k.devImages.txt", "val"),
+    ("Flickr_8k.testImages.txt", "test"),
+)
+
+
+def parse_token_line(line: str) -> tuple[str, str, str] | str:
+    """Splits `NAME#N<TAB>caption` into `(name, N, caption)`, or returns why it cannot.
+
+    Example: `parse_token_line("a.jpg#0\\tA dog .")` → `("a.jpg", "0", "A dog .")`.
+    """
+    key, tab, caption = line.partition("\t")
+    if not tab:
+        return "expected NAME#N<TAB>caption, found no tab"
+    name, hash_sign, number = key.strip().rpartition("#")
+    if not hash_sign or not number.isdigit():
+        return f"expected NAME#N before the tab (N a caption number), found {key.strip()!r}"
+    if not name.strip():
+        return "the image name before '#' is empty"
+    if not caption.strip():
+        return f"the caption of {name.strip()!r} is empty"
+    return name.strip(), number, caption.strip()
+
+
+def read_split_lists(folder: Path) -> dict[str, str] | None:
+    """Image name → split from the official lists in `folder`, or `None` when there are none."""
+    found = [(folder / file, split) for file, split in SPLIT_LISTS if (folder / file).is_file()]
+    if not found:
+        return None
+    splits: dict[str, str] = {}
+    where: dict[str, str] = {}
+    for list_file, split in found:
+        for number, line in enumerate(text_lines(read_text(list_file)), start=1):
+            name = line.strip()
+            if not name:
+                continue
+            if name in splits:
+                raise CaptionFileError(
+                    f"{list_file}:{number}: {name!r} is already listed in {where[name]}; "
+                    f"an image can be in one split only."
+                )
+            splits[name], where[name] = split, f"{list_file}:{number}"
+    return splits
+
+
+def read_flickr8k_captions(path: str | Path, images_dir: str | Path | None = None) -> CaptionDataset:
+    """Reads a Flickr8k-style token file and, when present beside it, the official split lists.
+
+    Example:
+
+    ```python
+    dataset = read_flickr8k_captions("Flickr8k_text/Flickr8k.token.txt", "Flicker8k_Dataset")
+    dataset.split_sizes()  # {'train': 6000, 'val': 1000, 'test': 1000}
+    ```
+    """
+    path = Path(path)
+    images_root = find_images_dir(path, images_dir)
+    by_name: dict[str, CaptionedImage] = {}
+    numbered: dict[tuple[str, str], int] = {}
+    for line_number, line in enumerate(text_lines(read_text(path)), start=1):
+        if not line.strip():
+            continue
+        parsed = parse_token_line(line)
+        if isinstance(parsed, str):
+            raise CaptionFileError(f"{path}:{line_number}: {parsed}.")
+        name, number, caption = parsed
+        previous = numbered.setdefault((name, number), line_number)
+        if previous != line_number:
+            raise CaptionFileError(
+                f"{path}:{line_number}: caption #{number} of {name!r} was already given at line {previous}."
+            )
+        image = by_name.get(name)
+        if image is None:
+            image = by_name[name] = CaptionedImage(resolve_image(images_root, name, f"{path}:{line_number}"), [])
+        image.captions.append(caption)
+    if not by_name:
+        raise CaptionFileError(f"{path}: no caption lines; expected NAME#N<TAB>caption lines.")
+
+    splits = read_split_lists(path.parent)
+    if splits is None:
+        return CaptionDataset(list(by_name.values()), images_root, source=str(path))
+    kept, excluded = [], []
+    for name, image in by_name.items():
+        image.split = splits.get(name)
+        (kept if image.split is not None else excluded).append(image)
+    return CaptionDataset(kept, images_root, source=str(path), excluded=excluded)
