@@ -23,9 +23,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 
     d = TrainConfig(data="")
     p.add_argument("--data", required=True, help="'synthetic' (the embedded set) or a caption file / folder")
-    p.add_argument("--run-dir", required=True, help="where checkpoints, logs and the vocabulary go; re-use it to resume")
     p.add_argument("--images", default=None, help="images folder (default: Images/ or images/ beside the caption file)")
-    p.add_argument("--format", default="auto", help="caption file format: " + " | ".join(FORMATS))
+    p.add_argument("--format", default="auto", choices=FORMATS, help="caption file format (default: detected)")
     p.add_argument("--synthetic-images", type=int, default=d.synthetic_images, help="images in the synthetic set")
     p.add_argument("--synthetic-image-size", type=int, default=d.synthetic_image_size, help="side of synthetic images (64-128)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="images for validation, without split lists")
@@ -38,12 +37,18 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--units", type=int, default=d.units, help="GRU and attention units")
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="keep this many most frequent words")
+    p.add_argument("--min-word-count", type=int, default=1, help="words seen fewer times in training captions become <unk>")
     p.add_argument("--max-length", type=int, default=None, help="cap on caption words (default: longest training caption)")
     p.add_argument("--backbone", default=None, help="backbone name (default: small_cnn for synthetic data, inception_v3 otherwise)")
     p.add_argument("--backbone-weights", default=None, help="imagenet | none | PATH (default: imagenet where available)")
     p.add_argument("--image-size", type=int, default=None, help="side the backbone is fed (default: the backbone's own)")
     p.add_argument("--preprocessing", default=None, choices=["none", "scale", "tf", "torch", "caffe"], help="default: the backbone's own")
     _bool_flag(p, "train-backbone", "train the backbone's weights (default: only when it starts from random weights)")
+    p.add_argument("--fine-tune-layers", type=int, default=0, help="unfreeze the last N layers (with weights) of a pretrained backbone")
+    p.add_argument("--normalize", default="backbone", choices=["backbone", "dataset"],
+                   help="pixel normalisation: the backbone's preprocess_input, or the training images' per-channel mean/std")
+    p.add_argument("--cache-features", action="store_true", help="run the frozen backbone once per image and train on cached features")
+    p.add_argument("--cache-dir", default=None, help="feature cache folder (default: $KCAP_CACHE_DIR/features or ~/.cache/kcap/features)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="random horizontal flips (contradicts 'left'/'right' captions)")
     p.add_argument("--zoom", type=float, default=None, help="random zoom-in crop, fraction (default 0.05 synthetic / 0.1 real)")
     p.add_argument("--translate", type=float, default=None, help="random shift, fraction (default 0.05 synthetic / 0 real)")
@@ -65,6 +70,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     last = history["epochs"][-1] if history["epochs"] else {}
     summary = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "epoch")
     print(f"Trained {len(history['epochs'])} epochs ({summary}). Run directory: {args.run_dir}")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from kcap.training.trainer import build_captioner, build_feature_cache, prepare_data
+
+    config = dataclasses.replace(_train_config(args), cache_features=True).resolved()
+    dataset, vocabulary, normalization = prepare_data(config)
+    model = build_captioner(config, vocabulary, normalization)
+    cache, stats = build_feature_cache(config, model, dataset)
+    print(json.dumps({"cache": str(cache.directory), "images": len(cache.image_paths),
+                      "size_bytes": cache.size_bytes, **stats}, indent=2))
+    return 0
+
+
+def cmd_preview_augmentation(args: argparse.Namespace) -> int:
+    from kcap.model.augmentation import ImageAugmentation
+    from kcap.model.augmentation_preview import preview_augmentation
+    from kcap.model.preprocessing import ImagePreprocessing
+    from kcap.training.config import TrainConfig
+    from kcap.training.run_dir import RunDir
+
+    normalization = None
+    if args.run_dir:
+        run = RunDir(args.run_dir)
+        config = TrainConfig.load(run.config)
+        normalization = json.loads(run.config.read_text()).get("normalization")
+    else:
+        config = _train_config(args).resolved()
+    if config.normalize == "dataset" and normalization:
+        preprocessing = ImagePreprocessing("dataset", normalization["mean"], normalization["std"])
+    else:
+        preprocessing = ImagePreprocessing(config.preprocessing)
+    augmentation = ImageAugmentation(config.flip, config.zoom, config.translate, config.brightness, seed=args.seed)
+    path = preview_augmentation(args.image, args.output, augmentation, preprocessing, (config.image_size,) * 2, args.count)
+    print(f"Wrote {path}")
     return 0
 
 
@@ -105,9 +146,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a captioner (re-run to resume)")
+    p.add_argument("--run-dir", required=True, help="where checkpoints, logs and the vocabulary go; re-use it to resume")
     _add_train_arguments(p)
     p.add_argument("--verbose", "-v", type=int, default=None, help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("features", help="build the feature cache ahead of training (same flags as train)")
+    _add_train_arguments(p)
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("preview-augmentation", help="save original, normalised and augmented versions of an image")
+    p.add_argument("image")
+    p.add_argument("--output", required=True, help="PNG file to write")
+    p.add_argument("--run-dir", default=None, help="take augmentation and normalisation from this run")
+    p.add_argument("--count", type=int, default=6, help="augmented versions to draw")
+    p.add_argument("--data", default="real", help=argparse.SUPPRESS)
+    for flag, kind in (("--backbone", str), ("--image-size", int), ("--preprocessing", str),
+                       ("--zoom", float), ("--translate", float), ("--brightness", float)):
+        p.add_argument(flag, type=kind, default=None)
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_preview_augmentation)
 
     p = sub.add_parser("caption", help="caption image files with a trained run")
     p.add_argument("--run-dir", required=True)
@@ -132,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--image-size", type=int, default=96)
     q.set_defaults(func=cmd_data_synthetic)
+    from kcap.export.command import add_export_command; add_export_command(sub)  # noqa: E702
     return parser
 
 

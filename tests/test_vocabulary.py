@@ -29,6 +29,11 @@ def test_top_k_and_unknown_words():
     assert vocab.decode(ids) == "a <unk>"
 
 
+def test_rare_words_can_be_left_out():
+    vocab = Vocabulary.build(CAPTIONS, min_count=2)
+    assert vocab.words[4:] == ["a", "dog"]
+
+
 def test_encode_pads_and_truncates_to_max_length():
     vocab = Vocabulary.build(CAPTIONS, max_length=3)
     ids = vocab.encode("two dogs play in the snow", pad=True)

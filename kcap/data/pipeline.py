@@ -32,14 +32,34 @@ def _trim_padding(inputs, tokens):
     return inputs, tokens[:, :longest]
 
 
-def _rows_dataset(paths, tokens, image_size):
-    rows = tf.data.Dataset.from_tensor_slices((paths, tokens))
-    return rows, lambda path, ids: ({"images": load_image(path, image_size)}, ids)
-
-
 def steps_per_epoch(images: Sequence[CaptionedImage], batch_size: int) -> int:
     rows = sum(len(image.captions) for image in images)
     return -(-rows // batch_size)
+
+
+def _batcher(paths: np.ndarray, tokens: np.ndarray, image_size, batch_size: int, feature_cache):
+    """A function from row order to batches of (inputs, captions), from image files or the cache."""
+    tokens_t = tf.constant(tokens)
+    if feature_cache is None:
+        paths_t = tf.constant(paths)
+
+        def load(index):
+            return {"images": load_image(paths_t[index], image_size)}, tokens_t[index]
+
+        return lambda order: (
+            tf.data.Dataset.from_tensor_slices(order).map(load, num_parallel_calls=AUTOTUNE).batch(batch_size)
+        )
+
+    rows = tf.constant(feature_cache.rows(paths))
+    gather = feature_cache.gather_fn()
+
+    def load_batch(indices):
+        # One read per batch, not per caption: the memory map is read in order.
+        return {"features": gather(tf.gather(rows, indices))}, tf.gather(tokens_t, indices)
+
+    return lambda order: (
+        tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(load_batch, num_parallel_calls=AUTOTUNE)
+    )
 
 
 def training_dataset(
@@ -50,23 +70,23 @@ def training_dataset(
     seed: int,
     epochs: int,
     initial_epoch: int = 0,
+    feature_cache=None,
 ) -> tf.data.Dataset:
     """Batches for epochs `initial_epoch .. epochs-1`, each shuffled by `(seed, epoch)`.
 
     The order of epoch `e` depends only on the seed and `e`, so a run resumed
     at epoch `e` sees exactly the batches an uninterrupted run would have.
+    With a `kcap.data.feature_cache.FeatureCache`, inputs are
+    `{"features": float16}` read from the cache instead of `{"images": uint8}`.
     """
     paths, tokens = caption_rows(images, vocabulary)
-    paths_t, tokens_t = tf.constant(paths), tf.constant(tokens)
+    batches = _batcher(paths, tokens, image_size, batch_size, feature_cache)
     num_rows = len(paths)
-
-    def load(index):
-        return {"images": load_image(paths_t[index], image_size)}, tokens_t[index]
 
     def one_epoch(epoch):
         seed_pair = tf.stack([tf.constant(seed, tf.int64), epoch])
         order = tf.random.experimental.stateless_shuffle(tf.range(num_rows, dtype=tf.int64), seed=seed_pair)
-        return tf.data.Dataset.from_tensor_slices(order).map(load, num_parallel_calls=AUTOTUNE).batch(batch_size)
+        return batches(order)
 
     epochs_ds = tf.data.Dataset.range(initial_epoch, epochs)
     return epochs_ds.flat_map(one_epoch).map(_trim_padding, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
@@ -77,13 +97,13 @@ def evaluation_dataset(
     vocabulary: Vocabulary,
     image_size: Sequence[int],
     batch_size: int,
+    feature_cache=None,
 ) -> tf.data.Dataset:
     """Every (image, caption) row once, in order: for validation loss."""
     paths, tokens = caption_rows(images, vocabulary)
-    rows, load = _rows_dataset(paths, tokens, image_size)
+    order = tf.range(len(paths), dtype=tf.int64)
     return (
-        rows.map(load, num_parallel_calls=AUTOTUNE)
-        .batch(batch_size)
+        _batcher(paths, tokens, image_size, batch_size, feature_cache)(order)
         .map(_trim_padding, num_parallel_calls=AUTOTUNE)
         .prefetch(AUTOTUNE)
     )

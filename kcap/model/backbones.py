@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 
@@ -72,26 +73,63 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-def get_backbone_spec(name: str) -> BackboneSpec:
+def is_backbone_file(name: str) -> bool:
+    return name.endswith(".keras")
+
+
+def get_backbone_spec(name: str, image_size: int | None = None) -> BackboneSpec:
+    """The spec of a named backbone, or of a `.keras` feature-extractor file."""
+    if is_backbone_file(name):
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"Backbone file {name} does not exist.")
+        size = image_size or 224
+        return BackboneSpec(name, _load_backbone_file, size, "none", (0, 0, 0), True)
     try:
         return BACKBONES[name]
     except KeyError:
-        raise ValueError(f"Unknown backbone {name!r}; choose one of {sorted(BACKBONES)}.") from None
+        raise ValueError(
+            f"Unknown backbone {name!r}; choose one of {sorted(BACKBONES)} or give a .keras file."
+        ) from None
+
+
+def _load_backbone_file(weights: str | None, image_size: int, path: str = "") -> keras.Model:
+    model = keras.models.load_model(path, compile=False, safe_mode=True)
+    shape = model.compute_output_shape((None, image_size, image_size, 3))
+    if len(shape) != 4:
+        raise ValueError(
+            f"Backbone file {path}: its output has shape {shape}; kcap needs a 4-D feature map "
+            "(batch, height, width, channels) — remove pooling and classifier layers."
+        )
+    return model
 
 
 def build_backbone(name: str, weights: str | None = "imagenet", image_size: int | None = None) -> keras.Model:
-    """Builds a named backbone without its classifier head.
+    """Builds a named backbone without its classifier head, or loads a `.keras` one.
 
     Args:
-        name: one of `BACKBONES`.
-        weights: `"imagenet"`, `None`/`"none"` (random init) or a weights file path.
+        name: one of `BACKBONES`, or the path of a `.keras` model that takes
+            raw RGB pixels in [0, 255] (its preprocessing inside) and returns
+            a 4-D feature map.
+        weights: `"imagenet"`, `None`/`"none"` (random init) or a weights file
+            path. A `.keras` backbone brings its own weights (`"file"`).
         image_size: input side in pixels; defaults to the backbone's own.
 
     Raises a clear error, within seconds, when ImageNet weights cannot be
     downloaded.
+
+    Example:
+
+    >>> backbone = build_backbone("mobilenet_v2", weights=None)
+    >>> backbone.output_shape
+    (None, 7, 7, 1280)
     """
-    spec = get_backbone_spec(name)
+    spec = get_backbone_spec(name, image_size)
     size = image_size or spec.image_size
+    if is_backbone_file(name):
+        model = _load_backbone_file(None, size, path=name)
+        if weights not in (None, "none", "file", "imagenet"):
+            model.load_weights(weights)
+        return model
     weights = None if weights in (None, "none") else weights
     if weights == "imagenet" and not spec.pretrained:
         raise ValueError(f"Backbone {name!r} has no ImageNet weights; use --backbone-weights none.")

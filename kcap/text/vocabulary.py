@@ -56,6 +56,7 @@ class Vocabulary:
         captions: Iterable[str],
         max_words: int = 5000,
         max_length: int | None = None,
+        min_count: int = 1,
     ) -> "Vocabulary":
         """Builds a vocabulary from (training) captions.
 
@@ -65,6 +66,8 @@ class Vocabulary:
                 tokens not counted).
             max_length: cap on the number of words in a caption. Defaults to
                 the longest training caption.
+            min_count: leave out words seen fewer times (they become `<unk>`):
+                on small data sets, words seen once or twice cannot be learnt.
         """
         counts: collections.Counter[str] = collections.Counter()
         longest = 0
@@ -76,7 +79,9 @@ class Vocabulary:
             raise ValueError("Cannot build a vocabulary from no words: the captions are empty.")
         for token in SPECIAL_TOKENS:
             counts.pop(token, None)
-        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        ranked = sorted(
+            ((w, n) for w, n in counts.items() if n >= min_count), key=lambda item: (-item[1], item[0])
+        )
         words = list(SPECIAL_TOKENS) + [word for word, _ in ranked[:max_words]]
         length = longest if max_length is None else min(longest, max_length)
         return cls(words, max_length=max(1, length))

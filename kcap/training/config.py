@@ -33,12 +33,17 @@ class TrainConfig:
     units: int = 512
     dropout: float = 0.1
     vocab_size: int = 5000
+    min_word_count: int = 1
     max_length: int | None = None
-    backbone: str | None = None  # None: small_cnn for the synthetic set, else inception_v3
+    backbone: str | None = None  # a name, or a .keras feature-extractor file; None: small_cnn for synthetic, else inception_v3
     backbone_weights: str | None = None  # None: "imagenet" where the backbone has it, else "none"
     image_size: int | None = None  # None: the backbone's own
     preprocessing: str | None = None  # None: the backbone's own
     train_backbone: bool | None = None  # None: only when the backbone starts from random weights
+    fine_tune_layers: int = 0  # unfreeze the last N layers of a pretrained backbone
+    normalize: str = "backbone"  # "backbone": its preprocess_input; "dataset": training-set mean/std
+    cache_features: bool = False
+    cache_dir: str | None = None  # None: $KCAP_CACHE_DIR/features or ~/.cache/kcap/features
     flip: bool = False
     zoom: float | None = None  # None: 0.05 on the synthetic set, 0.1 on real data
     translate: float | None = None
@@ -57,15 +62,35 @@ class TrainConfig:
         c = dataclasses.replace(self)
         if c.backbone is None:
             c.backbone = "small_cnn" if c.is_synthetic else "inception_v3"
-        spec = get_backbone_spec(c.backbone)
+        spec = get_backbone_spec(c.backbone, c.image_size)
         if c.backbone_weights is None:
-            c.backbone_weights = "imagenet" if spec.pretrained else "none"
+            if c.backbone.endswith(".keras"):
+                c.backbone_weights = "file"
+            else:
+                c.backbone_weights = "imagenet" if spec.pretrained else "none"
         if c.image_size is None:
             c.image_size = c.synthetic_image_size if (c.is_synthetic and c.backbone == "small_cnn") else spec.image_size
         if c.preprocessing is None:
             c.preprocessing = spec.preprocessing
         if c.train_backbone is None:
-            c.train_backbone = c.backbone_weights == "none"
+            c.train_backbone = c.backbone_weights == "none" and not c.cache_features
+        if c.cache_features:
+            # Augmentation needs pixels; cached features have none.
+            asked = [
+                name for name, value in (("flip", c.flip), ("zoom", c.zoom), ("translate", c.translate), ("brightness", c.brightness))
+                if value
+            ]
+            if asked:
+                raise ValueError(
+                    f"Augmentation ({', '.join(asked)}) needs pixels, but --cache-features feeds the model "
+                    "cached backbone features. Drop the augmentation flags or --cache-features."
+                )
+            if c.train_backbone or c.fine_tune_layers:
+                raise ValueError(
+                    "--cache-features needs a frozen backbone (its features must not change); "
+                    "drop --train-backbone / --fine-tune-layers, or --cache-features."
+                )
+            c.zoom = c.translate = c.brightness = 0.0
         if c.zoom is None:
             c.zoom = 0.05 if c.is_synthetic else 0.1
         if c.translate is None:
@@ -85,6 +110,8 @@ class TrainConfig:
             (self.vocab_size >= 1, "vocab_size must be at least 1"),
             (self.max_length is None or self.max_length >= 1, "max_length must be at least 1"),
             (self.synthetic_images >= 10, "synthetic_images must be at least 10"),
+            (self.fine_tune_layers >= 0, "fine_tune_layers must be 0 or more"),
+            (self.normalize in ("backbone", "dataset"), "normalize must be 'backbone' or 'dataset'"),
         ]
         for ok, message in checks:
             if not ok:

@@ -11,11 +11,14 @@ import keras
 
 import kcap
 from kcap.data.dataset import CaptionDataset
+from kcap.data.feature_cache import FeatureCache
+from kcap.data.normalization import channel_statistics
 from kcap.data.pipeline import evaluation_dataset, steps_per_epoch, training_dataset
 from kcap.data.sources import load_dataset
 from kcap.model.augmentation import ImageAugmentation
 from kcap.model.backbones import build_backbone
 from kcap.model.captioner import Captioner
+from kcap.model.preprocessing import ImagePreprocessing
 from kcap.text.vocabulary import Vocabulary
 from kcap.training.callbacks import BestModelCheckpoint, HistoryLog, ResumeCheckpoint, VocabularyExport
 from kcap.training.config import TrainConfig
@@ -28,9 +31,22 @@ log = logging.getLogger("kcap")
 RESUMABLE_CHANGES = ("epochs",)
 
 
-def build_captioner(config: TrainConfig, vocabulary: Vocabulary) -> Captioner:
-    """The captioner a (resolved) configuration describes, compiled."""
+def build_captioner(
+    config: TrainConfig, vocabulary: Vocabulary, normalization: dict | None = None
+) -> Captioner:
+    """The captioner a (resolved) configuration describes, compiled.
+
+    `normalization` holds the training set's `mean` and `std` when
+    `config.normalize == "dataset"`.
+    """
+    keras.utils.set_random_seed(config.seed)  # the same initial weights every time
     backbone = build_backbone(config.backbone, config.backbone_weights, config.image_size)
+    if config.normalize == "dataset":
+        if not normalization:
+            raise ValueError("normalize='dataset' needs the training images' mean and std.")
+        preprocessing = ImagePreprocessing("dataset", normalization["mean"], normalization["std"])
+    else:
+        preprocessing = ImagePreprocessing(config.preprocessing)
     augmentation = ImageAugmentation(
         horizontal_flip=config.flip,
         zoom=config.zoom,
@@ -46,10 +62,11 @@ def build_captioner(config: TrainConfig, vocabulary: Vocabulary) -> Captioner:
         embedding_dim=config.embedding_dim,
         units=config.units,
         dropout=config.dropout,
-        preprocessing=config.preprocessing,
+        preprocessing=preprocessing,
         augmentation=augmentation,
         train_backbone=config.train_backbone,
         position_embedding=config.position_embedding,
+        fine_tune_layers=config.fine_tune_layers,
     )
     optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm)
     model.compile(optimizer=optimizer)
@@ -86,6 +103,55 @@ def _warn_about_flip(config: TrainConfig, dataset: CaptionDataset) -> None:
         log.warning(message)
 
 
+def prepare_data(config: TrainConfig, run: RunDir | None = None) -> tuple[CaptionDataset, Vocabulary, dict | None]:
+    """The split data set, the vocabulary and (for `normalize="dataset"`) the channel statistics.
+
+    A run being resumed keeps the vocabulary and statistics it started with.
+    """
+    dataset = load_dataset(config)
+    train_images = dataset.subset("train")
+    if not train_images:
+        raise ValueError(f"No training images in {dataset.source}.")
+    if run is not None and run.vocabulary.is_file():
+        vocabulary = Vocabulary.load(run.vocabulary)
+    else:
+        vocabulary = Vocabulary.build(
+            (c for image in train_images for c in image.captions),
+            max_words=config.vocab_size,
+            max_length=config.max_length,
+            min_count=config.min_word_count,
+        )
+    normalization = None
+    if config.normalize == "dataset":
+        if run is not None and run.config.is_file():
+            normalization = json.loads(run.config.read_text()).get("normalization")
+        if not normalization:
+            mean, std = channel_statistics([str(i.path) for i in train_images], (config.image_size,) * 2)
+            normalization = {"mean": mean, "std": std}
+    return dataset, vocabulary, normalization
+
+
+def cached_images(dataset: CaptionDataset) -> list[str]:
+    """The images a feature cache holds: every image with a split, in file order."""
+    return [str(i.path) for i in dataset.images if i.split is not None]
+
+
+def build_feature_cache(
+    config: TrainConfig, model: Captioner, dataset: CaptionDataset, progress: bool = True
+) -> tuple[FeatureCache, dict]:
+    """Finds (or builds, or finishes building) the feature cache for this model and data."""
+    cache = FeatureCache.for_model(model, cached_images(dataset), config.cache_dir)
+    stats = cache.build(model, batch_size=config.batch_size, progress=progress)
+    if stats["reused"]:
+        log.info("Reusing the feature cache %s.", cache.directory)
+    else:
+        log.info(
+            "Cached features of %d images in %.1f s (%.1f images/s): %s, %.1f MiB.",
+            stats["computed"], stats["seconds"], stats["images_per_s"] or 0, cache.directory, cache.size_bytes / 2**20,
+        )
+    return cache, stats
+
+
 def train(config: TrainConfig, run_dir: str | Path, verbose: int | str = "auto") -> dict:
     """Trains (or resumes) the run in `run_dir`; returns its history entries."""
     config = config.resolved()
@@ -95,36 +161,34 @@ def train(config: TrainConfig, run_dir: str | Path, verbose: int | str = "auto")
     if resuming:
         _check_resume(run, config)
     ensure_dirs(run)
-    keras.utils.set_random_seed(config.seed)
 
-    dataset = load_dataset(config)
+    dataset, vocabulary, normalization = prepare_data(config, run if resuming else None)
     _warn_about_flip(config, dataset)
     train_images, val_images = dataset.subset("train"), dataset.subset("val")
-    if not train_images:
-        raise ValueError(f"No training images in {dataset.source}.")
-    if resuming and run.vocabulary.is_file():
-        vocabulary = Vocabulary.load(run.vocabulary)
-    else:
-        vocabulary = Vocabulary.build(
-            (c for image in train_images for c in image.captions),
-            max_words=config.vocab_size,
-            max_length=config.max_length,
-        )
+    model = build_captioner(config, vocabulary, normalization)
+    feature_cache, cache_stats = (None, None)
+    if config.cache_features:
+        feature_cache, cache_stats = build_feature_cache(config, model, dataset)
+
     # The manifest and config are written before any checkpoint, so every
     # checkpoint has its settings and data beside it.
     atomic_write_json(run.splits, dataset.to_manifest())
-    atomic_write_json(run.config, {
+    run_config = {
         "kcap_version": kcap.__version__,
         "settings": config.to_json(),
         "data": {
             "source": dataset.source,
             "images": dataset.split_sizes(),
+            "excluded_images": len(dataset.excluded),
             "captions": {s: sum(len(i.captions) for i in dataset.subset(s)) for s in ("train", "val", "test")},
         },
         "vocabulary": {"size": len(vocabulary), "max_length": vocabulary.max_length},
-    })
+        "normalization": normalization,
+    }
+    if feature_cache is not None:
+        run_config["feature_cache"] = {"path": str(feature_cache.directory), "size_bytes": feature_cache.size_bytes, **cache_stats}
+    atomic_write_json(run.config, run_config)
 
-    model = build_captioner(config, vocabulary)
     initial_epoch = ResumeCheckpoint.restore(model, run.resume_weights, run.resume_state)
     previous = HistoryLog.load(run.history, initial_epoch)
     if initial_epoch:
@@ -135,9 +199,13 @@ def train(config: TrainConfig, run_dir: str | Path, verbose: int | str = "auto")
 
     image_size = (config.image_size, config.image_size)
     train_ds = training_dataset(
-        train_images, vocabulary, image_size, config.batch_size, config.seed, config.epochs, initial_epoch
+        train_images, vocabulary, image_size, config.batch_size, config.seed, config.epochs, initial_epoch,
+        feature_cache=feature_cache,
     )
-    val_ds = evaluation_dataset(val_images, vocabulary, image_size, config.batch_size) if val_images else None
+    val_ds = (
+        evaluation_dataset(val_images, vocabulary, image_size, config.batch_size, feature_cache=feature_cache)
+        if val_images else None
+    )
     val_losses = [e["val_loss"] for e in previous if "val_loss" in e]
     monitor = "val_loss" if val_ds is not None else "loss"
     callbacks = [

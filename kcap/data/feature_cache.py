@@ -1,0 +1,187 @@
+"""A disk cache of backbone features: the frozen backbone runs once per image, ever.
+
+Layout of one cache (a folder named by its key):
+
+```
+<cache_dir>/<key>/
+  meta.json       what the key was made of, the image list and the array shape
+  features.npy    float16 (images, h, w, channels), memory-mapped
+  progress.json   how many images are done (the build resumes from there)
+```
+
+The key hashes the backbone's architecture and weights, the preprocessing,
+the image size and every image file's path, size and modification time, so
+a cache built for other weights or other image files is never used. Training
+reads rows through a memory map: RAM stays bounded when the cache is larger
+than memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from kcap.data.pipeline import image_dataset
+from kcap.utils.files import atomic_write_json
+
+CACHE_FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("KCAP_CACHE_DIR") or Path.home() / ".cache" / "kcap"
+    return Path(root) / "features"
+
+
+def _weights_digest(model) -> str:
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        digest.update(variable.path.encode())
+        digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def _file_identity(path: str) -> list:
+    stat = os.stat(path)
+    return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
+def cache_key(model, image_paths: Sequence[str]) -> dict:
+    """What a cache's features depend on (JSON-able); its hash names the folder."""
+    return {
+        "format": CACHE_FORMAT,
+        "backbone": json.loads(model.backbone.to_json()),
+        "backbone_weights": _weights_digest(model.backbone),
+        "preprocessing": model.preprocessing.get_config() | {"name": None},
+        "image_size": list(model.image_size),
+        "images": [_file_identity(p) for p in image_paths],
+    }
+
+
+class FeatureCache:
+    """Backbone features of a fixed list of images, stored as float16 on disk.
+
+    Example:
+
+    ```python
+    cache = FeatureCache.for_model(model, [str(i.path) for i in dataset])
+    cache.build(model)                    # a no-op when it is already complete
+    rows = cache.rows([str(image.path)])  # row of each image in the array
+    ```
+    """
+
+    def __init__(self, directory: str | Path, image_paths: Sequence[str], feature_shape: Sequence[int]):
+        self.directory = Path(directory)
+        self.image_paths = [str(p) for p in image_paths]
+        self.feature_shape = tuple(int(d) for d in feature_shape)
+        self._rows = {path: i for i, path in enumerate(self.image_paths)}
+
+    @classmethod
+    def for_model(cls, model, image_paths: Sequence[str], cache_dir: str | Path | None = None) -> "FeatureCache":
+        """The cache of `model`'s backbone features for `image_paths` (unique paths, in order)."""
+        image_paths = list(dict.fromkeys(str(p) for p in image_paths))
+        key = cache_key(model, image_paths)
+        name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        cache = cls(Path(cache_dir or default_cache_dir()) / name, image_paths, model.feature_shape)
+        cache._key = key
+        return cache
+
+    # -- files ---------------------------------------------------------------
+
+    meta_path = property(lambda self: self.directory / "meta.json")
+    array_path = property(lambda self: self.directory / "features.npy")
+    progress_path = property(lambda self: self.directory / "progress.json")
+
+    @property
+    def num_done(self) -> int:
+        if not self.progress_path.is_file() or not self.array_path.is_file():
+            return 0
+        return int(json.loads(self.progress_path.read_text())["done"])
+
+    def is_complete(self) -> bool:
+        return self.num_done == len(self.image_paths)
+
+    @property
+    def size_bytes(self) -> int:
+        return self.array_path.stat().st_size if self.array_path.is_file() else 0
+
+    # -- building ------------------------------------------------------------
+
+    def build(self, model, batch_size: int = 32, progress: bool = True) -> dict:
+        """Runs the backbone over every image not yet cached; resumes a killed build.
+
+        Returns build statistics: images computed, seconds, images/s.
+        """
+        total = len(self.image_paths)
+        done = self.num_done
+        if done == total:
+            return {"computed": 0, "seconds": 0.0, "images_per_s": None, "reused": True}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        shape = (total, *self.feature_shape)
+        if done == 0 or not self.array_path.is_file():
+            atomic_write_json(self.meta_path, {**self._key, "shape": list(shape), "dtype": "float16"})
+            array = np.lib.format.open_memmap(self.array_path, mode="w+", dtype=np.float16, shape=shape)
+            done = 0
+        else:
+            array = np.load(self.array_path, mmap_mode="r+")
+        first = done
+        extract = tf.function(lambda batch: tf.cast(model.extract_features(batch["images"]), tf.float16))
+        start = time.perf_counter()
+        batches = image_dataset(self.image_paths[done:], model.image_size, batch_size)
+        with tqdm(total=total, initial=done, unit="img", desc="caching features", disable=not progress) as bar:
+            for batch in batches:
+                features = extract(batch).numpy()
+                array[done: done + len(features)] = features
+                done += len(features)
+                # Features first, then the count: a build killed in between redoes one batch.
+                array.flush()
+                atomic_write_json(self.progress_path, {"done": done})
+                bar.update(len(features))
+        del array
+        seconds = time.perf_counter() - start
+        computed = total - first
+        return {"computed": computed, "seconds": seconds, "images_per_s": computed / seconds if seconds else None, "reused": False}
+
+    # -- reading -------------------------------------------------------------
+
+    def rows(self, image_paths: Sequence[str]) -> np.ndarray:
+        """Row index in the array of each image path."""
+        try:
+            return np.asarray([self._rows[str(p)] for p in image_paths], dtype=np.int64)
+        except KeyError as error:
+            raise KeyError(f"Image {error.args[0]} is not in the feature cache {self.directory}.") from None
+
+    def open(self) -> np.memmap:
+        """The whole array, read-only and memory-mapped."""
+        if not self.is_complete():
+            raise RuntimeError(
+                f"The feature cache {self.directory} is incomplete ({self.num_done}/{len(self.image_paths)}); "
+                "run `kcap features` (or train with --cache-features) to finish it."
+            )
+        return np.load(self.array_path, mmap_mode="r")
+
+    def gather_fn(self):
+        """A function from a batch of row indices (int64 tensor) to float16 features, for tf.data."""
+        array = self.open()
+        shape = self.feature_shape
+
+        def gather(indices: np.ndarray) -> np.ndarray:
+            # Sorted reads are sequential on disk; then put them back in batch order.
+            order = np.argsort(indices, kind="stable")
+            out = np.empty((len(indices), *shape), np.float16)
+            out[order] = array[indices[order]]
+            return out
+
+        def gather_tf(indices):
+            features = tf.numpy_function(gather, [indices], tf.float16, stateful=False)
+            features.set_shape([None, *shape])
+            return features
+
+        return gather_tf

@@ -1,0 +1,109 @@
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY
+from kcap.data.feature_cache import FeatureCache
+from kcap.model.captioner import Captioner
+from kcap.training.config import TrainConfig
+from kcap.training.trainer import build_captioner, prepare_data, train
+
+
+@pytest.fixture()
+def cached_config(tmp_path, monkeypatch):
+    # Its own synthetic set: one test edits an image file.
+    monkeypatch.setenv("KCAP_CACHE_DIR", str(tmp_path / "cache"))
+    # A frozen randomly initialised small_cnn: cheap, and its features are as cacheable as any.
+    return TrainConfig(
+        data="synthetic", **{**TINY, "epochs": 1}, train_backbone=False, cache_features=True,
+        cache_dir=str(tmp_path / "features"),
+    )
+
+
+def test_second_run_reuses_the_cache_without_a_backbone_forward_pass(cached_config, tmp_path, monkeypatch):
+    train(cached_config, tmp_path / "first", verbose=0)
+    config = json.loads((tmp_path / "first" / "config.json").read_text())
+    cache_info = config["feature_cache"]
+    assert not cache_info["reused"] and cache_info["computed"] == 80
+    array = cache_info["path"] + "/features.npy"
+    mtime = os.stat(array).st_mtime_ns
+
+    calls = []
+    original = Captioner.extract_features
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Captioner, "extract_features", counting)
+    train(cached_config, tmp_path / "second", verbose=0)
+    second = json.loads((tmp_path / "second" / "config.json").read_text())["feature_cache"]
+    assert second["reused"] and second["path"] == cache_info["path"]
+    assert calls == []  # the backbone never ran, not even traced
+    assert os.stat(array).st_mtime_ns == mtime
+    history = json.loads((tmp_path / "second" / "history.json").read_text())["epochs"]
+    assert len(history) == 1 and np.isfinite(history[0]["loss"])
+
+
+def _cache_for(config):
+    config = config.resolved()
+    dataset, vocabulary, normalization = prepare_data(config)
+    model = build_captioner(config, vocabulary, normalization)
+    paths = [str(i.path) for i in dataset.images]
+    return FeatureCache.for_model(model, paths, config.cache_dir), model, paths
+
+
+def test_cache_holds_the_backbone_features_as_float16(cached_config):
+    cache, model, paths = _cache_for(cached_config)
+    cache.build(model, batch_size=16, progress=False)
+    array = cache.open()
+    assert array.dtype == np.float16 and array.shape == (80, *model.feature_shape)
+    from kcap.data.images import load_image
+
+    image = load_image(paths[5], model.image_size)[None]
+    expected = np.asarray(model.extract_features(image))[0]
+    np.testing.assert_allclose(array[5].astype("float32"), expected, rtol=2e-2, atol=2e-2)
+    # One float16 copy per image and nothing else worth counting.
+    assert cache.size_bytes <= 1.05 * array.size * 2
+
+
+def test_changing_the_backbone_or_an_image_invalidates_the_cache(cached_config):
+    cache, model, paths = _cache_for(cached_config)
+    other_seed, _, _ = _cache_for(dataclasses.replace(cached_config, seed=1))  # other random weights
+    assert other_seed.directory != cache.directory
+    other_size, _, _ = _cache_for(dataclasses.replace(cached_config, image_size=48))
+    assert other_size.directory != cache.directory
+
+    time.sleep(0.01)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(paths[0])
+    edited, _, _ = _cache_for(cached_config)
+    assert edited.directory != cache.directory
+
+
+def test_an_interrupted_build_finishes_only_the_missing_images(cached_config):
+    cache, model, paths = _cache_for(cached_config)
+    stats = cache.build(model, batch_size=16, progress=False)
+    assert stats["computed"] == 80
+    full = np.array(cache.open())
+    # A build killed after 32 images left this progress behind (and garbage after it).
+    with open(cache.progress_path, "w") as f:
+        json.dump({"done": 32}, f)
+    array = np.load(cache.array_path, mmap_mode="r+")
+    array[32:] = 0
+    array.flush()
+    del array
+    stats = cache.build(model, batch_size=16, progress=False)
+    assert stats["computed"] == 48
+    np.testing.assert_array_equal(np.array(cache.open()), full)
+
+
+def test_augmentation_with_cached_features_is_a_clear_error(cached_config):
+    with pytest.raises(ValueError, match="needs pixels"):
+        dataclasses.replace(cached_config, zoom=0.1).resolved()
+    with pytest.raises(ValueError, match="frozen backbone"):
+        dataclasses.replace(cached_config, train_backbone=True).resolved()

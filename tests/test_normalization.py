@@ -1,0 +1,25 @@
+import numpy as np
+from PIL import Image
+
+from kcap.data.images import load_image
+from kcap.data.normalization import channel_statistics
+from kcap.model.preprocessing import ImagePreprocessing
+
+
+def test_channel_statistics_equal_numpy_over_all_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(7):
+        path = tmp_path / f"{i}.png"
+        image = rng.normal([120, 80, 200], [30, 10, 20], (20 + i, 30, 3)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(image).save(path)
+        paths.append(str(path))
+    mean, std = channel_statistics(paths, (16, 16), batch_size=3, progress=False)
+    pixels = np.concatenate([load_image(p, (16, 16)).numpy().reshape(-1, 3) for p in paths]).astype(np.float64)
+    np.testing.assert_allclose(mean, pixels.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(std, pixels.std(0), rtol=1e-9)
+
+    # The dataset mode divides by the standard deviation, not the variance.
+    normalised = np.asarray(ImagePreprocessing("dataset", mean, std)(pixels.reshape(1, -1, 1, 3)))
+    np.testing.assert_allclose(normalised.reshape(-1, 3).std(0), 1.0, rtol=1e-3)
+    np.testing.assert_allclose(normalised.reshape(-1, 3).mean(0), 0.0, atol=1e-3)
