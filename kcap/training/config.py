@@ -50,6 +50,7 @@ class TrainConfig:
     brightness: float | None = None
     position_embedding: bool = True
     clipnorm: float | None = None
+    strategy: str = "default"  # see kcap.training.distribute.STRATEGIES
 
     @property
     def is_synthetic(self) -> bool:
@@ -112,6 +113,7 @@ class TrainConfig:
             (self.synthetic_images >= 10, "synthetic_images must be at least 10"),
             (self.fine_tune_layers >= 0, "fine_tune_layers must be 0 or more"),
             (self.normalize in ("backbone", "dataset"), "normalize must be 'backbone' or 'dataset'"),
+            (self.strategy in ("default", "mirrored", "multi-worker", "tpu"), "strategy must be default, mirrored, multi-worker or tpu"),
         ]
         for ok, message in checks:
             if not ok:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import keras
@@ -22,13 +25,14 @@ from kcap.model.preprocessing import ImagePreprocessing
 from kcap.text.vocabulary import Vocabulary
 from kcap.training.callbacks import BestModelCheckpoint, HistoryLog, ResumeCheckpoint, VocabularyExport
 from kcap.training.config import TrainConfig
+from kcap.training.distribute import is_chief, make_strategy
 from kcap.training.run_dir import RunDir, ensure_dirs
 from kcap.utils.files import atomic_path, atomic_write_json
 
 log = logging.getLogger("kcap")
 
 # Settings that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("epochs",)
+RESUMABLE_CHANGES = ("epochs", "strategy")
 
 
 def build_captioner(
@@ -152,23 +156,53 @@ def build_feature_cache(
     return cache, stats
 
 
+def _wait_for_feature_cache(config, model, dataset, timeout_s: float = 3600.0):
+    cache = FeatureCache.for_model(model, cached_images(dataset), config.cache_dir)
+    deadline = time.monotonic() + timeout_s
+    while not cache.is_complete():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"The chief did not finish the feature cache {cache.directory} in {timeout_s:.0f} s.")
+        time.sleep(2)
+    return cache, {"computed": 0, "seconds": 0.0, "images_per_s": None, "reused": True}
+
+
 def train(config: TrainConfig, run_dir: str | Path, verbose: int | str = "auto") -> dict:
-    """Trains (or resumes) the run in `run_dir`; returns its history entries."""
+    """Trains (or resumes) the run in `run_dir`; returns its history entries.
+
+    Under `--strategy multi-worker` every worker runs this; only the chief
+    writes into `run_dir`, the others write into a temporary folder that is
+    removed at the end (they must still save: saving takes part in collectives).
+    """
     config = config.resolved()
-    run = RunDir(Path(run_dir))
+    strategy = make_strategy(config.strategy)  # before any other TF op (multi-worker needs that)
+    if is_chief(strategy):
+        return _train(config, RunDir(Path(run_dir)), RunDir(Path(run_dir)), strategy, verbose)
+    scratch = Path(tempfile.mkdtemp(prefix="kcap-worker-"))
+    try:
+        return _train(config, RunDir(Path(run_dir)), RunDir(scratch), strategy, verbose)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) -> dict:
+    """`source` is the run directory read to resume; `run` is where this process writes."""
     run.check_writable()
-    resuming = run.exists()
+    resuming = source.exists()
     if resuming:
-        _check_resume(run, config)
+        _check_resume(source, config)
     ensure_dirs(run)
 
-    dataset, vocabulary, normalization = prepare_data(config, run if resuming else None)
+    dataset, vocabulary, normalization = prepare_data(config, source if resuming else None)
     _warn_about_flip(config, dataset)
     train_images, val_images = dataset.subset("train"), dataset.subset("val")
-    model = build_captioner(config, vocabulary, normalization)
+    with strategy.scope():
+        model = build_captioner(config, vocabulary, normalization)
     feature_cache, cache_stats = (None, None)
     if config.cache_features:
-        feature_cache, cache_stats = build_feature_cache(config, model, dataset)
+        if run.path == source.path:
+            feature_cache, cache_stats = build_feature_cache(config, model, dataset)
+        else:  # another worker: the chief builds the cache, on the shared file system
+            feature_cache, cache_stats = _wait_for_feature_cache(config, model, dataset)
 
     # The manifest and config are written before any checkpoint, so every
     # checkpoint has its settings and data beside it.
@@ -189,12 +223,13 @@ def train(config: TrainConfig, run_dir: str | Path, verbose: int | str = "auto")
         run_config["feature_cache"] = {"path": str(feature_cache.directory), "size_bytes": feature_cache.size_bytes, **cache_stats}
     atomic_write_json(run.config, run_config)
 
-    initial_epoch = ResumeCheckpoint.restore(model, run.resume_weights, run.resume_state)
-    previous = HistoryLog.load(run.history, initial_epoch)
+    with strategy.scope():
+        initial_epoch = ResumeCheckpoint.restore(model, source.resume_weights, source.resume_state)
+    previous = HistoryLog.load(source.history, initial_epoch)
     if initial_epoch:
-        log.info("Resuming %s after epoch %d of %d.", run.path, initial_epoch, config.epochs)
+        log.info("Resuming %s after epoch %d of %d.", source.path, initial_epoch, config.epochs)
     if initial_epoch >= config.epochs:
-        log.info("%s already finished its %d epochs.", run.path, config.epochs)
+        log.info("%s already finished its %d epochs.", source.path, config.epochs)
         return {"epochs": previous}
 
     image_size = (config.image_size, config.image_size)

@@ -1,0 +1,59 @@
+"""tf.distribute strategies for training: one device, several GPUs, several machines, TPUs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
+
+
+def make_strategy(name: str = "default") -> tf.distribute.Strategy:
+    """The strategy `kcap train --strategy NAME` trains under.
+
+    - `default`: one device (the first GPU if any, else the CPU).
+    - `mirrored`: every local GPU (without GPUs: every logical CPU device),
+      synchronous all-reduce.
+    - `multi-worker`: `MultiWorkerMirroredStrategy`; each machine runs the same
+      command with its own `TF_CONFIG`. Create it before any other TensorFlow op.
+    - `tpu`: `TPUStrategy` on the TPU named by the environment.
+
+    `--batch-size` is always the global batch, split across replicas.
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    if name == "multi-worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--strategy multi-worker needs TF_CONFIG naming the cluster and this task; see the README.")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise ValueError(f"Unknown strategy {name!r}; expected one of {STRATEGIES}.")
+
+
+def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
+    """Whether this process writes the run's files (checkpoints, vocabulary, exports).
+
+    The chief is the `chief` task, or worker 0 when the cluster has no chief;
+    a process outside any cluster is its own chief.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None) if strategy is not None else None
+    if resolver is not None and getattr(resolver, "task_type", None):
+        task_type, task_id = resolver.task_type, resolver.task_id
+        cluster = resolver.cluster_spec().as_dict()
+    else:
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        task = config.get("task") or {}
+        task_type, task_id = task.get("type"), task.get("index", 0)
+        cluster = config.get("cluster") or {}
+    if task_type in (None, "chief"):
+        return True
+    return task_type == "worker" and task_id == 0 and "chief" not in cluster
