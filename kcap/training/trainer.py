@@ -73,7 +73,10 @@ def build_captioner(
         fine_tune_layers=config.fine_tune_layers,
     )
     optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm)
-    model.compile(optimizer=optimizer)
+    # No XLA: the gradient of the teacher-forcing scan has a dynamic TensorArray
+    # size, which XLA cannot compile, and Keras' "auto" would turn XLA on
+    # wherever a GPU is visible.
+    model.compile(optimizer=optimizer, jit_compile=False)
     return model
 
 
