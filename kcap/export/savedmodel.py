@@ -1,0 +1,288 @@
+"""SavedModel export: a trained run becomes one self-contained serving artifact.
+
+Everything from encoded image bytes to caption strings runs inside the
+graph: decoding and resizing (`kcap.data.images.decode_image`, the very
+function `kcap caption` uses), preprocessing, backbone, encoder, the decoding
+loop and the id → word lookup. Serving needs TensorFlow only: no kcap, no
+Keras custom objects, no vocabulary file read at request time.
+
+Signatures of the exported SavedModel:
+
+- `serving_default`: `image_bytes` (`tf.string`, `[None]`, JPEG/PNG/GIF/BMP
+  bytes) → `caption` (`tf.string`, `[None]`), `score` (`float32`, `[None]`,
+  the caption's summed log-probability, `<end>` included).
+- `serving_images`: `images` (`float32`, `[None, H, W, 3]`, RGB in [0, 255] at
+  the model's image size) → the same outputs.
+
+Assets (under `assets/`): `vocab.json` and `config.json` of the run,
+`kcap_version.txt` and `export.json` (how the export was made).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+import kcap
+from kcap.data.images import decode_image
+from kcap.model import decoding
+from kcap.text.vocabulary import END_ID, PAD_ID, START_ID
+from kcap.utils.files import atomic_directory
+
+SERVING_DEFAULT = "serving_default"
+SERVING_IMAGES = "serving_images"
+CHECKPOINTS = ("best", "last")
+EXPORT_FORMAT = "kcap.export"
+EXPORT_VERSION = 1
+
+
+def captions_from_ids(ids: tf.Tensor, words: tf.Tensor) -> tf.Tensor:
+    """Token ids → caption strings, in the graph; the same text as `Vocabulary.decode`.
+
+    Stops at the first `<end>`, skips `<pad>` and `<start>`, joins with spaces.
+
+    Args:
+        ids: int32 (batch, time).
+        words: tf.string (vocabulary_size,), the words by id.
+
+    Returns tf.string (batch,).
+
+    Example:
+
+    >>> words = tf.constant(["<pad>", "<start>", "<end>", "<unk>", "a", "dog"])
+    >>> captions_from_ids(tf.constant([[4, 5, 2, 4], [2, 0, 0, 0]]), words).numpy().tolist()
+    [b'a dog', b'']
+    """
+    ids = tf.convert_to_tensor(ids, tf.int32)
+    # Inclusive count of <end> so far: 0 strictly before the first <end>.
+    before_end = tf.equal(tf.cumsum(tf.cast(tf.equal(ids, END_ID), tf.int32), axis=1), 0)
+    keep = before_end & tf.not_equal(ids, PAD_ID) & tf.not_equal(ids, START_ID)
+    tokens = tf.ragged.boolean_mask(tf.gather(words, ids), keep)
+    return tf.strings.reduce_join(tokens, axis=1, separator=" ")
+
+
+def decode_function(beam_size: int = 1):
+    """The decoding loop for `beam_size`: greedy for 1, else `kcap.model.decoding.beam_search`.
+
+    Returns a callable `(decoder, encoded, max_length) -> (ids, attention, scores)`.
+    Raises `NotImplementedError` when `beam_size > 1` and kcap has no beam search.
+
+    Example:
+
+    >>> decode_function(1) is kcap.model.decoding.greedy_decode
+    True
+    """
+    if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
+        raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}.")
+    if beam_size == 1:
+        return decoding.greedy_decode
+    beam_search = getattr(decoding, "beam_search", None)
+    if beam_search is None:
+        raise NotImplementedError(
+            f"beam_size={beam_size} needs kcap.model.decoding.beam_search, which this kcap "
+            f"({kcap.__version__}) does not have; export with beam_size=1 (greedy)."
+        )
+
+    def decode(decoder, encoded, max_length):
+        ids, attention, scores = beam_search(decoder, encoded, max_length, beam_size=beam_size)
+        # Should a beam search return every beam, serve the best (the first) one.
+        if ids.shape.rank == 3:
+            ids, scores = ids[:, 0], scores[:, 0]
+        return ids, attention, scores
+
+    return decode
+
+
+def build_export_archive(
+    model: keras.Model, words: list[str], beam_size: int = 1
+) -> keras.export.ExportArchive:
+    """An `ExportArchive` with the `serving_default` and `serving_images` endpoints.
+
+    Args:
+        model: a `kcap.model.captioner.Captioner`.
+        words: the vocabulary's words, by id.
+        beam_size: 1 for greedy decoding, more for beam search.
+
+    Example:
+
+    ```python
+    trained = kcap.inference.load_run("runs/shapes")
+    archive = build_export_archive(trained.model, trained.vocabulary.words)
+    archive.write_out("exported/shapes")
+    ```
+    """
+    if len(words) != model.vocabulary_size:
+        raise ValueError(f"The model has {model.vocabulary_size} words but {len(words)} were given.")
+    decode = decode_function(beam_size)
+    height, width = model.image_size
+    max_length = model.max_length
+
+    archive = keras.export.ExportArchive()
+    # No `archive.track(model)`: the endpoints capture every variable they use, and
+    # ExportArchive saves those; tracking the model as well stores each weight twice
+    # (keras-team/keras#23553: a 2x artifact, 2x variable memory when served).
+    # Words live in the SavedModel itself (a string variable captured by the
+    # graph), so serving reads no file; the collection makes them visible as
+    # `loaded.vocabulary_words[0]` after `tf.saved_model.load`.
+    vocabulary_words = tf.Variable(words, dtype=tf.string, trainable=False, name="vocabulary_words")
+    archive.add_variable_collection("vocabulary_words", [vocabulary_words])
+
+    def caption_images(images):
+        encoded = model.encode({"images": images}, training=False)
+        ids, _, scores = decode(model.decoder, encoded, tf.constant(max_length, tf.int32))
+        return {
+            "caption": captions_from_ids(ids, vocabulary_words),
+            "score": tf.cast(scores, tf.float32),
+        }
+
+    def caption_bytes(image_bytes):
+        # Per image, the exact decode + resize of `kcap caption`; uint8 after resizing,
+        # as there, so both paths feed the model the same pixels.
+        images = tf.map_fn(
+            lambda data: decode_image(data, (height, width)),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec((height, width, 3), tf.uint8),
+        )
+        return caption_images(tf.cast(images, tf.float32))
+
+    # Named `serving_default` ourselves, so TF Serving and `saved_model_cli`
+    # list it under that key (ExportArchive would otherwise alias the first endpoint).
+    archive.add_endpoint(
+        SERVING_DEFAULT, caption_bytes,
+        input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")],
+    )
+    archive.add_endpoint(
+        SERVING_IMAGES, caption_images,
+        input_signature=[tf.TensorSpec((None, height, width, 3), tf.float32, name="images")],
+    )
+    return archive
+
+
+def export_run(
+    run_dir: str | Path,
+    output: str | Path,
+    beam_size: int = 1,
+    force: bool = False,
+    checkpoint: str = "best",
+) -> Path:
+    """Writes a trained run as a SavedModel that captions JPEG/PNG bytes.
+
+    Args:
+        run_dir: a kcap run directory.
+        output: the SavedModel directory to write.
+        beam_size: 1 for greedy decoding (as `kcap caption`), more for beam search.
+        force: replace an existing export at `output`.
+        checkpoint: `"best"` (lowest validation loss) or `"last"`.
+
+    The export is written into a temporary directory beside `output` and
+    renamed onto it at the end, so a failed export leaves an earlier one intact.
+
+    Example:
+
+    ```python
+    export_run("runs/shapes", "exported/shapes")
+    serving = tf.saved_model.load("exported/shapes")
+    out = serving.signatures["serving_default"](image_bytes=tf.constant([open("a.jpg", "rb").read()]))
+    print(out["caption"].numpy()[0].decode(), float(out["score"][0]))
+    ```
+    """
+    from kcap.inference import load_run
+
+    output = Path(output)
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}.")
+    decode_function(beam_size)  # fail on an unsupported beam size before loading anything
+    _check_output(output, Path(run_dir), force)
+
+    trained = load_run(run_dir, checkpoint)
+    archive = build_export_archive(trained.model, trained.vocabulary.words, beam_size)
+    info = {
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "kcap_version": kcap.__version__,
+        "run_dir": str(Path(run_dir).resolve()),
+        "checkpoint": checkpoint,
+        "model_file": str(trained.run.model_path(checkpoint).resolve()),
+        "beam_size": beam_size,
+        "image_size": list(trained.model.image_size),
+        "max_length": trained.model.max_length,
+        "vocabulary_size": len(trained.vocabulary),
+        "signatures": {
+            SERVING_DEFAULT: {"inputs": {"image_bytes": "string [None]"},
+                              "outputs": {"caption": "string [None]", "score": "float32 [None]"}},
+            SERVING_IMAGES: {"inputs": {"images": "float32 [None, H, W, 3] in [0, 255]"},
+                             "outputs": {"caption": "string [None]", "score": "float32 [None]"}},
+        },
+    }
+    with tempfile.TemporaryDirectory(prefix="kcap-export-") as staging:
+        staging = Path(staging)
+        (staging / "kcap_version.txt").write_text(kcap.__version__ + "\n", encoding="utf-8")
+        (staging / "export.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        # tf.saved_model.save copies every tracked Asset into assets/ under its own file name.
+        assets = {
+            "vocab": tf.saved_model.Asset(str(trained.run.vocabulary)),
+            "config": tf.saved_model.Asset(str(trained.run.config)),
+            "kcap_version": tf.saved_model.Asset(str(staging / "kcap_version.txt")),
+            "export": tf.saved_model.Asset(str(staging / "export.json")),
+        }
+        # ExportArchive.track() keeps only variables and lookup tables; Assets must hang off
+        # the object it saves (its root trackable) to be written and restored.
+        root = getattr(archive, "_tf_trackable", None)
+        if root is None:
+            raise RuntimeError(
+                f"keras {keras.__version__}: ExportArchive has no root trackable to attach "
+                "assets to; kcap's export needs updating for this Keras version."
+            )
+        root.kcap_assets = assets
+        with atomic_directory(output) as tmp, _quiet_tensorflow_logger():
+            archive.write_out(str(tmp), verbose=False)
+    return output
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow_logger():
+    """Hides the saver's INFO/WARNING chatter (temporary paths, renamed loop inputs)."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_output(output: Path, run_dir: Path, force: bool) -> None:
+    """Refuses to replace anything but an earlier SavedModel, and that only with `force`."""
+    # Replacing the run directory or a folder above it would delete the run.
+    resolved, run = output.resolve(), run_dir.resolve()
+    if resolved == run or resolved in run.parents:
+        raise ValueError(f"--output {output} would replace the run directory {run_dir}; choose another.")
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"{output} exists and is not a directory; choose another --output.")
+    if output.is_dir() and any(output.iterdir()):
+        if not force:
+            raise FileExistsError(
+                f"{output} is not empty; pass force=True (kcap export --force) to replace it."
+            )
+        if not (output / "saved_model.pb").is_file():
+            # --force replaces an earlier export, never an arbitrary folder.
+            raise FileExistsError(
+                f"{output} is not empty and holds no saved_model.pb; refusing to replace it "
+                "even with force. Choose a new or empty --output."
+            )
+
+
+__all__ = [
+    "SERVING_DEFAULT",
+    "SERVING_IMAGES",
+    "build_export_archive",
+    "captions_from_ids",
+    "decode_function",
+    "export_run",
+]
