@@ -1,13 +1,10 @@
-"""Corpus BLEU against several references per image."""
+"""Corpus BLEU against several references per image (pycocoevalcap's BLEU)."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
-from nltk.translate.bleu_score import corpus_bleu
-
-from kcap.text.tokenize import tokenize
+from kcap.evaluation.metrics import caption_metrics
 
 
 def corpus_bleu_scores(
@@ -15,31 +12,18 @@ def corpus_bleu_scores(
 ) -> dict[str, float]:
     """BLEU-1..4 of generated captions, each against all references of its image.
 
-    Standard multi-reference corpus BLEU (Papineni et al.), as nltk's
-    `corpus_bleu` computes it without smoothing: n-gram counts are clipped
-    by the most any one reference holds, summed over the corpus, and the
-    brevity penalty uses the reference length closest to each hypothesis.
-    Captions are normalised as for the vocabulary.
+    The BLEU of the COCO caption evaluation (`pycocoevalcap`'s `Bleu(4)`, see
+    `kcap.evaluation.metrics`): n-gram counts clipped by the most any one
+    reference holds and summed over the corpus, the brevity penalty against
+    the reference length closest to each hypothesis, and a tiny smoothing,
+    so an n-gram order without a single match gives a small positive score
+    rather than 0. Captions are normalised as for the vocabulary.
 
     Example:
 
     >>> scores = corpus_bleu_scores(["a red circle"], [["a red circle", "a circle"]])
-    >>> round(scores["bleu1"], 3), round(scores["bleu3"], 3)
+    >>> round(scores["bleu1"], 6), round(scores["bleu3"], 6)
     (1.0, 1.0)
     """
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists.")
-    if not hypotheses:
-        raise ValueError("No captions to score.")
-    hyp_tokens = [tokenize(h) for h in hypotheses]
-    ref_tokens = [[tokenize(r) for r in refs] for refs in references]
-    weights = {
-        "bleu1": (1.0,),
-        "bleu2": (0.5, 0.5),
-        "bleu3": (1 / 3, 1 / 3, 1 / 3),
-        "bleu4": (0.25, 0.25, 0.25, 0.25),
-    }
-    with warnings.catch_warnings():
-        # nltk warns when an n-gram order has no match; the score (0) says as much.
-        warnings.simplefilter("ignore", UserWarning)
-        return {name: float(corpus_bleu(ref_tokens, hyp_tokens, weights=w)) for name, w in weights.items()}
+    scores = caption_metrics(hypotheses, references, meteor=False)
+    return {f"bleu{n}": scores[f"bleu{n}"] for n in range(1, 5)}

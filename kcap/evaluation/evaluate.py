@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import collections
+import warnings
 from pathlib import Path
 
-from kcap.evaluation.bleu import corpus_bleu_scores
+from kcap.evaluation.metrics import MeteorError, MeteorScorer, MeteorUnavailableWarning, caption_metrics
 from kcap.inference import load_run
 from kcap.text.tokenize import normalize_caption
 from kcap.utils.files import atomic_write_json
@@ -17,31 +18,112 @@ def blind_baseline(train_captions: list[str]) -> str:
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
 
 
+def image_ids(paths: list[str]) -> list[str]:
+    """COCO `image_id`s of image files: the file name without its extension.
+
+    Flickr8k's `1000268201_693b08cb0e.jpg` becomes `"1000268201_693b08cb0e"`
+    (a string, not COCO's integer ids; pycocoevalcap's scorers accept any
+    hashable id). Two files with the same stem would share an id, so they
+    are refused.
+
+    >>> image_ids(["Images/1000268201_693b08cb0e.jpg", "shapes/00001.png"])
+    ['1000268201_693b08cb0e', '00001']
+    """
+    ids = [Path(p).stem for p in paths]
+    seen: dict[str, str] = {}
+    for path, image_id in zip(paths, ids):
+        if image_id in seen:
+            raise ValueError(
+                f"{seen[image_id]} and {path} have the same file name stem {image_id!r}, "
+                f"which would be one image_id in the COCO results file."
+            )
+        seen[image_id] = path
+    return ids
+
+
+def results_path(run_dir: str | Path, split: str) -> Path:
+    """`RUN/results_<split>.json`: the COCO-format captions `evaluate_run` writes."""
+    return Path(run_dir) / f"results_{split}.json"
+
+
 def evaluate_run(
-    run_dir: str | Path, split: str = "test", batch_size: int = 32, checkpoint: str = "best",
+    run_dir: str | Path,
+    split: str = "test",
+    batch_size: int = 32,
+    checkpoint: str = "best",
     progress: bool = True,
+    beam_size: int = 1,
+    temperature: float | None = None,
+    meteor: bool = True,
 ) -> dict:
     """Captions every image of `split` and scores them against all their references.
 
     Writes `RUN/eval_<split>.json` and returns the same dict: `bleu1`..`bleu4`,
-    `num_images`, `captions` and the image-blind baseline's scores.
+    `meteor`, `rouge_l`, `cider` (see `kcap.evaluation.metrics`; `meteor` is
+    `None` with a `meteor_error` note where Java is missing), `num_images`,
+    `distinct_captions`, `captions`, and the same metrics for the image-blind
+    baseline (the most frequent training caption, said for every image).
+
+    Also writes `RUN/results_<split>.json`, the COCO caption results format
+    `[{"image_id": ..., "caption": ...}]`, with `image_id` the image's file
+    name stem (see `image_ids`).
+
+    `beam_size` and `temperature` go to `model.generate` through
+    `TrainedRun.caption_files`; the defaults are greedy decoding.
+
+    Example:
+
+    ```python
+    report = evaluate_run("runs/shapes", "test", beam_size=1)
+    print(report["bleu4"], report["cider"], report["baseline"]["cider"])
+    ```
     """
     trained = load_run(run_dir, checkpoint)
     manifest = trained.run.load_splits()
     images = manifest["splits"].get(split) or []
     if not images:
         raise ValueError(f"The {split!r} split of {trained.run.path} has no images.")
-    results = trained.caption_files([i["image"] for i in images], batch_size=batch_size, progress=progress)
+    paths = [i["image"] for i in images]
+    ids = image_ids(paths)  # before captioning: a clash fails fast
+    decoding = {}
+    if beam_size != 1:
+        decoding["beam_size"] = beam_size
+    if temperature is not None:
+        decoding["temperature"] = temperature
+    try:
+        results = trained.caption_files(paths, batch_size=batch_size, progress=progress, **decoding)
+    except TypeError as error:
+        if decoding and any(k in str(error) for k in decoding):
+            raise TypeError(
+                f"This kcap's TrainedRun.caption_files does not take {sorted(decoding)} yet; "
+                f"evaluate with beam_size=1 and no temperature."
+            ) from error
+        raise
     references = [i["captions"] for i in images]
     hypotheses = [r["caption"] for r in results]
-    scores = corpus_bleu_scores(hypotheses, references)
-
     baseline_caption = blind_baseline([c for i in manifest["splits"]["train"] for c in i["captions"]])
-    baseline = corpus_bleu_scores([baseline_caption] * len(images), references)
+
+    # One METEOR Java process for the model and the baseline: starting it takes seconds.
+    scorer, meteor_error = None, None
+    if meteor:
+        try:
+            scorer = MeteorScorer()
+        except MeteorError as error:
+            meteor_error = str(error)
+            warnings.warn(f"METEOR is not computed: {error}", MeteorUnavailableWarning, stacklevel=2)
+    try:
+        scores = caption_metrics(hypotheses, references, meteor=scorer or False)
+        baseline = caption_metrics([baseline_caption] * len(images), references, meteor=scorer or False)
+    finally:
+        if scorer is not None:
+            scorer.close()
+    if meteor_error:
+        scores["meteor_error"] = baseline["meteor_error"] = meteor_error
 
     report = {
         "split": split,
         "checkpoint": str(trained.run.model_path(checkpoint)),
+        "decoding": {"beam_size": beam_size, "temperature": temperature},
         **scores,
         "num_images": len(images),
         "distinct_captions": len(set(hypotheses)),
@@ -51,5 +133,9 @@ def evaluate_run(
             for r, refs in zip(results, references)
         ],
     }
+    atomic_write_json(results_path(trained.run.path, split), [
+        {"image_id": image_id, "caption": caption} for image_id, caption in zip(ids, hypotheses)
+    ])
     atomic_write_json(trained.run.evaluation(split), report)
     return report
+

@@ -1,0 +1,265 @@
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.rouge.rouge import Rouge
+
+from conftest import kcap_command
+from kcap.evaluation.evaluate import evaluate_run, image_ids
+from kcap.evaluation.metrics import METRIC_NAMES, MeteorUnavailableWarning, caption_metrics
+from kcap.text.tokenize import normalize_caption
+
+JAVA = shutil.which("java")
+needs_java = pytest.mark.skipif(JAVA is None, reason="METEOR and the PTBTokenizer need Java; no `java` on the PATH")
+
+# Flickr8k-style captions: a dozen generated ones, each with its human references.
+HYPOTHESES = [
+    "A black dog is running through the grass.",
+    "a man in a red shirt is climbing a rock",
+    "Two children are playing on the beach.",
+    "a dog jumps over a hurdle",
+    "A woman is walking down the street.",
+    "a boy in a blue shirt is jumping into a pool",
+    "a group of people are standing in front of a building",
+    "a brown dog is swimming in the water",
+    "a man is riding a bike on a dirt road",
+    "a little girl in a pink dress is running",
+    "two dogs are playing in the snow",
+    "a man is surfing a wave",
+]
+REFERENCES = [
+    ["A black dog runs across a grassy field.", "A dog running in the grass.", "The black dog is running on green grass.",
+     "A black Labrador runs through a field.", "A dog sprints through tall grass."],
+    ["A man in a red shirt climbs a rock wall.", "A rock climber in red scales a cliff.",
+     "A man is climbing up a large rock.", "Climber in a red top on a boulder."],
+    ["Two kids play in the sand at the beach.", "Two children building a sandcastle by the ocean.",
+     "A boy and a girl are playing on the shore.", "Children play near the water."],
+    ["A dog jumps over an obstacle.", "A brown and white dog leaps over a bar.",
+     "A dog is jumping a hurdle at an agility course.", "The dog clears the jump."],
+    ["A woman walks along a city sidewalk.", "A lady in a black coat walking down the street.",
+     "A woman is walking past shops.", "Woman walking on the pavement."],
+    ["A boy jumps into a swimming pool.", "A child in blue leaps into the pool.",
+     "A young boy is jumping into the water.", "A kid dives into a pool."],
+    ["A crowd of people stand outside a building.", "People gathered in front of a large building.",
+     "A group of people waiting outside.", "Several people are standing near a brick building."],
+    ["A brown dog swims in a lake.", "A dog is swimming with a stick in its mouth.",
+     "The brown dog paddles through the water.", "A wet dog swimming."],
+    ["A man rides his bicycle down a dirt path.", "A cyclist on a dirt trail.",
+     "A man is riding a mountain bike.", "A person bikes along a country road."],
+    ["A little girl in pink runs across the yard.", "A small girl wearing a pink dress is running.",
+     "A young girl running on the grass.", "A child in a pink outfit runs."],
+    ["Two dogs play in the snow.", "Two dogs running through the snow.",
+     "A black dog and a white dog are playing in snow.", "Dogs frolic in the snow."],
+    ["A surfer rides a big wave.", "A man on a surfboard riding a wave.",
+     "A person surfing in the ocean.", "The surfer is on top of a wave."],
+]
+
+
+def direct_inputs():
+    """pycocoevalcap's layout, tokenised the way kcap documents: normalize_caption."""
+    gts = {i: [normalize_caption(r) for r in refs] for i, refs in enumerate(REFERENCES)}
+    res = {i: [normalize_caption(h)] for i, h in enumerate(HYPOTHESES)}
+    return gts, res
+
+
+def test_bleu_rouge_and_cider_equal_pycocoevalcaps_scorers():
+    gts, res = direct_inputs()
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    rouge, _ = Rouge().compute_score(gts, res)
+    cider, _ = Cider().compute_score(gts, res)
+
+    scores = caption_metrics(HYPOTHESES, REFERENCES, meteor=False)
+
+    assert set(scores) == set(METRIC_NAMES)
+    for n in range(4):
+        assert scores[f"bleu{n + 1}"] == pytest.approx(bleu[n], abs=1e-6)
+    assert scores["rouge_l"] == pytest.approx(rouge, abs=1e-6)
+    assert scores["cider"] == pytest.approx(cider, abs=1e-6)
+    assert scores["meteor"] is None and "meteor_error" not in scores
+    # Realistic captions, decent but imperfect: the metrics are in their usual ranges.
+    assert 1 > scores["bleu1"] > scores["bleu2"] > scores["bleu3"] > scores["bleu4"] > 0.05
+    assert 0.3 < scores["rouge_l"] < 1 and 0.3 < scores["cider"] < 10
+
+
+def test_metrics_ignore_case_and_punctuation_and_reward_the_right_caption():
+    plain = caption_metrics([normalize_caption(h) for h in HYPOTHESES], REFERENCES, meteor=False)
+    assert plain == caption_metrics(HYPOTHESES, REFERENCES, meteor=False)
+    # Every caption given to the wrong image scores far lower.
+    shifted = caption_metrics(HYPOTHESES[1:] + HYPOTHESES[:1], REFERENCES, meteor=False)
+    assert shifted["cider"] < plain["cider"] / 3 and shifted["bleu4"] < plain["bleu4"]
+
+
+def test_cider_idf_comes_from_the_scored_images_references():
+    # The same caption scores differently in a different corpus; alone, CIDEr-D is 0.
+    alone = caption_metrics(HYPOTHESES[:1], REFERENCES[:1], meteor=False)
+    assert alone["cider"] == 0.0 and alone["bleu1"] > 0.5
+    two = caption_metrics(HYPOTHESES[:2], REFERENCES[:2], meteor=False)
+    assert two["cider"] > 0
+
+
+def test_an_empty_generated_caption_scores_zero_rather_than_failing():
+    scores = caption_metrics(["", "two dogs are playing in the snow"], [REFERENCES[0], REFERENCES[10]], meteor=False)
+    assert scores["rouge_l"] == pytest.approx(0.5 * caption_metrics(
+        ["two dogs are playing in the snow"], [REFERENCES[10]], meteor=False)["rouge_l"])
+
+
+def test_bad_input_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="2 hypotheses but 1 reference lists"):
+        caption_metrics(["a", "b"], [["a"]], meteor=False)
+    with pytest.raises(ValueError, match="No captions"):
+        caption_metrics([], [], meteor=False)
+    with pytest.raises(ValueError, match="Image 1 has no reference captions"):
+        caption_metrics(["a dog", "a cat"], [["a dog"], []], meteor=False)
+    with pytest.raises(ValueError, match=r"Reference 1 of image 0 is empty after normalisation: '\.\.\.'"):
+        caption_metrics(["a dog"], [["a dog", "..."]], meteor=False)
+    with pytest.raises(TypeError, match=r"references\[0\] is one string"):
+        caption_metrics(["a dog"], ["a dog"], meteor=False)
+
+
+@needs_java
+def test_meteor_equals_pycocoevalcaps_meteor():
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    gts, res = direct_inputs()
+    direct = Meteor()
+    expected, _ = direct.compute_score(gts, res)
+    del direct  # stops its Java process
+
+    scores = caption_metrics(HYPOTHESES, REFERENCES)
+
+    assert scores["meteor"] == pytest.approx(expected, abs=1e-6)
+    assert 0.1 < scores["meteor"] < 1 and "meteor_error" not in scores
+
+
+@needs_java
+def test_normalisation_matches_the_ptb_tokenizer_on_captions_without_clitics():
+    # The module docstring's claim: where PTBTokenizer and normalize_caption give the
+    # same tokens, kcap's numbers are COCOEvalCap's.
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({i: [{"caption": r} for r in refs] for i, refs in enumerate(REFERENCES)})
+    res = tokenizer.tokenize({i: [{"caption": h}] for i, h in enumerate(HYPOTHESES)})
+    assert gts == direct_inputs()[0] and res == direct_inputs()[1]
+    # Where they differ: the PTB tokenizer keeps the clitic as a token, kcap drops the apostrophe.
+    clitic = tokenizer.tokenize({0: [{"caption": "A dog's ball."}]})[0][0]
+    assert clitic == "a dog 's ball" and normalize_caption("A dog's ball.") == "a dogs ball"
+
+
+def run_metrics_with_path(path: str, meteor: str = "True") -> subprocess.CompletedProcess:
+    """caption_metrics(..., meteor=<meteor>) in a fresh interpreter whose PATH is `path`."""
+    code = textwrap.dedent(f"""
+        import json, warnings
+        from kcap.evaluation.metrics import MeteorScorer, caption_metrics
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scores = caption_metrics(["a dog runs", "a man surfs"],
+                                     [["a dog runs on grass"], ["a man is surfing a wave"]], meteor={meteor})
+        print(json.dumps({{"scores": scores, "warnings": [str(w.message) for w in caught],
+                          "categories": [w.category.__name__ for w in caught]}}))
+    """)
+    env = {**os.environ, "PATH": path}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_without_java_meteor_is_none_with_a_warning_and_the_rest_is_scored(tmp_path):
+    assert not (tmp_path / "java").exists()
+    done = run_metrics_with_path(str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    scores = out["scores"]
+    assert scores["meteor"] is None
+    assert "Java" in scores["meteor_error"] and "no `java` executable" in scores["meteor_error"]
+    assert out["categories"] == [MeteorUnavailableWarning.__name__]
+    assert "METEOR is not computed" in out["warnings"][0]
+    assert scores["bleu1"] == pytest.approx(
+        caption_metrics(["a dog runs", "a man surfs"], [["a dog runs on grass"], ["a man is surfing a wave"]],
+                        meteor=False)["bleu1"], abs=1e-12)
+    assert "Exception ignored" not in done.stderr  # no half-built scorer left to complain at exit
+
+
+def test_a_broken_java_degrades_meteor_and_reports_its_error(tmp_path):
+    java = tmp_path / "java"
+    java.write_text("#!/bin/sh\necho 'Error: Unable to access jarfile meteor-1.5.jar' >&2\nexit 1\n")
+    java.chmod(0o755)
+    done = run_metrics_with_path(f"{tmp_path}:/usr/bin:/bin")
+    assert done.returncode == 0, done.stderr
+    scores = json.loads(done.stdout)["scores"]
+    assert scores["meteor"] is None and scores["rouge_l"] > 0
+    assert "failed" in scores["meteor_error"] and "Unable to access jarfile" in scores["meteor_error"]
+
+
+def test_a_hung_java_is_killed_after_the_timeout(tmp_path):
+    java = tmp_path / "java"
+    java.write_text("#!/bin/sh\nexec sleep 60\n")
+    java.chmod(0o755)
+    done = run_metrics_with_path(f"{tmp_path}:/usr/bin:/bin", meteor="MeteorScorer(timeout=1.0)")
+    assert done.returncode == 0, done.stderr
+    scores = json.loads(done.stdout)["scores"]
+    assert scores["meteor"] is None and "did not answer within 1 s" in scores["meteor_error"]
+
+
+# -- kcap evaluate -------------------------------------------------------------
+
+
+def test_evaluate_run_writes_every_metric_for_the_model_and_the_baseline_and_coco_results(trained_run):
+    report = evaluate_run(trained_run, "test", progress=False, meteor=JAVA is not None)
+
+    assert json.loads((trained_run / "eval_test.json").read_text()) == report
+    for scores in (report, report["baseline"]):
+        for key in METRIC_NAMES:
+            assert key in scores
+            if key != "meteor" or JAVA:
+                assert scores[key] is not None and scores[key] >= 0.0
+    assert report["num_images"] == len(report["captions"]) == 8
+    assert report["decoding"] == {"beam_size": 1, "temperature": None}
+    # The reported figures are the metrics of the listed captions against their references.
+    recomputed = caption_metrics([c["caption"] for c in report["captions"]],
+                                 [c["references"] for c in report["captions"]], meteor=False)
+    for key in ("bleu1", "bleu4", "rouge_l", "cider"):
+        assert report[key] == pytest.approx(recomputed[key], abs=1e-12)
+    baseline = caption_metrics([report["baseline"]["caption"]] * 8,
+                               [c["references"] for c in report["captions"]], meteor=False)
+    assert report["baseline"]["cider"] == pytest.approx(baseline["cider"], abs=1e-12)
+
+    results = json.loads((trained_run / "results_test.json").read_text())
+    assert results == [
+        {"image_id": Path(c["image"]).stem, "caption": c["caption"]} for c in report["captions"]
+    ]
+
+
+def test_evaluate_passes_beam_size_to_the_model(trained_run):
+    from kcap.model.captioner import Captioner
+
+    if "beam_size" not in inspect.signature(Captioner.generate).parameters:
+        pytest.skip("Captioner.generate has no beam_size yet")
+    greedy = evaluate_run(trained_run, "test", progress=False, meteor=False)
+    beam = evaluate_run(trained_run, "test", progress=False, meteor=False, beam_size=3)
+    assert beam["decoding"]["beam_size"] == 3 and greedy["decoding"]["beam_size"] == 1
+    assert len(beam["captions"]) == len(greedy["captions"])
+    assert beam["meteor"] is None and "meteor_error" not in beam  # skipped on request, not failed
+
+
+def test_kcap_evaluate_without_java_still_scores_and_notes_why_meteor_is_missing(trained_run, tmp_path):
+    env = {**os.environ, "PATH": str(tmp_path)}  # an empty directory: no java
+    done = subprocess.run(kcap_command("evaluate", "--run-dir", str(trained_run), "--split", "test"),
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "METEOR is not computed" in done.stderr
+    report = json.loads((trained_run / "eval_test.json").read_text())
+    assert report["meteor"] is None and report["baseline"]["meteor"] is None
+    assert "no `java` executable" in report["meteor_error"]
+    assert report["cider"] >= 0 and report["bleu4"] >= 0
+
+
+def test_clashing_image_ids_are_refused():
+    with pytest.raises(ValueError, match="same file name stem 'a'"):
+        image_ids(["x/a.jpg", "y/a.png"])
