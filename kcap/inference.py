@@ -31,15 +31,31 @@ class TrainedRun:
         return tuple(self.model.image_size)
 
     def caption_files(
-        self, paths: Sequence[str | Path], batch_size: int = 32, progress: bool = False
+        self,
+        paths: Sequence[str | Path],
+        batch_size: int = 32,
+        progress: bool = False,
+        beam_size: int = 1,
+        temperature: float | None = None,
     ) -> list[dict]:
-        """Greedy captions for image files: `[{"image", "caption", "score", "attention"}]`."""
+        """Captions image files: `[{"image", "caption", "score", "attention"}]`.
+
+        Greedy by default; `beam_size > 1` runs beam search and `temperature`
+        samples (see `Captioner.generate`). Sampling is seeded with the batch
+        number, so the same files in the same order give the same captions.
+
+        Example: `run.caption_files(["a.jpg", "b.jpg"], beam_size=3)[0]["caption"]`
+        """
         results = []
         batches = image_dataset([str(p) for p in paths], self.image_size, batch_size)
         total = -(-len(paths) // batch_size)
         it = iter(paths)
-        for batch in tqdm(batches, total=total, desc="captioning", unit="batch", disable=not progress):
-            ids, attention, scores = self.model.generate(batch)
+        for number, batch in enumerate(
+            tqdm(batches, total=total, desc="captioning", unit="batch", disable=not progress)
+        ):
+            ids, attention, scores = self.model.generate(
+                batch, beam_size=beam_size, temperature=temperature, seed=number
+            )
             for row, weights, score in zip(ids.numpy(), attention.numpy(), scores.numpy()):
                 caption = self.vocabulary.decode(row)
                 num_words = len(caption.split()) if caption else 0

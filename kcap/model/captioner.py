@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import keras
@@ -9,7 +10,7 @@ import tensorflow as tf
 from keras import ops
 
 from kcap.model.augmentation import ImageAugmentation
-from kcap.model.decoding import greedy_decode
+from kcap.model.decoding import DEFAULT_LENGTH_PENALTY, beam_search, greedy_decode, sample_decode
 from kcap.model.decoder import AttentionDecoder
 from kcap.model.encoder import FeatureEncoder
 from kcap.model.preprocessing import ImagePreprocessing
@@ -207,17 +208,85 @@ class Captioner(keras.Model):
 
     # -- captioning ----------------------------------------------------------
 
-    def generate(self, inputs, max_length: int | None = None):
-        """Greedy captions for a batch, compiled (see `kcap.model.decoding.greedy_decode`).
+    def generate(
+        self,
+        inputs,
+        max_length: int | None = None,
+        beam_size: int = 1,
+        temperature: float | None = None,
+        length_penalty: float = DEFAULT_LENGTH_PENALTY,
+        seed: int = 0,
+    ):
+        """Captions a batch, compiled: greedy, beam search or temperature sampling.
+
+        `temperature` set → `sample_decode` (seeded, reproducible);
+        `beam_size > 1` → `beam_search`, ranked with the GNMT `length_penalty`;
+        otherwise → `greedy_decode` (all in `kcap.model.decoding`). Each mode
+        is one `tf.function`, traced once and cached on the model. The
+        numbers are tensors, so a new length, temperature, penalty or seed
+        does not retrace; a new `beam_size` does.
 
         Returns `(token_ids, attention, scores)`: int32 (batch, max_length + 1)
-        padded with 0 after `<end>`; attention (batch, max_length + 1,
-        locations); the log-probability of each caption (float32, (batch,)).
+        with the words, `<end>` (forced after `max_length` words), then 0s;
+        attention (batch, max_length + 1, locations); the log-probability of
+        each caption, `<end>` included (float32, (batch,)).
+
+        Example:
+
+        ```python
+        ids, attention, scores = model.generate({"images": images}, beam_size=5)
+        ids, _, _ = model.generate({"images": images}, temperature=0.8, seed=1)
+        ```
         """
-        if self._generate_fn is None:
-            self._generate_fn = tf.function(self._greedy, reduce_retracing=True)
-        length = tf.constant(max_length or self.max_length, tf.int32)
-        return self._generate_fn(inputs, length)
+        max_length = int(max_length or self.max_length)
+        if max_length < 1:
+            raise ValueError(f"max_length must be at least 1, got {max_length}.")
+        if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
+            raise ValueError(f"beam_size must be an integer >= 1, got {beam_size!r}.")
+        length = tf.constant(max_length, tf.int32)
+        if temperature is not None:
+            if beam_size > 1:
+                raise ValueError(
+                    f"Choose sampling (temperature={temperature}) or beam search "
+                    f"(beam_size={beam_size}), not both."
+                )
+            if not math.isfinite(temperature) or temperature <= 0:
+                raise ValueError(f"temperature must be a positive number, got {temperature}.")
+            return self._decode_function("sample")(
+                inputs, length, tf.constant(temperature, tf.float32), tf.constant(seed, tf.int64)
+            )
+        if beam_size > 1:
+            if not math.isfinite(length_penalty) or length_penalty < 0:
+                raise ValueError(f"length_penalty must be a number >= 0, got {length_penalty}.")
+            return self._decode_function("beam")(
+                inputs, length, beam_size, tf.constant(length_penalty, tf.float32)
+            )
+        return self._decode_function("greedy")(inputs, length)
+
+    def _decode_function(self, mode: str):
+        # Kept in __dict__, out of Keras/TF attribute tracking: these are
+        # caches, not model state, and must not end up in saved files.
+        functions = self.__dict__.setdefault("_decode_functions", {})
+        if mode not in functions:
+            method = {"greedy": self._greedy, "beam": self._beam, "sample": self._sample}[mode]
+            functions[mode] = tf.function(method, reduce_retracing=True)
+        return functions[mode]
 
     def _greedy(self, inputs, max_length):
         return greedy_decode(self.decoder, self.encode(inputs, training=False), max_length)
+
+    def _beam(self, inputs, max_length, beam_size, length_penalty):
+        encoded = self.encode(inputs, training=False)
+        return beam_search(self.decoder, encoded, max_length, beam_size, length_penalty)
+
+    def _sample(self, inputs, max_length, temperature, seed):
+        encoded = self.encode(inputs, training=False)
+        return sample_decode(self.decoder, encoded, max_length, temperature, seed)
+
+
+def _global_sum(value):
+    """Sum of `value` over the replicas of the current tf.distribute strategy."""
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+    return value
