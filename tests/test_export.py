@@ -148,6 +148,16 @@ def test_export_serves_jpeg_and_png_bytes_in_a_process_without_kcap(
                                 "kcap_version": "kcap_version.txt", "export": "export.json"}
 
 
+def test_empty_requests_get_empty_answers_and_bad_bytes_a_clear_error(exported):
+    serving = tf.saved_model.load(str(exported))
+    out = serving.signatures[SERVING_DEFAULT](image_bytes=tf.constant([], tf.string))
+    assert out["caption"].shape == (0,) and out["score"].shape == (0,)
+    out = serving.signatures[SERVING_IMAGES](images=tf.zeros([0, 64, 64, 3]))
+    assert out["caption"].shape == (0,) and out["score"].dtype == tf.float32
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
+        serving.signatures[SERVING_DEFAULT](image_bytes=tf.constant([b"not an image"]))
+
+
 def test_export_carries_vocabulary_config_and_version_as_assets(exported, trained_run):
     assets = exported / "assets"
     assert (assets / "vocab.json").read_bytes() == (trained_run / "vocab.json").read_bytes()

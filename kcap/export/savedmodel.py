@@ -133,13 +133,18 @@ def build_export_archive(
     vocabulary_words = tf.Variable(words, dtype=tf.string, trainable=False, name="vocabulary_words")
     archive.add_variable_collection("vocabulary_words", [vocabulary_words])
 
-    def caption_images(images):
+    def caption_batch(images):
         encoded = model.encode({"images": images}, training=False)
         ids, _, scores = decode(model.decoder, encoded, tf.constant(max_length, tf.int32))
-        return {
-            "caption": captions_from_ids(ids, vocabulary_words),
-            "score": tf.cast(scores, tf.float32),
-        }
+        return captions_from_ids(ids, vocabulary_words), tf.cast(scores, tf.float32)
+
+    def no_captions():
+        return tf.zeros([0], tf.string), tf.zeros([0], tf.float32)
+
+    def caption_images(images):
+        # An empty request gets empty answers; the backbone itself fails on a batch of 0.
+        captions, scores = tf.cond(tf.shape(images)[0] > 0, lambda: caption_batch(images), no_captions)
+        return {"caption": captions, "score": scores}
 
     def caption_bytes(image_bytes):
         # Per image, the exact decode + resize of `kcap caption`; uint8 after resizing,
