@@ -18,7 +18,7 @@ from kcap.inference import load_run
 from kcap.model.backbones import build_backbone
 from kcap.model.captioner import Captioner
 from kcap.model.decoding import beam_search, caption_lengths, greedy_decode, length_penalty
-from kcap.text.vocabulary import END_ID, PAD_ID, START_ID
+from kcap.text.vocabulary import END_ID, PAD_ID, START_ID, UNK_ID
 
 
 def _tiny_captioner(vocabulary_size=12, max_length=6, seed=0):
@@ -249,7 +249,8 @@ def _reference_beam_search(decoder, encoded, max_length, beam_size, alpha):
                 if finished:  # stays, with its score and length
                     candidates.append((norm, raw, words, True, states[b]))
                     continue
-                for w in [END_ID] if t == max_length else range(log_probs.shape[1]):
+                allowed = [w for w in range(log_probs.shape[1]) if w not in (PAD_ID, START_ID, UNK_ID)]
+                for w in [END_ID] if t == max_length else allowed:
                     new_raw = raw + log_probs[b, w]
                     new_norm = new_raw / float(length_penalty(t + 1, alpha))
                     candidates.append((new_norm, new_raw, words + [w], w == END_ID, states[b]))

@@ -40,8 +40,10 @@ class Captioner(keras.Model):
         dropout: dropout on embeddings and the output layer.
         preprocessing: an `ImagePreprocessing` layer or its mode name.
         augmentation: an `ImageAugmentation` layer, or `None`.
-        train_backbone: whether the backbone's weights are trained (and its
-            batch norm runs in training mode).
+        train_backbone: whether the whole backbone is trained (and its
+            batch norm runs in training mode): for a backbone learning from scratch.
+        fine_tune_layers: unfreeze only the last N layers of a pretrained
+            backbone; its batch-norm layers stay frozen, in inference mode.
         position_embedding: learned embedding per feature-map location.
 
     Example:
@@ -69,6 +71,7 @@ class Captioner(keras.Model):
         augmentation: ImageAugmentation | None = None,
         train_backbone: bool = False,
         position_embedding: bool = True,
+        fine_tune_layers: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -84,7 +87,8 @@ class Captioner(keras.Model):
         )
         self.augmentation = augmentation or ImageAugmentation()
         self.train_backbone = bool(train_backbone)
-        self.backbone.trainable = self.train_backbone
+        self.fine_tune_layers = int(fine_tune_layers)
+        self._set_backbone_trainable()
         self.position_embedding = bool(position_embedding)
 
         self.feature_shape = tuple(
@@ -105,6 +109,16 @@ class Captioner(keras.Model):
         self._generate_fn = None
         self.build()
 
+    def _set_backbone_trainable(self):
+        self.backbone.trainable = self.train_backbone
+        if self.fine_tune_layers and not self.train_backbone:
+            self.backbone.trainable = True
+            layers = [layer for layer in self.backbone.layers if layer.weights]
+            tuned = layers[-self.fine_tune_layers:]
+            for layer in self.backbone.layers:
+                frozen = layer not in tuned or isinstance(layer, keras.layers.BatchNormalization)
+                layer.trainable = not frozen
+
     # -- building and saving -------------------------------------------------
 
     def build(self, input_shape=None):
@@ -114,6 +128,16 @@ class Captioner(keras.Model):
         self.encoder.build((None, *self.feature_shape))
         self.decoder.build((None, None), (None, None, self.embedding_dim))
         self.built = True
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' TF trainer calls this at the start of fit under a
+        # tf.distribute strategy: it reduces the first batch across replicas
+        # (which fails for dict inputs under MultiWorkerMirroredStrategy) only
+        # to build unbuilt layers. Every layer here is built in __init__, so
+        # only the optimizer is left to build.
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
 
     def get_build_config(self):
         return {}
@@ -135,6 +159,7 @@ class Captioner(keras.Model):
             "augmentation": keras.saving.serialize_keras_object(self.augmentation),
             "train_backbone": self.train_backbone,
             "position_embedding": self.position_embedding,
+            "fine_tune_layers": self.fine_tune_layers,
         }
 
     @classmethod
@@ -190,7 +215,13 @@ class Captioner(keras.Model):
         inputs, captions = data
         with tf.GradientTape() as tape:
             loss, correct, mask = self._loss_and_accuracy(inputs, captions, training=True)
-            scaled_loss = self.optimizer.scale_loss(loss)
+            # Under tf.distribute each replica sees part of the global batch and
+            # the optimizer sums the replicas' gradients: weight this replica's
+            # mean by its share of the global batch's tokens, so the sum is the
+            # gradient of the global token mean.
+            tokens = ops.sum(mask)
+            replica_loss = loss * tokens / ops.maximum(_global_sum(tokens), 1.0)
+            scaled_loss = self.optimizer.scale_loss(replica_loss)
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         return self._update_metrics(loss, correct, mask)
@@ -204,7 +235,13 @@ class Captioner(keras.Model):
         # Token-weighted, so an epoch's loss is the mean over all its words.
         self.loss_tracker.update_state(loss, sample_weight=ops.sum(mask))
         self.accuracy_tracker.update_state(correct, sample_weight=mask)
-        return {m.name: m.result() for m in self.metrics}
+        results = {m.name: m.result() for m in self.metrics}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3 reduces step outputs across workers with `axis=0`, which
+            # fails on scalars (tensorflow/tensorflow#72388); the values are
+            # already synchronised, so a shape-(1,) copy reduces to the same number.
+            results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
+        return results
 
     # -- captioning ----------------------------------------------------------
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
-from kcap.text.vocabulary import END_ID, PAD_ID, START_ID
+from kcap.text.vocabulary import END_ID, PAD_ID, START_ID, UNK_ID
 
 if TYPE_CHECKING:
     from kcap.model.decoder import AttentionDecoder
@@ -66,14 +66,20 @@ def caption_lengths(token_ids: tf.Tensor) -> tf.Tensor:
 
 
 def _log_probs(logits, is_last):
-    """Log-softmax over the vocabulary. At the last slot only `<end>` may be chosen.
+    """Log-softmax over the vocabulary, special tokens other than `<end>` excluded.
+
+    At the last slot only `<end>` may be chosen.
 
     At the last slot the other words are set to -inf, but `<end>` keeps its
     real log-probability (it is not renormalised), so the score of a forced
     `<end>` still says how unlikely the model thought it was.
     """
     log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32))
-    only_end = tf.equal(tf.range(tf.shape(log_probs)[-1]), END_ID)[None, :]
+    # <pad>, <start> and <unk> are never words of a caption; <unk> would read "a <unk> <unk>".
+    ids = tf.range(tf.shape(log_probs)[-1])
+    never = (tf.equal(ids, PAD_ID) | tf.equal(ids, START_ID) | tf.equal(ids, UNK_ID))[None, :]
+    log_probs = tf.where(never, float("-inf"), log_probs)
+    only_end = tf.equal(ids, END_ID)[None, :]
     masked = tf.where(only_end, log_probs, float("-inf"))
     return tf.where(is_last, masked, log_probs)
 
@@ -186,9 +192,8 @@ def sample_decode(
         is_last = tf.equal(t, steps - 1)
         log_probs = _log_probs(logits, is_last)
         step_seed = tf.random.experimental.stateless_fold_in(base_seed, tf.cast(t, tf.int64))
-        drawn = tf.random.stateless_categorical(
-            tf.cast(logits, tf.float32) / temperature, 1, seed=step_seed, dtype=tf.int32
-        )[:, 0]
+        # From the masked log-probabilities: special tokens are never drawn.
+        drawn = tf.random.stateless_categorical(log_probs / temperature, 1, seed=step_seed, dtype=tf.int32)[:, 0]
         # At the last slot the masked log-probabilities force <end>.
         next_tokens = tf.where(is_last, END_ID, drawn)
         chosen = tf.gather(log_probs, next_tokens, axis=1, batch_dims=1)
