@@ -60,7 +60,12 @@ def _train_config(args: argparse.Namespace):
     from kcap.training.config import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    if getattr(args, "hparams", None):
+        from tuning.search import apply_hparams
+
+        config = apply_hparams(config, args.hparams)
+    return config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -148,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a captioner (re-run to resume)")
     p.add_argument("--run-dir", required=True, help="where checkpoints, logs and the vocabulary go; re-use it to resume")
     _add_train_arguments(p)
+    p.add_argument("--hparams", default=None, help="JSON file of settings that override the flags (e.g. kcap tune's best_hyperparameters.json)")
     p.add_argument("--verbose", "-v", type=int, default=None, help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
     p.set_defaults(func=cmd_train)
 
@@ -192,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--image-size", type=int, default=96)
     q.set_defaults(func=cmd_data_synthetic)
     from kcap.export.command import add_export_command; add_export_command(sub)  # noqa: E702
+    from tuning.command import add_tune_command; add_tune_command(sub)  # noqa: E702
     return parser
 
 

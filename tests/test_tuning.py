@@ -1,0 +1,340 @@
+"""`kcap tune`: a keras-tuner search over the captioner that resumes and hands back its best settings."""
+
+import json
+import math
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import TINY, kcap_command
+
+from kcap.training.config import TrainConfig
+
+# Two settings, six combinations: four random trials never run out of new ones.
+SPACE = {
+    "embedding_dim": {"type": "choice", "values": [8, 16, 24]},
+    "units": {"type": "choice", "values": [16, 32]},
+}
+
+
+def _tiny(cache_dir, **overrides) -> TrainConfig:
+    """The tiny synthetic set, 1 epoch per trial, a frozen backbone whose features are cached."""
+    settings = {**TINY, "epochs": 1, "train_backbone": False, "cache_features": True, "cache_dir": str(cache_dir)}
+    return TrainConfig(data="synthetic", **{**settings, **overrides})
+
+
+def _flags(config: TrainConfig) -> list[str]:
+    """`kcap train`/`kcap tune` flags for a `_tiny` config."""
+    return [
+        "--data", "synthetic", "--synthetic-images", str(config.synthetic_images),
+        "--synthetic-image-size", str(config.synthetic_image_size), "--epochs", str(config.epochs),
+        "--batch-size", str(config.batch_size), "--embedding-dim", str(config.embedding_dim),
+        "--units", str(config.units), "--learning-rate", str(config.learning_rate), "--dropout", str(config.dropout),
+        "--no-train-backbone", "--cache-features", "--cache-dir", config.cache_dir, "--verbose", "0",
+    ]
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("space") / "space.json"
+    path.write_text(json.dumps(SPACE))
+    return path
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, space_file):
+    """A finished random search of four trials (in this process, so its tuner can be asked for models)."""
+    from tuning.search import search
+
+    root = tmp_path_factory.mktemp("search")
+    config = _tiny(root / "features")
+    result = search(config, root / "tune", tuner="random", max_trials=4, search_space=space_file, verbose=0)
+    return config, result
+
+
+# -- the search -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_search_summary_lists_every_trial_once(searched):
+    from tuning.search import format_summary
+
+    _, result = searched
+    directory = result.search_dir.path
+    summary = json.loads((directory / "summary.json").read_text())
+    assert summary == result.summary
+    rows = summary["trials"]
+    assert [r["trial_id"] for r in rows] == ["0", "1", "2", "3"]
+    combos = {(r["hyperparameters"]["embedding_dim"], r["hyperparameters"]["units"]) for r in rows}
+    assert len(combos) == 4  # random search does not repeat a combination
+    for row in rows:
+        assert row["status"] == "COMPLETED"
+        assert set(row["hyperparameters"]) == {"embedding_dim", "units"}
+        assert row["hyperparameters"]["embedding_dim"] in (8, 16, 24) and row["hyperparameters"]["units"] in (16, 32)
+        assert math.isfinite(row["objective"]) and row["objective"] > 0
+        assert row["epochs"] == 1 and row["seconds"] > 0
+
+    best = min(rows, key=lambda r: r["objective"])
+    assert summary["best"]["trial_id"] == best["trial_id"]
+    assert json.loads((directory / "best_hyperparameters.json").read_text()) == best["hyperparameters"]
+    table = format_summary(summary).splitlines()
+    assert len(table) == 5 and table[0].split()[:2] == ["trial", "status"]
+    assert any(line.startswith(f"{best['trial_id']}*") for line in table[1:])
+
+
+@pytest.mark.slow
+def test_each_trial_has_tensorboard_logs_with_its_hyperparameters(searched):
+    _, result = searched
+    logs = result.search_dir.logs
+    for trial_id in ("0", "1", "2", "3"):
+        assert list((logs / trial_id / "validation").glob("events.out.tfevents.*")), trial_id
+        # The HParams dashboard reads a session summary beside the train/validation runs.
+        events = b"".join(p.read_bytes() for p in (logs / trial_id).glob("events.out.tfevents.*"))
+        assert b"_hparams_/session_start_info" in events and b"embedding_dim" in events
+    experiment = b"".join(p.read_bytes() for p in logs.glob("events.out.tfevents.*"))
+    assert b"_hparams_/experiment" in experiment
+
+
+@pytest.mark.slow
+def test_best_model_from_keras_tuner_has_the_best_trials_weights(searched):
+    from kcap.data.pipeline import evaluation_dataset, steps_per_epoch
+
+    _, result = searched
+    model = result.tuner.get_best_models(1)[0]
+    best = result.summary["best"]
+    assert (model.embedding_dim, model.units) == (best["hyperparameters"]["embedding_dim"], best["hyperparameters"]["units"])
+    data = result.tuner.hypermodel.data
+    config = result.tuner.hypermodel.config
+    val_ds = evaluation_dataset(
+        data.dataset.subset("val"), data.vocabulary, (config.image_size,) * 2, config.batch_size,
+        feature_cache=data.feature_cache,
+    )
+    # Its validation loss is the one the trial reported: the trained weights, not fresh ones.
+    loss = model.evaluate(val_ds, verbose=0, return_dict=True)["loss"]
+    assert loss == pytest.approx(best["objective"], rel=1e-4)
+    # The optimizer state came back too: one epoch's steps.
+    assert int(model.optimizer.iterations.numpy()) == steps_per_epoch(data.dataset.subset("train"), config.batch_size)
+
+
+@pytest.mark.slow
+def test_resuming_with_other_settings_is_refused(searched):
+    from tuning.search import search
+
+    config, result = searched
+    other = {**SPACE, "units": {"type": "choice", "values": [16, 64]}}
+    with pytest.raises(ValueError, match="search_space"):
+        search(config, result.search_dir.path, max_trials=4, search_space=other)
+    with pytest.raises(ValueError, match="learning_rate: 0.003 → 0.01"):
+        search(TrainConfig(**{**config.to_json(), "learning_rate": 0.01}), result.search_dir.path,
+               max_trials=4, search_space=SPACE)
+
+
+@pytest.mark.slow
+def test_search_by_validation_bleu4_keeps_the_highest(tmp_path):
+    try:
+        import kcap.training.validation_captioning  # noqa: F401
+    except ImportError:
+        pytest.skip("kcap.training.validation_captioning is not there yet: --objective val_bleu4 is not tested")
+    from tuning.search import search
+
+    result = search(_tiny(tmp_path / "features"), tmp_path / "tune", max_trials=2, objective="val_bleu4",
+                    search_space=SPACE, verbose=0)
+    summary = result.summary
+    assert summary["objective"] == {"name": "val_bleu4", "direction": "max"}
+    scores = [r["objective"] for r in summary["trials"]]
+    assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
+    assert summary["best"]["objective"] == max(scores)
+
+
+@pytest.mark.slow
+def test_hyperband_continues_a_trial_from_its_earlier_round(tmp_path):
+    from tuning.search import search
+
+    # max_epochs 3, factor 3: three 1-epoch trials, then the best one trained on to epoch 3.
+    result = search(_tiny(tmp_path / "features", epochs=3), tmp_path / "tune", tuner="hyperband", max_trials=4,
+                    search_space=SPACE, verbose=0)
+    rows = result.summary["trials"]
+    assert [r["status"] for r in rows] == ["COMPLETED"] * 4
+    assert [r["epochs"] for r in rows] == [1, 1, 1, 2]
+    last = result.tuner.oracle.trials[rows[3]["trial_id"]].hyperparameters.values
+    earlier = next(r for r in rows if r["trial_id"] == last["tuner/trial_id"])
+    assert rows[3]["hyperparameters"] == earlier["hyperparameters"]
+    # Its first step loaded the earlier round's checkpoint into a fresh Captioner (which used to fail);
+    # two more epochs on top of it beat where that round stopped.
+    assert rows[3]["objective"] < earlier["objective"]
+    assert "tuner/epochs" not in json.loads(result.search_dir.best_hyperparameters.read_text())
+
+
+# -- interrupted and resumed --------------------------------------------------------
+
+
+def _trial_status(path):
+    try:
+        return json.loads(path.read_text()).get("status")
+    except (OSError, ValueError):
+        return None  # not written yet
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_without_repeating_trials(tmp_path, space_file):
+    config = _tiny(tmp_path / "features")
+    directory, retrained = tmp_path / "tune", tmp_path / "best-run"
+    command = kcap_command(
+        "tune", "--directory", str(directory), "--tuner", "random", "--max-trials", "4",
+        "--search-space", str(space_file), "--retrain-best", str(retrained), *_flags(config),
+    )
+    second = directory / "trials" / "trial_1" / "trial.json"
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while _trial_status(second) != "COMPLETED":
+            assert process.poll() is None, f"kcap tune ended before its 2nd trial finished:\n{process.stdout.read()}"
+            assert time.monotonic() < deadline, "the 2nd trial did not finish in 10 minutes"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    finished = {t.parent.name for t in (directory / "trials").glob("trial_*/trial.json") if _trial_status(t) == "COMPLETED"}
+    assert {"trial_0", "trial_1"} <= finished and len(finished) < 4, finished
+    assert not retrained.exists()
+    first_two = {t: (directory / "trials" / f"trial_{t}" / "kcap_trial.json").stat().st_mtime_ns for t in ("0", "1")}
+
+    out = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Reloading Tuner" in out.stdout
+    summary = json.loads((directory / "summary.json").read_text())
+    ids = [r["trial_id"] for r in summary["trials"]]
+    assert ids == ["0", "1", "2", "3"]
+    assert all(r["status"] == "COMPLETED" for r in summary["trials"])
+    assert len({json.dumps(r["hyperparameters"], sort_keys=True) for r in summary["trials"]}) == 4
+    # Trials 0 and 1 were not trained again.
+    for trial_id, mtime in first_two.items():
+        assert (directory / "trials" / f"trial_{trial_id}" / "kcap_trial.json").stat().st_mtime_ns == mtime
+    # --retrain-best trained a run with the best trial's settings.
+    settings = json.loads((retrained / "config.json").read_text())["settings"]
+    best = summary["best"]["hyperparameters"]
+    assert {k: settings[k] for k in best} == best
+    assert (retrained / "model.keras").is_file()
+
+
+# -- the best hyperparameters, trained, evaluated, exported -------------------------
+
+
+@pytest.fixture(scope="module")
+def best_run(searched, tmp_path_factory):
+    """`kcap train --hparams best_hyperparameters.json` in a real subprocess."""
+    config, result = searched
+    run = tmp_path_factory.mktemp("best") / "run"
+    hparams = result.search_dir.best_hyperparameters
+    out = subprocess.run(
+        kcap_command("train", "--run-dir", str(run), *_flags(config), "--hparams", str(hparams)),
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return run, json.loads(hparams.read_text())
+
+
+@pytest.mark.slow
+def test_best_hyperparameters_train_a_run_that_evaluates(best_run):
+    from kcap.evaluation.evaluate import evaluate_run
+
+    run, best = best_run
+    settings = json.loads((run / "config.json").read_text())["settings"]
+    assert {k: settings[k] for k in best} == best  # the file won over the --embedding-dim/--units flags
+    report = evaluate_run(run, "test", progress=False)
+    assert report["num_images"] == 8 and 0.0 <= report["bleu4"] <= 1.0
+
+
+@pytest.mark.slow
+def test_best_run_exports(best_run, tmp_path):
+    try:
+        from kcap.export import export_run
+    except ImportError:
+        pytest.skip("kcap.export is not there yet: exporting the tuned run is not tested")
+    import tensorflow as tf
+
+    run, _ = best_run
+    output = export_run(run, tmp_path / "export")
+    image = json.loads((run / "splits.json").read_text())["splits"]["test"][0]["image"]
+    serving = tf.saved_model.load(str(output))
+    result = serving.signatures["serving_default"](image_bytes=tf.constant([open(image, "rb").read()]))
+    assert result["caption"].shape == (1,)
+
+
+# -- bad input ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"colour": {"type": "choice", "values": [1, 2]}}, "key 'colour' is not a kcap training setting"),
+    ({"backbone": {"type": "choice", "values": ["a", "b"]}}, "key 'backbone' cannot be tuned"),
+    ({"units": {"type": "choice", "values": [32, 64.5]}}, "key 'units'.*mixes types"),
+    ({"units": {"type": "choice", "values": ["32"]}}, "key 'units': units takes int"),
+    ({"units": {"type": "float", "min": 16, "max": 64}}, "key 'units'.*cannot set it"),
+    ({"learning_rate": {"type": "float", "min": 0.01, "max": 0.001}}, "key 'learning_rate'.*less than"),
+    ({"learning_rate": {"type": "float", "min": 0, "max": 0.01, "sampling": "log"}}, "key 'learning_rate': log sampling"),
+    ({"dropout": {"type": "float", "min": 0.0, "max": 1.5}}, "key 'dropout': the value 1.5 is out of range"),
+    ({"dropout": {"type": "range", "min": 0.0, "max": 0.5}}, "key 'dropout'.*\"type\" must be one of"),
+    ({"units": {"type": "choice", "value": [32]}}, "key 'units'.*needs \\['values'\\]"),
+    ({}, "empty"),
+])
+def test_search_space_errors_name_the_key(tmp_path, space, message):
+    from tuning.hypermodel import load_search_space
+
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(space))
+    with pytest.raises(ValueError, match=message) as error:
+        load_search_space(path)
+    assert str(path) in str(error.value)
+
+
+def test_search_space_json_errors_name_the_line(tmp_path):
+    from tuning.hypermodel import load_search_space
+
+    path = tmp_path / "space.json"
+    path.write_text('{\n  "units": {"type": "choice", "values": [32, 64]},\n}\n')
+    with pytest.raises(ValueError, match=r"space\.json, line 3: not valid JSON"):
+        load_search_space(path)
+
+
+def test_default_search_space_is_valid():
+    from tuning.hypermodel import DEFAULT_SEARCH_SPACE, load_search_space
+
+    space = load_search_space(DEFAULT_SEARCH_SPACE)
+    assert {"embedding_dim", "units", "learning_rate", "dropout"} <= set(space)
+
+
+def test_apply_hparams_overrides_settings_and_rejects_bad_files(tmp_path):
+    from tuning.search import apply_hparams
+
+    base = TrainConfig(data="synthetic", units=32)
+    good = tmp_path / "best.json"
+    good.write_text(json.dumps({"units": 64, "learning_rate": 0.002}))
+    config = apply_hparams(base, good)
+    assert (config.units, config.learning_rate, config.data) == (64, 0.002, "synthetic")
+
+    for content, message in [
+        ({"units": 64, "colour": "red", "size": 3}, r"unknown setting\(s\) \['colour', 'size'\]"),
+        ({"units": "64"}, "key 'units' should be"),
+        ({"dropout": 2.0}, "dropout must be in"),
+        ([64], "expected a JSON object"),
+    ]:
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(content))
+        with pytest.raises(ValueError, match=message) as error:
+            apply_hparams(base, bad)
+        assert str(bad) in str(error.value)
+
+
+def test_tune_command_reports_a_bad_search_space(tmp_path):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"image_size": {"type": "choice", "values": [64, 96]}}))
+    out = subprocess.run(
+        kcap_command("tune", "--data", "synthetic", "--directory", str(tmp_path / "tune"), "--search-space", str(space)),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 2
+    assert "kcap tune: error:" in out.stderr and "'image_size' cannot be tuned" in out.stderr
+    assert not (tmp_path / "tune").exists()

@@ -1,0 +1,76 @@
+"""`kcap tune`: a keras-tuner search over the captioner's hyperparameters."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_tune_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Adds `kcap tune --directory DIR --tuner ... --max-trials N --objective ... [kcap train flags]`.
+
+    Example:
+
+    ```python
+    parser = argparse.ArgumentParser(prog="kcap")
+    add_tune_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["tune", "--data", "synthetic", "--directory", "tune", "--max-trials", "4"])
+    args.func(args)
+    ```
+    """
+    from kcap.cli import _add_train_arguments
+    from tuning.hypermodel import DEFAULT_SEARCH_SPACE
+    from tuning.search import OBJECTIVES, TUNERS
+
+    p = subparsers.add_parser(
+        "tune",
+        help="search hyperparameters with keras-tuner (re-run to resume)",
+        description=(
+            "Trains one captioner per trial (each for --epochs epochs) with the hyperparameters the tuner "
+            "picks from --search-space, ranks them by --objective, and writes DIR/summary.json and "
+            "DIR/best_hyperparameters.json (for `kcap train --hparams`). Re-running the same command on "
+            "the same --directory continues the search. The other flags are kcap train's and fix "
+            "everything the search space does not set."
+        ),
+    )
+    p.add_argument("--directory", required=True, help="the search's folder; re-use it to resume")
+    p.add_argument("--tuner", default="random", choices=TUNERS, help="search strategy (default: random)")
+    p.add_argument("--max-trials", type=int, default=10, help="most trials to run (default 10; may grow on resume)")
+    p.add_argument("--objective", default="val_loss", choices=list(OBJECTIVES),
+                   help="what ranks trials: val_loss (lower is better) or val_bleu4 (higher is better)")
+    p.add_argument("--search-space", default=str(DEFAULT_SEARCH_SPACE),
+                   help="JSON file of hyperparameter ranges (default: tuning/search_space.json)")
+    p.add_argument("--retrain-best", metavar="RUN", default=None,
+                   help="after the search, train this run directory with the best hyperparameters")
+    p.add_argument("--retrain-epochs", type=int, default=None, help="epochs of the --retrain-best run (default: --epochs)")
+    p.add_argument("--verbose", "-v", type=int, default=None, help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
+    _add_train_arguments(p)
+    p.set_defaults(func=cmd_tune)
+    return p
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from kcap.cli import _train_config
+    from tuning.search import format_summary, retrain_best, search
+
+    config = _train_config(args)
+    result = search(
+        config, args.directory, tuner=args.tuner, max_trials=args.max_trials, objective=args.objective,
+        search_space=args.search_space, verbose=args.verbose,
+    )
+    print(format_summary(result.summary))
+    print(f"Wrote {result.search_dir.summary}")
+    if result.best_hyperparameters is None:
+        print("No trial completed; no best hyperparameters.")
+        return 1
+    print(f"Best hyperparameters ({args.objective} {result.summary['best']['objective']:.4f}): "
+          f"{result.best_hyperparameters} → {result.search_dir.best_hyperparameters}")
+    if args.retrain_best:
+        if args.retrain_epochs is not None:
+            config = dataclasses.replace(config, epochs=args.retrain_epochs)
+        history = retrain_best(config, args.directory, args.retrain_best, verbose=args.verbose)
+        last = history["epochs"][-1] if history["epochs"] else {}
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "epoch")
+        print(f"Trained {args.retrain_best} with the best hyperparameters ({len(history['epochs'])} epochs; {scores}).")
+    return 0

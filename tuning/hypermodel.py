@@ -1,0 +1,385 @@
+"""The captioner as a keras-tuner `HyperModel`, and the JSON search space it is built from.
+
+A search space file maps `TrainConfig` settings to value ranges:
+
+```json
+{
+  "embedding_dim": {"type": "choice", "values": [128, 256, 512]},
+  "units":         {"type": "choice", "values": [256, 512, 1024]},
+  "learning_rate": {"type": "float", "min": 1e-4, "max": 3e-3, "sampling": "log"},
+  "dropout":       {"type": "float", "min": 0.0, "max": 0.5, "step": 0.1}
+}
+```
+
+Types: `choice` (`values`, optional `ordered`), `int` and `float` (`min`,
+`max`, optional `step` and `sampling`: `linear`, `log`, `reverse_log`),
+`boolean`, `fixed` (`value`). Only settings that leave the data, the
+vocabulary and the backbone features alone can be tuned (`TUNABLE`): those
+are prepared once for the whole search, so no trial re-runs the backbone.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner
+import tensorflow as tf
+
+from kcap.data.dataset import CaptionDataset
+from kcap.data.feature_cache import FeatureCache
+from kcap.data.pipeline import evaluation_dataset, image_dataset, steps_per_epoch, training_dataset
+from kcap.model.captioner import Captioner
+from kcap.text.vocabulary import Vocabulary
+from kcap.training.config import TrainConfig
+from kcap.training.trainer import build_captioner, build_feature_cache, prepare_data
+
+DEFAULT_SEARCH_SPACE = Path(__file__).with_name("search_space.json")
+
+# Settings a trial may change. Everything else (data, vocabulary, backbone,
+# image size, normalisation, augmentation, the feature cache) is fixed for
+# the whole search, because it is prepared once before the first trial.
+TUNABLE = ("embedding_dim", "units", "learning_rate", "dropout", "batch_size", "clipnorm", "position_embedding")
+
+_SPEC_KEYS = {
+    "choice": ({"values"}, {"ordered"}),
+    "int": ({"min", "max"}, {"step", "sampling"}),
+    "float": ({"min", "max"}, {"step", "sampling"}),
+    "boolean": (set(), set()),
+    "fixed": ({"value"}, set()),
+}
+_SAMPLINGS = ("linear", "log", "reverse_log")
+_FIELD_TYPES = typing.get_type_hints(TrainConfig)
+
+
+# -- the search space ---------------------------------------------------------
+
+
+def load_search_space(path: str | Path = DEFAULT_SEARCH_SPACE) -> dict[str, dict]:
+    """Reads and validates a search space JSON file; errors name the file and the key.
+
+    Example:
+
+    ```python
+    space = load_search_space("tuning/search_space.json")
+    space["units"]  # {"type": "choice", "values": [256, 512, 1024]}
+    ```
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Search space file {path} does not exist.") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from None
+    return validate_search_space(data, source=str(path))
+
+
+def validate_search_space(data: Any, source: str = "search space") -> dict[str, dict]:
+    """Checks a search space (already parsed JSON); returns it as a plain dict.
+
+    >>> validate_search_space({"units": {"type": "choice", "values": [32, 64]}})
+    {'units': {'type': 'choice', 'values': [32, 64]}}
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a JSON object mapping settings to ranges, got {type(data).__name__}.")
+    if not data:
+        raise ValueError(f"{source}: the search space is empty; name at least one of {list(TUNABLE)}.")
+    for key, spec in data.items():
+        _check_spec(key, spec, f"{source}: key {key!r}")
+    return copy.deepcopy(data)
+
+
+def _check_spec(key: str, spec: Any, where: str) -> None:
+    if key not in _FIELD_TYPES:
+        raise ValueError(f"{where} is not a kcap training setting; tunable settings: {list(TUNABLE)}.")
+    if key not in TUNABLE:
+        raise ValueError(
+            f"{where} cannot be tuned: the data, vocabulary, backbone and feature cache are prepared once "
+            f"for the whole search. Tunable settings: {list(TUNABLE)}; set {key} with its flag instead."
+        )
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: expected an object like {{\"type\": \"choice\", \"values\": [...]}}, got {spec!r}.")
+    kind = spec.get("type")
+    if kind not in _SPEC_KEYS:
+        raise ValueError(f"{where}: \"type\" must be one of {list(_SPEC_KEYS)}, got {kind!r}.")
+    required, optional = _SPEC_KEYS[kind]
+    missing = sorted(required - set(spec))
+    unknown = sorted(set(spec) - required - optional - {"type"})
+    if missing:
+        raise ValueError(f"{where}: a {kind!r} range needs {missing}.")
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown} for a {kind!r} range (allowed: {sorted(required | optional)}).")
+
+    hint = _FIELD_TYPES[key]
+    if kind == "choice":
+        values = spec["values"]
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{where}: \"values\" must be a non-empty list, got {values!r}.")
+        if len(set(map(json.dumps, values))) != len(values):
+            raise ValueError(f"{where}: \"values\" has duplicates: {values!r}.")
+        if len({type(v) for v in values}) > 1:
+            # keras-tuner's Choice needs one type; 1 and 0.5 mixed would sample as floats.
+            raise ValueError(f"{where}: \"values\" mixes types ({values!r}); write them all as {_type_name(hint)}.")
+        if "ordered" in spec and not isinstance(spec["ordered"], bool):
+            raise ValueError(f"{where}: \"ordered\" must be true or false, got {spec['ordered']!r}.")
+        candidates = values
+    elif kind in ("int", "float"):
+        number = int if kind == "int" else (int, float)
+        for bound in ("min", "max"):
+            value = spec[bound]
+            if isinstance(value, bool) or not isinstance(value, number) or not math.isfinite(value):
+                raise ValueError(f"{where}: \"{bound}\" must be a{'n integer' if kind == 'int' else ' number'}, got {value!r}.")
+        if not spec["min"] < spec["max"]:
+            raise ValueError(f"{where}: \"min\" ({spec['min']}) must be less than \"max\" ({spec['max']}).")
+        sampling = spec.get("sampling", "linear")
+        if sampling not in _SAMPLINGS:
+            raise ValueError(f"{where}: \"sampling\" must be one of {list(_SAMPLINGS)}, got {sampling!r}.")
+        if sampling != "linear" and spec["min"] <= 0:
+            raise ValueError(f"{where}: {sampling} sampling needs \"min\" > 0, got {spec['min']}.")
+        if "step" in spec:
+            step = spec["step"]
+            if isinstance(step, bool) or not isinstance(step, number) or not step > 0:
+                raise ValueError(f"{where}: \"step\" must be a positive {'integer' if kind == 'int' else 'number'}, got {step!r}.")
+        if kind == "float" and hint is not float and float not in typing.get_args(hint):
+            raise ValueError(f"{where}: {key} is {_type_name(hint)}, so a \"float\" range cannot set it; use \"int\" or \"choice\".")
+        candidates = [spec["min"], spec["max"]]
+    elif kind == "boolean":
+        candidates = [True, False]
+    else:
+        candidates = [spec["value"]]
+
+    for value in candidates:
+        if not _accepts(hint, value):
+            raise ValueError(f"{where}: {key} takes {_type_name(hint)}, but the range holds {value!r}.")
+        try:
+            dataclasses.replace(TrainConfig(data="-"), **{key: value}).validate()
+        except ValueError as error:
+            raise ValueError(f"{where}: the value {value!r} is out of range ({error}).") from None
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    """Whether a JSON value fits a `TrainConfig` field's type; `null` never does here."""
+    if value is None:
+        return False  # keras-tuner ranges hold numbers, strings and booleans only
+    args = typing.get_args(hint) or (hint,)
+    if isinstance(value, bool):
+        return bool in args
+    if isinstance(value, int):
+        return int in args or float in args
+    if isinstance(value, float):
+        return float in args
+    if isinstance(value, str):
+        return str in args
+    return False
+
+
+def _type_name(hint: Any) -> str:
+    names = [a.__name__ for a in (typing.get_args(hint) or (hint,)) if a is not type(None)]
+    return " or ".join(names)
+
+
+def declare_hyperparameters(hp: keras_tuner.HyperParameters, space: Mapping[str, dict]) -> dict[str, Any]:
+    """Registers `space` on `hp` and returns the values of this trial, typed as `TrainConfig` wants.
+
+    Example:
+
+    ```python
+    hp = keras_tuner.HyperParameters()
+    declare_hyperparameters(hp, {"units": {"type": "choice", "values": [32, 64]}})  # {"units": 32}
+    ```
+    """
+    values = {}
+    for name, spec in space.items():
+        kind = spec["type"]
+        if kind == "choice":
+            value = hp.Choice(name, spec["values"], ordered=spec.get("ordered"))
+        elif kind == "int":
+            value = hp.Int(name, spec["min"], spec["max"], step=spec.get("step"), sampling=spec.get("sampling", "linear"))
+        elif kind == "float":
+            value = hp.Float(name, spec["min"], spec["max"], step=spec.get("step"), sampling=spec.get("sampling", "linear"))
+        elif kind == "boolean":
+            value = hp.Boolean(name)
+        else:
+            value = hp.Fixed(name, spec["value"])
+        values[name] = _typed(name, value)
+    return values
+
+
+def _typed(name: str, value: Any) -> Any:
+    """Plain Python values of the field's type: the Bayesian oracle hands back numpy scalars."""
+    value = value.item() if hasattr(value, "item") else value
+    args = typing.get_args(_FIELD_TYPES[name]) or (_FIELD_TYPES[name],)
+    if bool in args:
+        return bool(value)
+    if int in args and float not in args:
+        return int(round(value))
+    if float in args and isinstance(value, (int, float)):
+        return float(value)
+    return value
+
+
+# -- data prepared once ---------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TuningData:
+    """What every trial shares: the split data, the vocabulary and (optionally) the feature cache."""
+
+    dataset: CaptionDataset
+    vocabulary: Vocabulary
+    normalization: dict | None
+    feature_cache: FeatureCache | None
+
+
+def prepare_tuning_data(config: TrainConfig, progress: bool = True) -> TuningData:
+    """Loads the data and builds the vocabulary once; with `cache_features`, builds the cache too.
+
+    The cache is built (or reused) here, before the search, with the base
+    configuration's backbone; trials then read features and never run it.
+
+    Example:
+
+    ```python
+    config = TrainConfig(data="synthetic", cache_features=True).resolved()
+    data = prepare_tuning_data(config)
+    ```
+    """
+    dataset, vocabulary, normalization = prepare_data(config)
+    cache = None
+    if config.cache_features:
+        model = build_captioner(config, vocabulary, normalization)
+        cache, _ = build_feature_cache(config, model, dataset, progress=progress)
+        del model
+        keras.backend.clear_session()
+    return TuningData(dataset, vocabulary, normalization, cache)
+
+
+# -- the hypermodel -------------------------------------------------------------
+
+
+class CaptionerHyperModel(keras_tuner.HyperModel):
+    """Builds and trains a `Captioner` per trial: `config` with the trial's values in it.
+
+    Args:
+        config: the base settings (resolved); the search space overrides some of them.
+        data: the data every trial trains on (`prepare_tuning_data(config)`).
+        search_space: a validated search space (`load_search_space`).
+        objective: `"val_loss"` or `"val_bleu4"` (the latter adds
+            `kcap.training.validation_captioning.ValidationCaptioning`).
+
+    Example:
+
+    ```python
+    hypermodel = CaptionerHyperModel(config, prepare_tuning_data(config), load_search_space())
+    tuner = keras_tuner.RandomSearch(hypermodel, objective="val_loss", max_trials=4, directory="tune")
+    tuner.search(epochs=2)
+    ```
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: TuningData,
+        search_space: Mapping[str, dict],
+        objective: str = "val_loss",
+        name: str | None = "captioner",
+        tunable: bool = True,
+    ):
+        super().__init__(name=name, tunable=tunable)
+        self.config = config
+        self.data = data
+        self.search_space = validate_search_space(dict(search_space))
+        if objective not in ("val_loss", "val_bleu4"):
+            raise ValueError(f"objective must be 'val_loss' or 'val_bleu4', got {objective!r}.")
+        self.objective = objective
+        if not data.dataset.subset("val"):
+            raise ValueError(
+                f"{data.dataset.source} has no validation images, and the search ranks trials by {objective}. "
+                "Give the data a val split (or --val-fraction > 0)."
+            )
+
+    def trial_config(self, hp: keras_tuner.HyperParameters) -> TrainConfig:
+        """The base configuration with this trial's values (declaring them on `hp`)."""
+        values = declare_hyperparameters(hp, self.search_space)
+        config = dataclasses.replace(self.config, **values)
+        config.validate()
+        return config
+
+    def build(self, hp: keras_tuner.HyperParameters) -> Captioner:
+        config = self.trial_config(hp)
+        model = build_captioner(config, self.data.vocabulary, self.data.normalization)
+        # Optimizer slots exist from the start, so the weights keras-tuner loads back
+        # (get_best_models, Hyperband's next round) bring the optimizer state with them.
+        model.optimizer.build(model.trainable_variables)
+        return model
+
+    def fit(self, hp: keras_tuner.HyperParameters, model: Captioner, *args, **kwargs) -> keras.callbacks.History:
+        """Trains `model` on the prepared data; `epochs`/`initial_epoch` come from the tuner.
+
+        keras-tuner passes its callbacks (checkpointing the best epoch,
+        TensorBoard with the trial's log folder) in `kwargs["callbacks"]`.
+        """
+        if args or {"x", "y", "validation_data"} & set(kwargs):
+            raise TypeError(
+                "CaptionerHyperModel trains on the data it was built with; "
+                "call tuner.search(epochs=..., callbacks=...) without data arguments."
+            )
+        config = self.trial_config(hp)
+        epochs = int(kwargs.pop("epochs", config.epochs))
+        initial_epoch = int(kwargs.pop("initial_epoch", 0))
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        cache = self.data.feature_cache
+        image_size = (config.image_size, config.image_size)
+        train_images = self.data.dataset.subset("train")
+        val_images = self.data.dataset.subset("val")
+        train_ds = training_dataset(
+            train_images, self.data.vocabulary, image_size, config.batch_size, config.seed, epochs, initial_epoch,
+            feature_cache=cache,
+        )
+        val_ds = evaluation_dataset(val_images, self.data.vocabulary, image_size, config.batch_size, feature_cache=cache)
+        if self.objective == "val_bleu4":
+            # First: keras-tuner's checkpoint and TensorBoard callbacks read val_bleu4 from the same logs.
+            callbacks.insert(0, self._validation_captioning(config, val_images))
+        return model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch(train_images, config.batch_size),
+            callbacks=callbacks,
+            shuffle=False,  # the dataset shuffles, by (seed, epoch)
+            **kwargs,
+        )
+
+    def _validation_captioning(self, config: TrainConfig, val_images) -> keras.callbacks.Callback:
+        try:
+            from kcap.training.validation_captioning import ValidationCaptioning
+        except ImportError as error:
+            raise RuntimeError(
+                f"--objective val_bleu4 needs kcap.training.validation_captioning ({error}); "
+                "use --objective val_loss."
+            ) from None
+        paths = [str(i.path) for i in val_images]
+        references = [list(i.captions) for i in val_images]
+        if self.data.feature_cache is None:
+            inputs = image_dataset(paths, (config.image_size, config.image_size), config.batch_size)
+        else:
+            inputs = _cached_feature_batches(self.data.feature_cache, paths, config.batch_size)
+        return ValidationCaptioning(paths, references, inputs, self.data.vocabulary, log_dir=None, num_examples=0)
+
+
+def _cached_feature_batches(cache: FeatureCache, paths: list[str], batch_size: int) -> tf.data.Dataset:
+    """`{"features": ...}` batches of `paths`, one row per image, in order, read from the cache."""
+    gather = cache.gather_fn()
+    rows = tf.data.Dataset.from_tensor_slices(cache.rows(paths)).batch(batch_size)
+    return rows.map(lambda r: {"features": gather(r)}).prefetch(tf.data.AUTOTUNE)

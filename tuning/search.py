@@ -1,0 +1,459 @@
+"""Running a keras-tuner search over the captioner, resuming it, and handing back its results.
+
+A search directory holds:
+
+```
+DIR/tuning.json               the search's settings (base config, tuner, objective, space)
+DIR/summary.json              one row per trial: id, status, hyperparameters, objective, epochs, seconds
+DIR/best_hyperparameters.json the best trial's settings, for `kcap train --hparams`
+DIR/logs/<trial_id>/          TensorBoard (scalars and the HParams dashboard)
+DIR/trials/                   keras-tuner's project: oracle.json, trial_<id>/trial.json and checkpoints
+```
+
+Running the same search again on the same directory continues it: finished
+trials are kept, a trial that was interrupted runs again from its start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner
+from keras_tuner.src.engine import tuner_utils
+
+import kcap
+from kcap.training.config import TrainConfig
+from kcap.utils.files import atomic_write_json, atomic_write_text
+from tuning.hypermodel import (
+    DEFAULT_SEARCH_SPACE,
+    CaptionerHyperModel,
+    load_search_space,
+    prepare_tuning_data,
+    validate_search_space,
+)
+
+TUNERS = ("random", "hyperband", "bayesian")
+OBJECTIVES = {"val_loss": "min", "val_bleu4": "max"}
+PROJECT = "trials"  # keras-tuner's project folder inside the search directory
+TRIAL_INFO = "kcap_trial.json"  # epochs and seconds of a trial, beside keras-tuner's trial.json
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchDir:
+    """The files of a search directory (see the module docstring)."""
+
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    settings = property(lambda self: self.path / "tuning.json")
+    summary = property(lambda self: self.path / "summary.json")
+    best_hyperparameters = property(lambda self: self.path / "best_hyperparameters.json")
+    logs = property(lambda self: self.path / "logs")
+    project = property(lambda self: self.path / PROJECT)
+
+
+# -- --hparams ----------------------------------------------------------------
+
+
+def apply_hparams(config: TrainConfig, path: str | Path) -> TrainConfig:
+    """`config` with the settings of a JSON file (e.g. a search's `best_hyperparameters.json`).
+
+    The file is an object of `TrainConfig` settings; its values win over
+    `config`'s. Unknown keys and values of the wrong type are errors naming
+    the file and the key.
+
+    Example:
+
+    ```python
+    config = apply_hparams(TrainConfig(data="synthetic"), "tune/best_hyperparameters.json")
+    train(config, "runs/best")
+    ```
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Hyperparameter file {path} does not exist.") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of training settings, got {type(data).__name__}.")
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {unknown}; settings are TrainConfig fields: {fields}.")
+    # from_json checks every value's type and names the key that is wrong.
+    merged = TrainConfig.from_json({**config.to_json(), **data}, source=str(path))
+    try:
+        merged.validate()
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return merged
+
+
+# -- the tuners -----------------------------------------------------------------
+
+
+class _AtomicOracleState:
+    """Oracle mixin: `oracle.json` and `trial.json` are written atomically, and a reload
+    never re-runs a trial whose `trial.json` already says COMPLETED.
+
+    keras-tuner writes its state files in place, so a process killed mid-write
+    would leave a truncated JSON file the next run cannot read.
+    """
+
+    def save(self):
+        atomic_write_text(self._get_oracle_fname(), json.dumps(self.get_state()))
+
+    def _save_trial(self, trial):
+        atomic_write_text(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), json.dumps(trial.get_state()))
+
+    def reload(self):
+        super().reload()
+        # Killed between writing a finished trial's trial.json and oracle.json,
+        # the oracle still lists the trial as running and would run it again.
+        for trial_id in list(self._retry_queue):
+            trial = self.trials[trial_id]
+            if trial.status == "COMPLETED" and trial.score is not None:
+                self._retry_queue.remove(trial_id)
+                if trial_id not in self.end_order:
+                    self.end_order.append(trial_id)
+
+
+def _oracle_class(base: type) -> type:
+    return type(f"Kcap{base.__name__}", (_AtomicOracleState, base), {})
+
+
+class KcapTuner(keras_tuner.Tuner):
+    """A keras-tuner `Tuner` that records each trial's epochs and seconds, writes
+    `summary.json` after every trial, saves its state atomically and puts
+    TensorBoard logs in `logs/<trial_id>` (keras-tuner's default adds `execution0`).
+    """
+
+    def __init__(self, oracle, hypermodel, directory: str | Path, **kwargs):
+        # Tuner.__init__, not the parent's: the oracle is made here (with atomic state files).
+        keras_tuner.Tuner.__init__(self, oracle, hypermodel, directory=str(directory), project_name=PROJECT, **kwargs)
+        self.search_dir = SearchDir(directory)
+        if not os.path.exists(self._get_tuner_fname()):
+            # Saved now, so a search killed in its first trial also resumes (keras-tuner
+            # reloads only when this file exists, and writes it only after a trial).
+            self.save()
+
+    def save(self):
+        if not self._is_worker():
+            self.oracle.save()
+        atomic_write_text(self._get_tuner_fname(), json.dumps(self.get_state()))
+
+    def run_trial(self, trial, *args, **kwargs):
+        start = time.perf_counter()
+        histories = super().run_trial(trial, *args, **kwargs)
+        epochs = sum(len(h.epoch) for h in histories if isinstance(h, keras.callbacks.History))
+        atomic_write_json(Path(self.get_trial_dir(trial.trial_id)) / TRIAL_INFO, {
+            "epochs": epochs, "seconds": round(time.perf_counter() - start, 3),
+        })
+        return histories
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        write_summary(self, self.search_dir)
+
+    def _get_tensorboard_dir(self, logdir, trial_id, execution):
+        if self.executions_per_trial == 1:
+            return os.path.join(str(logdir), str(trial_id))
+        return super()._get_tensorboard_dir(logdir, trial_id, execution)
+
+
+class KcapHyperband(KcapTuner, keras_tuner.Hyperband):
+    """Hyperband's trial logic (epoch budgets, weights carried between rounds) in a `KcapTuner`."""
+
+    def _build_hypermodel(self, hp):
+        # Hyperband's own version calls model.build_from_config() on the freshly built
+        # model before loading the earlier round's weights; a Captioner is built in its
+        # constructor already, and building it twice fails. Only the loading is kept.
+        model = keras_tuner.Tuner._build_hypermodel(self, hp)
+        if "tuner/trial_id" in hp.values:
+            model.load_weights(self._get_checkpoint_fname(hp.values["tuner/trial_id"]))
+        return model
+
+
+def make_tuner(
+    kind: str,
+    hypermodel: CaptionerHyperModel,
+    directory: str | Path,
+    objective: str = "val_loss",
+    max_trials: int = 10,
+    max_epochs: int = 10,
+    seed: int = 0,
+) -> KcapTuner:
+    """A `KcapTuner` of `kind` (`random`, `hyperband`, `bayesian`) over `hypermodel`.
+
+    It reloads the search in `directory` when there is one. For `hyperband`,
+    `max_epochs` is the most epochs a trial trains and `max_trials` caps the
+    number of trials.
+
+    Example:
+
+    ```python
+    tuner = make_tuner("random", hypermodel, "tune", max_trials=4)
+    tuner.search(epochs=2)
+    ```
+    """
+    if kind not in TUNERS:
+        raise ValueError(f"--tuner must be one of {list(TUNERS)}, got {kind!r}.")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"--objective must be one of {list(OBJECTIVES)}, got {objective!r}.")
+    if max_trials < 1:
+        raise ValueError(f"--max-trials must be at least 1, got {max_trials}.")
+    goal = keras_tuner.Objective(objective, direction=OBJECTIVES[objective])
+    oracles = keras_tuner.oracles
+    if kind == "random":
+        oracle = _oracle_class(oracles.RandomSearchOracle)(objective=goal, max_trials=max_trials, seed=seed)
+        return KcapTuner(oracle, hypermodel, directory)
+    if kind == "bayesian":
+        try:
+            import sklearn  # noqa: F401  keras-tuner's Bayesian oracle needs it
+        except ImportError:
+            raise RuntimeError("--tuner bayesian needs scikit-learn: pip install scikit-learn") from None
+        oracle = _oracle_class(oracles.BayesianOptimizationOracle)(objective=goal, max_trials=max_trials, seed=seed)
+        return KcapTuner(oracle, hypermodel, directory)
+    if max_epochs < 2:
+        raise ValueError("--tuner hyperband needs --epochs of at least 2 (it trains trials for a part of them).")
+    oracle = _oracle_class(oracles.HyperbandOracle)(objective=goal, max_epochs=max_epochs, factor=3, seed=seed)
+    oracle.max_trials = max_trials  # HyperbandOracle takes no max_trials, but Oracle.create_trial honours it
+    return KcapHyperband(oracle, hypermodel, directory)
+
+
+# -- results --------------------------------------------------------------------
+
+
+def hyperparameter_values(trial) -> dict[str, Any]:
+    """A trial's training settings (keras-tuner's own `tuner/...` bookkeeping left out)."""
+    return {k: _plain(v) for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def trial_rows(tuner: keras_tuner.Tuner) -> list[dict]:
+    """One row per trial, in the order trials started."""
+    oracle = tuner.oracle
+    order = list(dict.fromkeys([*oracle.start_order, *sorted(oracle.trials)]))
+    rows = []
+    for trial_id in order:
+        trial = oracle.trials[trial_id]
+        info_path = Path(tuner.get_trial_dir(trial_id)) / TRIAL_INFO
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        rows.append({
+            "trial_id": trial_id,
+            "status": trial.status,
+            "hyperparameters": hyperparameter_values(trial),
+            "objective": None if trial.score is None else float(trial.score),
+            "best_epoch": None if trial.best_step is None else int(trial.best_step) + 1,
+            "epochs": info.get("epochs"),
+            "seconds": info.get("seconds"),
+        })
+    return rows
+
+
+def best_trial(tuner: keras_tuner.Tuner):
+    """The best completed trial, or `None` when no trial completed."""
+    completed = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED" and t.score is not None]
+    if not completed:
+        return None
+    return tuner.oracle.get_best_trials(1)[0]
+
+
+def write_summary(tuner: keras_tuner.Tuner, search_dir: SearchDir) -> dict:
+    """Writes `summary.json` (and `best_hyperparameters.json` once a trial completed); returns the summary."""
+    objective = tuner.oracle.objective
+    best = best_trial(tuner)
+    summary = {
+        "kcap_version": kcap.__version__,
+        "objective": {"name": objective.name, "direction": objective.direction},
+        "trials": trial_rows(tuner),
+        "best": None if best is None else {
+            "trial_id": best.trial_id, "objective": float(best.score), "hyperparameters": hyperparameter_values(best),
+        },
+    }
+    atomic_write_json(search_dir.summary, summary)
+    if best is not None:
+        atomic_write_json(search_dir.best_hyperparameters, hyperparameter_values(best))
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as a text table, best trial marked with `*`.
+
+    >>> print(format_summary({"objective": {"name": "val_loss"}, "best": {"trial_id": "0"}, "trials": [
+    ...     {"trial_id": "0", "status": "COMPLETED", "hyperparameters": {"units": 32},
+    ...      "objective": 1.5, "epochs": 1, "seconds": 2.0}]}))
+    trial  status     units  val_loss  epochs  seconds
+    0*     COMPLETED  32     1.5000    1       2.0
+    """
+    names = list(dict.fromkeys(k for row in summary["trials"] for k in row["hyperparameters"]))
+    best_id = (summary.get("best") or {}).get("trial_id")
+    header = ["trial", "status", *names, summary["objective"]["name"], "epochs", "seconds"]
+    table = [header]
+    for row in summary["trials"]:
+        hps = [_format_value(row["hyperparameters"].get(n)) for n in names]
+        objective = "-" if row["objective"] is None else f"{row['objective']:.4f}"
+        seconds = "-" if row["seconds"] is None else f"{row['seconds']:.1f}"
+        epochs = "-" if row["epochs"] is None else str(row["epochs"])
+        mark = "*" if row["trial_id"] == best_id else ""
+        table.append([f"{row['trial_id']}{mark}", row["status"], *hps, objective, epochs, seconds])
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
+
+
+def _format_value(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+# -- the search -----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """What `search` hands back: the tuner (for `get_best_models`), the summary and the best settings."""
+
+    tuner: KcapTuner
+    summary: dict
+    best_hyperparameters: dict | None
+    search_dir: SearchDir
+
+
+def _check_settings(search_dir: SearchDir, settings: dict) -> None:
+    """A directory holds one search: resuming it with other settings is refused (--max-trials may grow)."""
+    if not search_dir.settings.is_file():
+        if search_dir.project.exists():
+            raise ValueError(
+                f"{search_dir.path} holds a keras-tuner project but no tuning.json; choose another --directory."
+            )
+        return
+    saved = json.loads(search_dir.settings.read_text(encoding="utf-8"))
+    changed = [k for k in ("settings", "tuner", "objective", "search_space") if saved.get(k) != settings[k]]
+    details = []
+    for key in changed:
+        if key == "settings":
+            old, new = saved.get("settings") or {}, settings["settings"]
+            details += [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        else:
+            details.append(f"{key}: {saved.get(key)!r} → {settings[key]!r}")
+    if details:
+        raise ValueError(
+            f"{search_dir.path} holds a search with other settings ({'; '.join(details)}). "
+            "Re-run with the same settings to resume it (only --max-trials may change), or choose a new --directory."
+        )
+
+
+def search(
+    config: TrainConfig,
+    directory: str | Path,
+    tuner: str = "random",
+    max_trials: int = 10,
+    objective: str = "val_loss",
+    search_space: str | Path | dict = DEFAULT_SEARCH_SPACE,
+    verbose: int | str = "auto",
+) -> SearchResult:
+    """Searches `search_space` around `config` (each trial trains `config.epochs` epochs).
+
+    Re-running it on the same `directory` continues the search. Writes the
+    files listed in the module docstring and returns them as a `SearchResult`.
+
+    Example:
+
+    ```python
+    config = TrainConfig(data="synthetic", epochs=2, cache_features=True)
+    result = search(config, "tune", max_trials=4)
+    print(format_summary(result.summary))
+    best_model = result.tuner.get_best_models(1)[0]
+    ```
+    """
+    config = config.resolved()
+    space = validate_search_space(search_space) if isinstance(search_space, dict) else load_search_space(search_space)
+    search_dir = SearchDir(directory)
+    settings = {
+        "kcap_version": kcap.__version__,
+        "settings": config.to_json(),
+        "tuner": tuner,
+        "objective": objective,
+        "search_space": space,
+        "max_trials": max_trials,
+    }
+    if tuner not in TUNERS:
+        raise ValueError(f"--tuner must be one of {list(TUNERS)}, got {tuner!r}.")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"--objective must be one of {list(OBJECTIVES)}, got {objective!r}.")
+    _check_settings(search_dir, settings)
+    search_dir.path.mkdir(parents=True, exist_ok=True)
+
+    data = prepare_tuning_data(config, progress=verbose not in (0, "0"))
+    hypermodel = CaptionerHyperModel(config, data, space, objective=objective)
+    if objective == "val_bleu4":
+        hypermodel._validation_captioning(config, data.dataset.subset("val")[:1])  # fail now, not in trial 0
+    atomic_write_json(search_dir.settings, settings)
+    kt = make_tuner(tuner, hypermodel, search_dir.path, objective, max_trials, config.epochs, config.seed)
+    _write_hparams_config(kt, search_dir, objective)
+    kt.search(
+        epochs=config.epochs,
+        callbacks=[keras.callbacks.TensorBoard(log_dir=str(search_dir.logs))],
+        verbose=verbose,
+    )
+    summary = write_summary(kt, search_dir)
+    failed = [r for r in summary["trials"] if r["status"] in ("FAILED", "INVALID")]
+    if failed and summary["best"] is None:
+        message = kt.oracle.trials[failed[-1]["trial_id"]].message or ""
+        raise RuntimeError(f"Every trial failed; the last one with:\n{message.strip()}")
+    best = json.loads(search_dir.best_hyperparameters.read_text()) if summary["best"] else None
+    return SearchResult(kt, summary, best, search_dir)
+
+
+def _write_hparams_config(tuner: keras_tuner.Tuner, search_dir: SearchDir, objective: str) -> None:
+    """The HParams dashboard's experiment: the searched ranges and the metrics to show per trial."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hparams_api
+
+    hparams = tuner_utils.convert_hyperparams_to_hparams(tuner.oracle.get_space(), hparams_api)
+    metric = objective.removeprefix("val_")
+    metrics = [
+        hparams_api.Metric(f"epoch_{metric}", group="validation", display_name=objective),
+        hparams_api.Metric("epoch_loss", group="train", display_name="loss"),
+    ]
+    writer = tf.summary.create_file_writer(str(search_dir.logs))
+    with writer.as_default():
+        hparams_api.hparams_config(hparams=list(hparams), metrics=metrics)
+    writer.close()
+
+
+def retrain_best(
+    config: TrainConfig, directory: str | Path, run_dir: str | Path, verbose: int | str = "auto"
+) -> dict:
+    """Trains `run_dir` with `config` and the search's best hyperparameters; returns its history.
+
+    Example:
+
+    ```python
+    retrain_best(TrainConfig(data="synthetic", epochs=10), "tune", "runs/best")
+    ```
+    """
+    from kcap.training.trainer import train
+
+    path = SearchDir(directory).best_hyperparameters
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: no trial of the search in {directory} has completed.")
+    return train(apply_hparams(config, path), run_dir, verbose=verbose)
