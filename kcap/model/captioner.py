@@ -143,7 +143,8 @@ class Captioner(keras.Model):
         return {}
 
     def build_from_config(self, config):
-        self.build()
+        if not self.built:  # keras-tuner's Hyperband calls this on a built model
+            self.build()
 
     def get_config(self):
         return {
