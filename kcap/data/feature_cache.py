@@ -77,6 +77,8 @@ class FeatureCache:
     ```
     """
 
+    save_every_s = 5.0  # how often a build records its progress
+
     def __init__(self, directory: str | Path, image_paths: Sequence[str], feature_shape: Sequence[int]):
         self.directory = Path(directory)
         self.image_paths = [str(p) for p in image_paths]
@@ -132,18 +134,23 @@ class FeatureCache:
         else:
             array = np.load(self.array_path, mmap_mode="r+")
         first = done
-        extract = tf.function(lambda batch: tf.cast(model.extract_features(batch["images"]), tf.float16))
+        extract = model.feature_extractor()
         start = time.perf_counter()
+        last_save = start
         batches = image_dataset(self.image_paths[done:], model.image_size, batch_size)
         with tqdm(total=total, initial=done, unit="img", desc="caching features", disable=not progress) as bar:
             for batch in batches:
-                features = extract(batch).numpy()
+                features = extract(batch["images"]).numpy()
                 array[done: done + len(features)] = features
                 done += len(features)
-                # Features first, then the count: a build killed in between redoes one batch.
-                array.flush()
-                atomic_write_json(self.progress_path, {"done": done})
                 bar.update(len(features))
+                now = time.perf_counter()
+                if now - last_save > self.save_every_s or done == total:
+                    # Features first, then the count: a build killed in between redoes
+                    # at most the last few seconds' images.
+                    array.flush()
+                    atomic_write_json(self.progress_path, {"done": done})
+                    last_save = now
         del array
         seconds = time.perf_counter() - start
         computed = total - first

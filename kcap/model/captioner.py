@@ -179,6 +179,17 @@ class Captioner(keras.Model):
         images = self.preprocessing(images)
         return self.backbone(images, training=training and self.train_backbone)
 
+    def feature_extractor(self):
+        """`extract_features` compiled once (inference mode, float16 out): for the feature cache."""
+        fn = self.__dict__.get("_feature_extractor")  # kept out of Keras' attribute tracking
+        if fn is None:
+            fn = tf.function(
+                lambda images: tf.cast(self.extract_features(images, training=False), tf.float16),
+                reduce_retracing=True,
+            )
+            self.__dict__["_feature_extractor"] = fn
+        return fn
+
     def encode(self, inputs, training=False):
         """`{"images"}` or `{"features"}` → encoded locations (batch, h'*w', embedding_dim)."""
         if "features" in inputs:
