@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from kcap.data.images import DECODING
 from kcap.data.pipeline import image_dataset
 from kcap.utils.files import atomic_write_json
 
@@ -61,6 +62,7 @@ def cache_key(model, image_paths: Sequence[str]) -> dict:
         "backbone_weights": _weights_digest(model.backbone),
         "preprocessing": model.preprocessing.get_config() | {"name": None},
         "image_size": list(model.image_size),
+        "decoding": DECODING,
         "images": [_file_identity(p) for p in image_paths],
     }
 

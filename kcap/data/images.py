@@ -6,6 +6,9 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
+# Part of the feature cache's key: change it whenever decoding or resizing changes.
+DECODING = "decode_image(channels=3) + bilinear resize, no antialiasing, rounded to uint8"
+
 
 def decode_image(data: tf.Tensor, image_size: Sequence[int]) -> tf.Tensor:
     """Encoded bytes (JPEG, PNG, GIF, BMP) → uint8 (height, width, 3) at `image_size`.
