@@ -54,6 +54,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--translate", type=float, default=None, help="random shift, fraction (default 0.05 synthetic / 0 real)")
     p.add_argument("--brightness", type=float, default=None, help="random brightness change, fraction (default 0.1)")
     p.add_argument("--clipnorm", type=float, default=None, help="clip gradients to this global norm")
+    p.add_argument("--on-bad-image", default="error", choices=["error", "skip"],
+                   help="data check: 'error' stops before training on any bad image or caption row; 'skip' leaves them out")
 
 
 def _train_config(args: argparse.Namespace):
@@ -197,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--image-size", type=int, default=96)
     q.set_defaults(func=cmd_data_synthetic)
+    from kcap.data.check import add_check_command; add_check_command(data_sub)  # noqa: E702
     from kcap.export.command import add_export_command; add_export_command(sub)  # noqa: E702
     from tuning.command import add_tune_command; add_tune_command(sub)  # noqa: E702
     return parser

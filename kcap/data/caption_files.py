@@ -24,7 +24,7 @@ from pathlib import Path
 
 from kcap.data.dataset import CaptionDataset
 from kcap.data.formats.coco import coco_dataset, read_coco_captions
-from kcap.data.formats.common import CaptionFileError, find_images_dir, load_json, resolve_image
+from kcap.data.formats.common import CaptionFileError, DataProblem, find_images_dir, load_json, resolve_image
 from kcap.data.formats.csv_captions import read_csv_captions
 from kcap.data.formats.flickr8k import read_flickr8k_captions
 from kcap.data.formats.karpathy import karpathy_dataset, read_karpathy_captions
@@ -32,6 +32,7 @@ from kcap.data.formats.karpathy import karpathy_dataset, read_karpathy_captions
 __all__ = [
     "FORMATS",
     "CaptionFileError",
+    "DataProblem",
     "detect_format",
     "find_caption_file",
     "find_images_dir",
@@ -100,15 +101,26 @@ def detect_format(path: str | Path) -> str:
 
 
 def read_captions(
-    path: str | Path, images_dir: str | Path | None = None, format: str = "auto"
+    path: str | Path,
+    images_dir: str | Path | None = None,
+    format: str = "auto",
+    errors: list[DataProblem] | None = None,
 ) -> CaptionDataset:
     """Reads a caption file, or the caption file inside a folder, in any supported format.
+
+    By default the first bad row raises a `CaptionFileError`. With an `errors`
+    list, every bad row or entry is recorded there as a `DataProblem` (file,
+    line, reason) and left out, so one pass reports them all (`kcap data check`);
+    problems that leave nothing readable (no file, no header, JSON that does
+    not parse) still raise.
 
     Example:
 
     ```python
     dataset = read_captions("Flickr8k_text", images_dir="Flicker8k_Dataset")  # finds Flickr8k.token.txt
     dataset.split_sizes()  # the official splits: {'train': 6000, 'val': 1000, 'test': 1000}
+    problems = []
+    dataset = read_captions("captions.csv", errors=problems)  # the good rows; problems lists the rest
     ```
     """
     if format not in FORMATS:
@@ -124,9 +136,9 @@ def read_captions(
             images_root = find_images_dir(path, images_dir)
             data = load_json(path)
             build = coco_dataset if _json_format(data, path) == "coco" else karpathy_dataset
-            return build(data, path, images_root)
+            return build(data, path, images_root, errors)
         format = _text_format(path)
-    return _READERS[format](path, images_dir)
+    return _READERS[format](path, images_dir, errors)
 
 
 def _is_json(path: Path) -> bool:

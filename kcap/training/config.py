@@ -51,6 +51,7 @@ class TrainConfig:
     position_embedding: bool = True
     clipnorm: float | None = None
     strategy: str = "default"  # see kcap.training.distribute.STRATEGIES
+    on_bad_image: str = "error"  # data check (kcap.data.check): "error" stops before training, "skip" leaves bad images/rows out
 
     @property
     def is_synthetic(self) -> bool:
@@ -114,6 +115,7 @@ class TrainConfig:
             (self.fine_tune_layers >= 0, "fine_tune_layers must be 0 or more"),
             (self.normalize in ("backbone", "dataset"), "normalize must be 'backbone' or 'dataset'"),
             (self.strategy in ("default", "mirrored", "multi-worker", "tpu"), "strategy must be default, mirrored, multi-worker or tpu"),
+            (self.on_bad_image in ("error", "skip"), "on_bad_image must be 'error' or 'skip'"),
         ]
         for ok, message in checks:
             if not ok:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -13,11 +14,11 @@ from pathlib import Path
 import keras
 
 import kcap
+from kcap.data.check import load_checked_dataset
 from kcap.data.dataset import CaptionDataset
 from kcap.data.feature_cache import FeatureCache
 from kcap.data.normalization import channel_statistics
 from kcap.data.pipeline import evaluation_dataset, steps_per_epoch, training_dataset
-from kcap.data.sources import load_dataset
 from kcap.model.augmentation import ImageAugmentation
 from kcap.model.backbones import build_backbone
 from kcap.model.captioner import Captioner
@@ -30,6 +31,11 @@ from kcap.training.run_dir import RunDir, ensure_dirs
 from kcap.utils.files import atomic_path, atomic_write_json
 
 log = logging.getLogger("kcap")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite and `TerminateOnNaN` stopped training; no final model is saved."""
+
 
 # Settings that may change between a run and its resumption.
 RESUMABLE_CHANGES = ("epochs", "strategy")
@@ -110,12 +116,20 @@ def _warn_about_flip(config: TrainConfig, dataset: CaptionDataset) -> None:
         log.warning(message)
 
 
-def prepare_data(config: TrainConfig, run: RunDir | None = None) -> tuple[CaptionDataset, Vocabulary, dict | None]:
+def prepare_data(
+    config: TrainConfig, run: RunDir | None = None, skipped: dict | None = None
+) -> tuple[CaptionDataset, Vocabulary, dict | None]:
     """The split data set, the vocabulary and (for `normalize="dataset"`) the channel statistics.
 
     A run being resumed keeps the vocabulary and statistics it started with.
+    The data check runs first (`kcap.data.check`): with `on_bad_image="error"`
+    any bad image or caption row stops here; with `"skip"` they are left out
+    and, when `skipped` is a dict, listed in it (`{"images": [...], "rows": [...]}`).
     """
-    dataset = load_dataset(config)
+    # Data check (issue #8): every problem is reported before any training.
+    dataset, report = load_checked_dataset(config)
+    if skipped is not None:
+        skipped.update(report.skipped_json())
     train_images = dataset.subset("train")
     if not train_images:
         raise ValueError(f"No training images in {dataset.source}.")
@@ -187,6 +201,21 @@ def train(config: TrainConfig, run_dir: str | Path, verbose: int | str = "auto")
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _remove_partial_files(run: RunDir) -> None:
+    """Deletes the temporary files a killed run left beside its real ones (issue #8).
+
+    `atomic_path` writes `.<stem>.<random><suffix>` and renames it into place; a
+    process killed mid-write leaves that temporary behind (the real file is
+    intact). Only names of that form, for the files a run writes, are removed.
+    """
+    stems = [p.stem for p in (run.config, run.vocabulary, run.splits, run.history, run.final_model,
+                              run.best_model, run.resume_weights, run.resume_state)]
+    for folder in (run.path, run.checkpoints):
+        for path in folder.glob(".*"):
+            if path.is_file() and path.name.startswith(tuple(f".{stem}." for stem in stems)):
+                path.unlink(missing_ok=True)
+
+
 def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) -> dict:
     """`source` is the run directory read to resume; `run` is where this process writes."""
     run.check_writable()
@@ -194,8 +223,10 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
     if resuming:
         _check_resume(source, config)
     ensure_dirs(run)
+    _remove_partial_files(run)
 
-    dataset, vocabulary, normalization = prepare_data(config, source if resuming else None)
+    skipped: dict = {}  # what the data check left out (--on-bad-image skip), for config.json
+    dataset, vocabulary, normalization = prepare_data(config, source if resuming else None, skipped)
     _warn_about_flip(config, dataset)
     train_images, val_images = dataset.subset("train"), dataset.subset("val")
     with strategy.scope():
@@ -217,6 +248,7 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
             "source": dataset.source,
             "images": dataset.split_sizes(),
             "excluded_images": len(dataset.excluded),
+            "skipped": skipped,
             "captions": {s: sum(len(i.captions) for i in dataset.subset(s)) for s in ("train", "val", "test")},
         },
         "vocabulary": {"size": len(vocabulary), "max_length": vocabulary.max_length},
@@ -250,11 +282,13 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
         VocabularyExport(vocabulary, run.vocabulary),
         keras.callbacks.TerminateOnNaN(),
         BestModelCheckpoint(run.best_model, monitor=monitor, best=min(val_losses) if val_losses else None),
-        ResumeCheckpoint(run.resume_weights, run.resume_state),
+        # History before the resume checkpoint (issue #8): a run killed between the two
+        # redoes the epoch; the other way round it would skip the epoch's history entry.
         HistoryLog(run.history, previous),
+        ResumeCheckpoint(run.resume_weights, run.resume_state),
         keras.callbacks.TensorBoard(log_dir=str(run.logs)),
     ]
-    model.fit(
+    fitted = model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
@@ -264,6 +298,14 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
         verbose=verbose,
         shuffle=False,  # the dataset shuffles, by (seed, epoch)
     )
+    # NaN guard (issue #8): TerminateOnNaN ends `fit` quietly; saving now would ship NaN weights.
+    losses = fitted.history.get("loss", [])
+    if losses and not math.isfinite(losses[-1]):
+        raise TrainingDiverged(
+            f"Training stopped in epoch {initial_epoch + len(losses)}: the loss became {losses[-1]}. "
+            f"{run.path} keeps the checkpoints of the epochs before it (none were written for this one). "
+            "Start a new --run-dir with a lower --learning-rate, or with --clipnorm (e.g. 1.0)."
+        )
     with atomic_path(run.final_model) as tmp:
         model.save(tmp)
     return json.loads(run.history.read_text())

@@ -20,11 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from kcap.data.dataset import CaptionDataset, CaptionedImage
-from kcap.data.formats.common import CaptionFileError, find_images_dir, json_field, json_list, load_json, resolve_image
+from kcap.data.formats.common import (
+    CaptionFileError, DataProblem, find_images_dir, json_field, json_list, load_json, record, resolve_image,
+)
 
 
-def read_coco_captions(path: str | Path, images_dir: str | Path | None = None) -> CaptionDataset:
+def read_coco_captions(
+    path: str | Path, images_dir: str | Path | None = None, errors: list[DataProblem] | None = None
+) -> CaptionDataset:
     """Reads a COCO captions JSON file.
+
+    With an `errors` list, a bad entry of `images` or `annotations` is recorded
+    there and skipped instead of raising; a file that is not valid JSON, or has
+    no `images` / `annotations` lists, still raises.
 
     Example:
 
@@ -33,10 +41,10 @@ def read_coco_captions(path: str | Path, images_dir: str | Path | None = None) -
     ```
     """
     path = Path(path)
-    return coco_dataset(load_json(path), path, find_images_dir(path, images_dir))
+    return coco_dataset(load_json(path), path, find_images_dir(path, images_dir), errors)
 
 
-def coco_dataset(data: Any, path: Path, images_root: Path) -> CaptionDataset:
+def coco_dataset(data: Any, path: Path, images_root: Path, errors: list[DataProblem] | None = None) -> CaptionDataset:
     """The `CaptionDataset` of already-parsed COCO JSON `data` read from `path`."""
     entries = json_list(data, "images", path)
     annotations = json_list(data, "annotations", path)
@@ -45,22 +53,30 @@ def coco_dataset(data: Any, path: Path, images_root: Path) -> CaptionDataset:
     name_where: dict[str, str] = {}
     for index, entry in enumerate(entries):
         where = f"{path}: images[{index}]"
-        image_id = json_field(entry, "id", (int, str), where)
-        file_name = json_field(entry, "file_name", str, where)
-        if image_id in by_id:
-            raise CaptionFileError(f"{where}: image id {image_id!r} is already used by {id_where[image_id]}.")
-        if file_name in name_where:
-            raise CaptionFileError(f"{where}: file_name {file_name!r} is already used by {name_where[file_name]}.")
-        by_id[image_id] = CaptionedImage(resolve_image(images_root, file_name, where), [])
+        try:
+            image_id = json_field(entry, "id", (int, str), where)
+            file_name = json_field(entry, "file_name", str, where)
+            if image_id in by_id:
+                raise CaptionFileError(f"{where}: image id {image_id!r} is already used by {id_where[image_id]}.")
+            if file_name in name_where:
+                raise CaptionFileError(f"{where}: file_name {file_name!r} is already used by {name_where[file_name]}.")
+            by_id[image_id] = CaptionedImage(resolve_image(images_root, file_name, where), [])
+        except CaptionFileError as error:
+            record(errors, error, path)
+            continue
         id_where[image_id], name_where[file_name] = f"images[{index}]", f"images[{index}]"
     for index, annotation in enumerate(annotations):
         where = f"{path}: annotations[{index}]"
-        image_id = json_field(annotation, "image_id", (int, str), where)
-        caption = json_field(annotation, "caption", str, where)
-        if image_id not in by_id:
-            raise CaptionFileError(f"{where}: image_id {image_id!r} is not the id of any entry of 'images'.")
+        try:
+            image_id = json_field(annotation, "image_id", (int, str), where)
+            caption = json_field(annotation, "caption", str, where)
+            if image_id not in by_id:
+                raise CaptionFileError(f"{where}: image_id {image_id!r} is not the id of any entry of 'images'.")
+        except CaptionFileError as error:
+            record(errors, error, path)
+            continue
         by_id[image_id].captions.append(caption.strip())
     images = [image for image in by_id.values() if image.captions]
-    if not images:
+    if not images and not errors:
         raise CaptionFileError(f"{path}: no image has a caption ({len(entries)} images, {len(annotations)} annotations).")
     return CaptionDataset(images, images_root, source=str(path))

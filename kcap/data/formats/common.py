@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,47 @@ class CaptionFileError(ValueError):
 
     Example: `captions.csv:3: the caption of 'a.jpg' is empty.`
     """
+
+
+@dataclasses.dataclass(frozen=True)
+class DataProblem:
+    """One problem of a data set: the file, the line (when there is one) and why.
+
+    Readers given an `errors` list record one of these per bad row or entry and
+    skip it, instead of raising at the first one. `severity` is `"error"` (the
+    row or image is left out) or `"warning"` (kept, but worth a look).
+
+    Example: `DataProblem("captions.csv", 3, "the caption of 'a.jpg' is empty.")`
+    prints as `captions.csv:3: the caption of 'a.jpg' is empty.`
+    """
+
+    file: str
+    line: int | None
+    reason: str
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}" if self.line else f"{self.file}: {self.reason}"
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_error(cls, error: CaptionFileError, file: Path, line: int | None = None) -> "DataProblem":
+        """The problem a reader's `CaptionFileError` describes, its `file:line: ` prefix split off."""
+        message = str(error)
+        for prefix in (f"{file}:{line}: ", f"{file}: "):
+            if message.startswith(prefix):
+                message = message[len(prefix):]
+                break
+        return cls(str(file), line, message)
+
+
+def record(errors: list[DataProblem] | None, error: CaptionFileError, file: Path, line: int | None = None) -> None:
+    """Re-raises `error` in the default (strict) mode; appends it to `errors` in collecting mode."""
+    if errors is None:
+        raise error
+    errors.append(DataProblem.from_error(error, file, line))
 
 
 def find_images_dir(caption_file: Path, images_dir: str | Path | None = None) -> Path:
@@ -44,6 +86,8 @@ def resolve_image(images_dir: Path, name: str, where: str) -> Path:
     `where` ("captions.csv:3", "data.json: images[7]") starts the error message.
     Example: `resolve_image(Path("Images"), "a.jpg", "captions.csv:2")` → `Images/a.jpg`.
     """
+    if "\x00" in name:  # no file name holds one; Path.resolve would raise a bare ValueError
+        raise CaptionFileError(f"{where}: image path {name!r} contains a NUL character.")
     root = images_dir.resolve()
     path = (images_dir / name).resolve()
     if root != path and root not in path.parents:
@@ -51,14 +95,27 @@ def resolve_image(images_dir: Path, name: str, where: str) -> Path:
     return images_dir / name
 
 
-def read_text(path: Path) -> str:
-    """The file as text: UTF-8 (a byte-order mark is dropped), else a `CaptionFileError` with the line."""
+def read_text(path: Path, errors: list[DataProblem] | None = None) -> str:
+    """The file as text: UTF-8 (a byte-order mark is dropped), else a `CaptionFileError` with the line.
+
+    With an `errors` list, every line that is not UTF-8 is recorded there and
+    read as an empty line (readers skip those), so line numbers stay right.
+    """
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
-        raise CaptionFileError(f"{path}:{line}: text is not UTF-8 ({error.reason}).") from None
+        if errors is None:
+            raise CaptionFileError(f"{path}:{line}: text is not UTF-8 ({error.reason}).") from None
+    lines = []
+    for number, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").split(b"\n"), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            errors.append(DataProblem(str(path), number, f"text is not UTF-8 ({error.reason})."))
+            lines.append("")
+    return "\n".join(lines)
 
 
 def text_lines(text: str) -> list[str]:

@@ -18,21 +18,32 @@ import io
 from pathlib import Path
 
 from kcap.data.dataset import SPLITS, CaptionDataset, CaptionedImage
-from kcap.data.formats.common import SPLIT_ALIASES, CaptionFileError, find_images_dir, read_text, resolve_image
+from kcap.data.formats.common import (
+    SPLIT_ALIASES, CaptionFileError, DataProblem, find_images_dir, read_text, record, resolve_image,
+)
 
 
-def read_csv_captions(path: str | Path, images_dir: str | Path | None = None) -> CaptionDataset:
+def read_csv_captions(
+    path: str | Path, images_dir: str | Path | None = None, errors: list[DataProblem] | None = None
+) -> CaptionDataset:
     """Reads a CSV caption file with a header naming `image` and `caption` columns.
+
+    With an `errors` list, a bad row is recorded there (file, line, reason) and
+    skipped instead of raising, and a row repeating an earlier one word for word
+    is recorded as a warning (it is kept, as in the default mode). A missing or
+    bad header still raises: without it no row can be read.
 
     Example:
 
     ```python
     dataset = read_csv_captions("flickr8k/captions.txt")  # images in flickr8k/Images
+    problems = []
+    dataset = read_csv_captions("flickr8k/captions.txt", errors=problems)  # every bad row in problems
     ```
     """
     path = Path(path)
     images_root = find_images_dir(path, images_dir)
-    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    reader = csv.reader(io.StringIO(read_text(path, errors), newline=""))
     header = next(reader, None)
     if header is None:
         raise CaptionFileError(f"{path}: the file is empty; expected a header 'image,caption'.")
@@ -48,40 +59,63 @@ def read_csv_captions(path: str | Path, images_dir: str | Path | None = None) ->
 
     by_name: dict[str, CaptionedImage] = {}
     first_line: dict[str, int] = {}
-    for row in reader:
+    seen_rows: dict[tuple, int] = {}
+    while True:
+        try:
+            row = next(reader, None)
+        except csv.Error as error:  # e.g. a NUL byte; the reader cannot go on past it
+            record(errors, CaptionFileError(f"{path}:{reader.line_num}: not a CSV row ({error})."), path, reader.line_num)
+            break
+        if row is None:
+            break
         line = reader.line_num
         if not row or all(not cell.strip() for cell in row):
             continue
-        if len(row) != len(columns):
-            raise CaptionFileError(
-                f"{path}:{line}: expected {len(columns)} fields, found {len(row)}; "
-                f"quote captions that contain commas."
-            )
-        name, caption = row[image_col].strip(), row[caption_col].strip()
-        if not name:
-            raise CaptionFileError(f"{path}:{line}: the image field is empty.")
-        if not caption:
-            raise CaptionFileError(f"{path}:{line}: the caption of {name!r} is empty.")
-        split = None
-        if split_col is not None:
-            cell = row[split_col].strip().lower()
-            if cell and cell not in SPLIT_ALIASES:
-                raise CaptionFileError(
-                    f"{path}:{line}: unknown split {cell!r}; expected one of {SPLITS} (or restval)."
-                )
-            split = SPLIT_ALIASES.get(cell)
-        image = by_name.get(name)
-        if image is None:
-            image_path = resolve_image(images_root, name, f"{path}:{line}")
-            image = by_name[name] = CaptionedImage(image_path, [], split)
-            first_line[name] = line
-        elif image.split != split:
-            # Splits are by image: one image in two splits would leak test captions into training.
-            raise CaptionFileError(
-                f"{path}:{line}: {name!r} is in split {split!r} here but in {image.split!r} "
-                f"at line {first_line[name]}; all rows of an image must name the same split."
-            )
-        image.captions.append(caption)
-    if not by_name:
+        try:
+            _add_row(row, line, path, images_root, columns, image_col, caption_col, split_col, by_name, first_line)
+        except CaptionFileError as error:
+            record(errors, error, path, line)
+            continue
+        if errors is not None:
+            key = tuple(cell.strip() for cell in row)
+            if key in seen_rows:
+                errors.append(DataProblem(str(path), line, f"repeats line {seen_rows[key]} word for word.", "warning"))
+            else:
+                seen_rows[key] = line
+    if not by_name and not errors:
         raise CaptionFileError(f"{path}: no caption rows after the header.")
     return CaptionDataset(list(by_name.values()), images_root, source=str(path))
+
+
+def _add_row(row, line, path, images_root, columns, image_col, caption_col, split_col, by_name, first_line) -> None:
+    """Adds one CSV row to `by_name`, or raises a `CaptionFileError` (and adds nothing)."""
+    if len(row) != len(columns):
+        raise CaptionFileError(
+            f"{path}:{line}: expected {len(columns)} fields, found {len(row)}; "
+            f"quote captions that contain commas."
+        )
+    name, caption = row[image_col].strip(), row[caption_col].strip()
+    if not name:
+        raise CaptionFileError(f"{path}:{line}: the image field is empty.")
+    if not caption:
+        raise CaptionFileError(f"{path}:{line}: the caption of {name!r} is empty.")
+    split = None
+    if split_col is not None:
+        cell = row[split_col].strip().lower()
+        if cell and cell not in SPLIT_ALIASES:
+            raise CaptionFileError(
+                f"{path}:{line}: unknown split {cell!r}; expected one of {SPLITS} (or restval)."
+            )
+        split = SPLIT_ALIASES.get(cell)
+    image = by_name.get(name)
+    if image is None:
+        image_path = resolve_image(images_root, name, f"{path}:{line}")
+        image = by_name[name] = CaptionedImage(image_path, [], split)
+        first_line[name] = line
+    elif image.split != split:
+        # Splits are by image: one image in two splits would leak test captions into training.
+        raise CaptionFileError(
+            f"{path}:{line}: {name!r} is in split {split!r} here but in {image.split!r} "
+            f"at line {first_line[name]}; all rows of an image must name the same split."
+        )
+    image.captions.append(caption)

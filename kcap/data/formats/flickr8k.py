@@ -23,7 +23,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from kcap.data.dataset import CaptionDataset, CaptionedImage
-from kcap.data.formats.common import CaptionFileError, find_images_dir, read_text, resolve_image, text_lines
+from kcap.data.formats.common import (
+    CaptionFileError, DataProblem, find_images_dir, read_text, record, resolve_image, text_lines,
+)
 
 # Official list file → kcap split, in the order they are read.
 SPLIT_LISTS = (
@@ -51,29 +53,39 @@ def parse_token_line(line: str) -> tuple[str, str, str] | str:
     return name.strip(), number, caption.strip()
 
 
-def read_split_lists(folder: Path) -> dict[str, str] | None:
-    """Image name → split from the official lists in `folder`, or `None` when there are none."""
+def read_split_lists(folder: Path, errors: list[DataProblem] | None = None) -> dict[str, str] | None:
+    """Image name → split from the official lists in `folder`, or `None` when there are none.
+
+    With an `errors` list, a name listed twice is recorded there and keeps its first split.
+    """
     found = [(folder / file, split) for file, split in SPLIT_LISTS if (folder / file).is_file()]
     if not found:
         return None
     splits: dict[str, str] = {}
     where: dict[str, str] = {}
     for list_file, split in found:
-        for number, line in enumerate(text_lines(read_text(list_file)), start=1):
+        for number, line in enumerate(text_lines(read_text(list_file, errors)), start=1):
             name = line.strip()
             if not name:
                 continue
             if name in splits:
-                raise CaptionFileError(
+                record(errors, CaptionFileError(
                     f"{list_file}:{number}: {name!r} is already listed in {where[name]}; "
                     f"an image can be in one split only."
-                )
+                ), list_file, number)
+                continue
             splits[name], where[name] = split, f"{list_file}:{number}"
     return splits
 
 
-def read_flickr8k_captions(path: str | Path, images_dir: str | Path | None = None) -> CaptionDataset:
+def read_flickr8k_captions(
+    path: str | Path, images_dir: str | Path | None = None, errors: list[DataProblem] | None = None
+) -> CaptionDataset:
     """Reads a Flickr8k-style token file and, when present beside it, the official split lists.
+
+    With an `errors` list, each bad line is recorded there (file, line, reason)
+    and skipped instead of raising; a caption repeating an earlier caption of
+    the same image word for word is recorded as a warning and kept.
 
     Example:
 
@@ -86,26 +98,25 @@ def read_flickr8k_captions(path: str | Path, images_dir: str | Path | None = Non
     images_root = find_images_dir(path, images_dir)
     by_name: dict[str, CaptionedImage] = {}
     numbered: dict[tuple[str, str], int] = {}
-    for line_number, line in enumerate(text_lines(read_text(path)), start=1):
+    texts: dict[tuple[str, str], int] = {}
+    for line_number, line in enumerate(text_lines(read_text(path, errors)), start=1):
         if not line.strip():
             continue
-        parsed = parse_token_line(line)
-        if isinstance(parsed, str):
-            raise CaptionFileError(f"{path}:{line_number}: {parsed}.")
-        name, number, caption = parsed
-        previous = numbered.setdefault((name, number), line_number)
-        if previous != line_number:
-            raise CaptionFileError(
-                f"{path}:{line_number}: caption #{number} of {name!r} was already given at line {previous}."
-            )
-        image = by_name.get(name)
-        if image is None:
-            image = by_name[name] = CaptionedImage(resolve_image(images_root, name, f"{path}:{line_number}"), [])
-        image.captions.append(caption)
-    if not by_name:
+        try:
+            name, caption = _add_line(line, line_number, path, images_root, by_name, numbered)
+        except CaptionFileError as error:
+            record(errors, error, path, line_number)
+            continue
+        if errors is not None:
+            previous = texts.setdefault((name, caption), line_number)
+            if previous != line_number:
+                errors.append(DataProblem(
+                    str(path), line_number, f"repeats the caption of {name!r} at line {previous} word for word.", "warning"
+                ))
+    if not by_name and not errors:
         raise CaptionFileError(f"{path}: no caption lines; expected NAME#N<TAB>caption lines.")
 
-    splits = read_split_lists(path.parent)
+    splits = read_split_lists(path.parent, errors)
     if splits is None:
         return CaptionDataset(list(by_name.values()), images_root, source=str(path))
     kept, excluded = [], []
@@ -113,3 +124,22 @@ def read_flickr8k_captions(path: str | Path, images_dir: str | Path | None = Non
         image.split = splits.get(name)
         (kept if image.split is not None else excluded).append(image)
     return CaptionDataset(kept, images_root, source=str(path), excluded=excluded)
+
+
+def _add_line(line: str, line_number: int, path: Path, images_root: Path, by_name: dict, numbered: dict) -> tuple[str, str]:
+    """Adds one token line to `by_name` and returns (image name, caption), or raises a `CaptionFileError`."""
+    parsed = parse_token_line(line)
+    if isinstance(parsed, str):
+        raise CaptionFileError(f"{path}:{line_number}: {parsed}.")
+    name, number, caption = parsed
+    previous = numbered.get((name, number))
+    if previous is not None:
+        raise CaptionFileError(
+            f"{path}:{line_number}: caption #{number} of {name!r} was already given at line {previous}."
+        )
+    image = by_name.get(name)
+    if image is None:
+        image = by_name[name] = CaptionedImage(resolve_image(images_root, name, f"{path}:{line_number}"), [])
+    numbered[(name, number)] = line_number
+    image.captions.append(caption)
+    return name, caption

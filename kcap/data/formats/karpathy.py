@@ -20,12 +20,18 @@ from typing import Any
 
 from kcap.data.dataset import SPLITS, CaptionDataset, CaptionedImage
 from kcap.data.formats.common import (
-    SPLIT_ALIASES, CaptionFileError, find_images_dir, json_field, json_list, load_json, resolve_image,
+    SPLIT_ALIASES, CaptionFileError, DataProblem, find_images_dir, json_field, json_list, load_json, record,
+    resolve_image,
 )
 
 
-def read_karpathy_captions(path: str | Path, images_dir: str | Path | None = None) -> CaptionDataset:
+def read_karpathy_captions(
+    path: str | Path, images_dir: str | Path | None = None, errors: list[DataProblem] | None = None
+) -> CaptionDataset:
     """Reads a Karpathy split JSON file; its splits are kept.
+
+    With an `errors` list, a bad entry of `images` is recorded there and
+    skipped (with all its sentences) instead of raising.
 
     Example:
 
@@ -34,33 +40,42 @@ def read_karpathy_captions(path: str | Path, images_dir: str | Path | None = Non
     ```
     """
     path = Path(path)
-    return karpathy_dataset(load_json(path), path, find_images_dir(path, images_dir))
+    return karpathy_dataset(load_json(path), path, find_images_dir(path, images_dir), errors)
 
 
-def karpathy_dataset(data: Any, path: Path, images_root: Path) -> CaptionDataset:
+def karpathy_dataset(data: Any, path: Path, images_root: Path, errors: list[DataProblem] | None = None) -> CaptionDataset:
     """The `CaptionDataset` of already-parsed Karpathy JSON `data` read from `path`."""
     images: list[CaptionedImage] = []
     seen: dict[str, int] = {}
     for index, entry in enumerate(json_list(data, "images", path)):
-        where = f"{path}: images[{index}]"
-        filename = json_field(entry, "filename", str, where)
-        filepath = json_field(entry, "filepath", str, where, optional=True)
-        split = json_field(entry, "split", str, where)
-        if split not in SPLIT_ALIASES:
-            raise CaptionFileError(f"{where}: unknown split {split!r}; expected one of {SPLITS} or restval.")
-        sentences = json_field(entry, "sentences", list, where)
-        if not sentences:
-            raise CaptionFileError(f"{where}: 'sentences' is empty; every image needs a caption.")
-        captions = [
-            json_field(sentence, "raw", str, f"{where}.sentences[{number}]").strip()
-            for number, sentence in enumerate(sentences)
-        ]
-        # Posix joining: the file names the path with '/', whatever the platform.
-        name = str(PurePosixPath(filepath.strip(), filename)) if filepath and filepath.strip() else filename
-        if name in seen:
-            raise CaptionFileError(f"{where}: image {name!r} already appears at images[{seen[name]}].")
+        try:
+            name, image = _entry_image(entry, f"{path}: images[{index}]", images_root, seen)
+        except CaptionFileError as error:
+            record(errors, error, path)
+            continue
         seen[name] = index
-        images.append(CaptionedImage(resolve_image(images_root, name, where), captions, SPLIT_ALIASES[split]))
-    if not images:
+        images.append(image)
+    if not images and not errors:
         raise CaptionFileError(f"{path}: 'images' is empty.")
     return CaptionDataset(images, images_root, source=str(path))
+
+
+def _entry_image(entry: Any, where: str, images_root: Path, seen: dict[str, int]) -> tuple[str, CaptionedImage]:
+    """The image name and `CaptionedImage` of one entry of 'images', or a `CaptionFileError`."""
+    filename = json_field(entry, "filename", str, where)
+    filepath = json_field(entry, "filepath", str, where, optional=True)
+    split = json_field(entry, "split", str, where)
+    if split not in SPLIT_ALIASES:
+        raise CaptionFileError(f"{where}: unknown split {split!r}; expected one of {SPLITS} or restval.")
+    sentences = json_field(entry, "sentences", list, where)
+    if not sentences:
+        raise CaptionFileError(f"{where}: 'sentences' is empty; every image needs a caption.")
+    captions = [
+        json_field(sentence, "raw", str, f"{where}.sentences[{number}]").strip()
+        for number, sentence in enumerate(sentences)
+    ]
+    # Posix joining: the file names the path with '/', whatever the platform.
+    name = str(PurePosixPath(filepath.strip(), filename)) if filepath and filepath.strip() else filename
+    if name in seen:
+        raise CaptionFileError(f"{where}: image {name!r} already appears at images[{seen[name]}].")
+    return name, CaptionedImage(resolve_image(images_root, name, where), captions, SPLIT_ALIASES[split])

@@ -1,0 +1,651 @@
+"""Reliability (issue #8): messy data is reported before training, bad images are skipped on
+request, a run killed at any moment resumes, resources are checked up front, nothing loads by
+executing code. Every bad file and every fault is made here, for real; nothing is stored.
+docs/reliability.md lists what each test tries and what kcap does.
+"""
+
+import ast
+import contextlib
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import REPO, TINY, kcap_command
+
+from kcap.data.check import check_data, check_image
+from kcap.data.images import load_image
+from kcap.training.config import TrainConfig
+from kcap.training.run_dir import RunDir
+from kcap.text.vocabulary import Vocabulary
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+# Trains on the files of a caption CSV in seconds: a random small_cnn at 64 px.
+CSV_FLAGS = [
+    "--backbone", "small_cnn", "--image-size", "64", "--epochs", "1", "--batch-size", "16",
+    "--embedding-dim", "16", "--units", "32", "--learning-rate", "0.003", "--dropout", "0",
+]
+SYNTHETIC_FLAGS = [
+    "--data", "synthetic", "--synthetic-images", str(TINY["synthetic_images"]),
+    "--synthetic-image-size", str(TINY["synthetic_image_size"]), "--batch-size", str(TINY["batch_size"]),
+    "--embedding-dim", str(TINY["embedding_dim"]), "--units", str(TINY["units"]),
+    "--learning-rate", str(TINY["learning_rate"]), "--dropout", "0", "--verbose", "2",
+]
+
+
+def _run(*args, timeout=600):
+    return subprocess.run(kcap_command(*args), env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+# --- image files of every kind, made here -------------------------------------------------------------
+
+
+def _pixels(height=48, width=64, seed=0):
+    """A smooth picture (compresses like a photo, not like noise)."""
+    y, x = np.mgrid[0:height, 0:width]
+    r = (x * 255 // max(width - 1, 1)).astype(np.uint8)
+    g = (y * 255 // max(height - 1, 1)).astype(np.uint8)
+    b = np.full_like(r, (seed * 37) % 256)
+    return np.stack([r, g, b], axis=-1)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _huge_png_header(path: Path, width=20000, height=20000):
+    """A valid PNG header announcing 400 million pixels, with almost no pixel data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def write_handled_images(folder: Path) -> dict[str, str]:
+    """Images that are unusual but fine: name → what is unusual. kcap must decode each one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = Image.fromarray(_pixels())
+    rgb.convert("L").save(folder / "gray.jpg")
+    rgb.convert("L").save(folder / "gray.png")
+    rgb.convert("RGBA").save(folder / "rgba.png")
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE).save(folder / "palette.png", transparency=0)
+    Image.fromarray((_pixels()[..., 0].astype(np.uint16) * 257)).save(folder / "gray16.png")  # mode I;16
+    (folder / "rgb16.png").write_bytes(tf.io.encode_png(tf.constant(_pixels().astype(np.uint16) * 257)).numpy())
+    rgb.convert("CMYK").save(folder / "cmyk.jpg")
+    Image.new("RGB", (1, 1), (200, 30, 40)).save(folder / "one_pixel.png")
+    Image.fromarray(_pixels(6000, 8000)).save(folder / "large.jpg", quality=40)
+    rgb.save(folder / "progressive.jpg", progressive=True)
+    rgb.save(folder / "image.gif")
+    rgb.save(folder / "image.bmp")
+    rgb.save(folder / "image.webp")
+    rgb.save(folder / "png_named.jpg", format="PNG")  # the content decides, not the name
+    return {
+        "gray.jpg": "grayscale JPEG", "gray.png": "grayscale PNG", "rgba.png": "RGBA PNG",
+        "palette.png": "palette PNG with transparency", "gray16.png": "16-bit grayscale PNG",
+        "rgb16.png": "16-bit RGB PNG", "cmyk.jpg": "CMYK JPEG", "one_pixel.png": "1x1 image",
+        "large.jpg": "8000x6000 JPEG", "progressive.jpg": "progressive JPEG", "image.gif": "GIF",
+        "image.bmp": "BMP", "image.webp": "WebP", "png_named.jpg": "PNG named .jpg",
+    }
+
+
+def write_bad_images(folder: Path) -> dict[str, str]:
+    """Images kcap cannot train on: name → the start of the reason the check gives."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = Image.fromarray(_pixels())
+    (folder / "zero.jpg").write_bytes(b"")
+    rgb.save(folder / "whole.jpg", quality=90)
+    data = (folder / "whole.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "whole.jpg").unlink()
+    rgb.save(folder / "whole.png")
+    data = (folder / "whole.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) * 2 // 3])
+    (folder / "whole.png").unlink()
+    (folder / "text.jpg").write_text("<html>404 Not Found</html>\n")
+    rgb.save(folder / "image.tif")
+    _huge_png_header(folder / "huge.png")
+    # missing.jpg: named by the caption file, never written.
+    return {
+        "missing.jpg": "image file is missing",
+        "zero.jpg": "zero-byte file",
+        "truncated.jpg": "truncated",
+        "truncated.png": "truncated",
+        "text.jpg": "not an image",
+        "image.tif": "unsupported image format TIFF",
+        "huge.png": "image too large to decode safely",
+    }
+
+
+# Caption rows with problems, appended to a good CSV: (row bytes, the reason the check gives).
+BAD_ROWS = [
+    (b"00001.png,\n", "the caption of '00001.png' is empty"),
+    (b",a red circle\n", "the image field is empty"),
+    (b"00002.png,a red circle,on the left\n", "expected 2 fields, found 3"),
+    (b"../outside.png,a red circle\n", "image path '../outside.png' resolves outside"),
+    (b"00003.png,a caf\xe9 circle\n", "text is not UTF-8"),
+    (b"00004.png,a red circle,\n", "expected 2 fields, found 3"),
+]
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory):
+    """A caption CSV over 40 good synthetic images, every handled and every bad image kind, and
+    bad rows. Returns (csv path, handled names, bad image names → reason, bad rows → (line, reason))."""
+    from kcap.data.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("messy")
+    csv_path = write_synthetic_dataset(root / "data", num_images=40, seed=3, image_size=64)
+    images = csv_path.parent / "images"
+    handled = write_handled_images(images)
+    bad = write_bad_images(images)
+    rows = csv_path.read_bytes().splitlines(keepends=True)
+    first_caption = rows[1].decode().split(",", 1)[1]
+    lines = len(rows)
+    extra = []
+    for name in list(handled) + list(bad):
+        extra.append(f"{name},{first_caption}".encode())  # one caption each: large.jpg decodes in ~1 s
+    bad_rows = {}
+    for row, reason in BAD_ROWS:
+        extra.append(row)
+        bad_rows[lines + len(extra)] = reason
+    extra.append(rows[1])  # a duplicate of the first row: a warning, kept
+    duplicate_line = lines + len(extra)
+    csv_path.write_bytes(b"".join(rows + extra))
+    return csv_path, handled, bad, bad_rows, duplicate_line
+
+
+# --- the data check ----------------------------------------------------------------------------------
+
+
+def test_check_reports_every_bad_image_and_row_with_file_line_and_reason(messy):
+    csv_path, handled, bad, bad_rows, duplicate_line = messy
+    report = check_data(csv_path, progress=False)
+    images = csv_path.parent / "images"
+    found_images = report.bad_images
+    assert set(found_images) == {str(images / name) for name in bad}
+    for name, reason in bad.items():
+        assert found_images[str(images / name)].startswith(reason), (name, found_images[str(images / name)])
+        # Where the caption file names the image.
+        assert "(named at captions.csv:" in found_images[str(images / name)]
+    found_rows = {p.line: p.reason for p in report.bad_rows}
+    assert set(found_rows) == set(bad_rows)
+    for line, reason in bad_rows.items():
+        assert reason in found_rows[line], (line, found_rows[line])
+        assert all(p.file == str(csv_path) for p in report.bad_rows)
+    warned = {(Path(p.file).name, p.line): p.reason for p in report.warnings}
+    assert ("captions.csv", duplicate_line) in warned and "repeats line 2" in warned[("captions.csv", duplicate_line)]
+    assert "very large image (8000x6000" in warned[("large.jpg", None)]
+    assert "tiny image (1x1" in warned[("one_pixel.png", None)]
+    # Every image the check accepts is one kcap's pipeline decodes (no surprise mid-epoch).
+    accepted = set(report.image_paths) - set(found_images)
+    assert {Path(p).name for p in accepted} >= set(handled)
+    for path in accepted:
+        assert load_image(path, (64, 64)).shape == (64, 64, 3)
+
+
+def test_check_accepts_exactly_what_tensorflow_decodes(tmp_path):
+    """The check is neither too strict nor too lax: for each kind, accepted <=> tf.io.decode_image reads it."""
+    handled = write_handled_images(tmp_path)
+    bad = write_bad_images(tmp_path)
+    for name in list(handled) + [n for n in bad if n != "missing.jpg"]:
+        path = tmp_path / name
+        error, _ = check_image(path)
+        full_error, _ = check_image(path, full_decode=True)
+        assert (error is None) == (full_error is None), name
+        try:
+            tf.io.decode_image(path.read_bytes(), channels=3, expand_animations=False)
+            decodes = True
+        except (tf.errors.InvalidArgumentError, ValueError):
+            decodes = False
+        assert decodes == (error is None), (name, error)
+        assert decodes == (name in handled), name
+
+
+def test_unusual_images_decode_to_the_right_rgb_pixels(tmp_path):
+    write_handled_images(tmp_path)
+    expected = _pixels().astype(np.float32)
+    gray = expected @ np.array([0.299, 0.587, 0.114], np.float32)
+
+    def pixels(name):
+        return tf.io.decode_image((tmp_path / name).read_bytes(), channels=3, expand_animations=False).numpy().astype(np.float32)
+
+    # Grayscale: three equal channels. RGBA / palette: alpha dropped, colours kept.
+    for name in ("gray.png", "gray.jpg"):
+        image = pixels(name)
+        assert np.array_equal(image[..., 0], image[..., 1]) and np.abs(image[..., 0] - gray).mean() < 3
+    assert np.array_equal(pixels("rgba.png"), expected)
+    assert np.abs(pixels("palette.png") - expected).mean() < 8
+    # 16-bit PNGs are rescaled to 8 bits (v * 257 → v), not truncated to their low byte.
+    assert np.array_equal(pixels("gray16.png")[..., 0], expected[..., 0])
+    assert np.array_equal(pixels("rgb16.png"), expected)
+    # A CMYK JPEG comes out as RGB, close to the picture (JPEG is lossy).
+    assert np.abs(pixels("cmyk.jpg") - expected).mean() < 8
+    assert pixels("one_pixel.png").tolist() == [[[200, 30, 40]]]
+    # Through kcap's loader (decode, resize): the 1x1 and the 8000x6000 images both come out 64x64.
+    assert load_image(str(tmp_path / "one_pixel.png"), (64, 64)).numpy().tolist()[0][0] == [200, 30, 40]
+    large = load_image(str(tmp_path / "large.jpg"), (64, 64)).numpy()
+    assert large.shape == (64, 64, 3) and large[0, -1, 0] > 200 and large[-1, 0, 1] > 200
+
+
+def test_data_check_command_prints_every_problem_and_exits_2(messy):
+    csv_path, handled, bad, bad_rows, _ = messy
+    result = _run("data", "check", "--data", str(csv_path))
+    assert result.returncode == 2, result.stderr[-2000:]
+    for name, reason in bad.items():
+        assert f"{csv_path.parent / 'images' / name}: {reason}" in result.stdout
+    for line, reason in bad_rows.items():
+        assert f"{csv_path}:{line}: " in result.stdout and reason in result.stdout
+    as_json = json.loads(_run("data", "check", "--data", str(csv_path), "--json").stdout)
+    assert len(as_json["errors"]) == len(bad) + len(bad_rows)
+    # A clean data set passes.
+    from kcap.data.synthetic import write_synthetic_dataset
+
+    clean = write_synthetic_dataset(csv_path.parent.parent / "clean", num_images=12, seed=1, image_size=64)
+    result = _run("data", "check", "--data", str(clean.parent), "--full-decode")
+    assert result.returncode == 0 and " 0 bad images, 0 bad caption rows" in result.stdout, result.stdout
+
+
+def test_train_and_features_stop_before_any_work_with_the_whole_report(messy, tmp_path):
+    csv_path, _, bad, bad_rows, _ = messy
+    run = tmp_path / "run"
+    result = _run("train", "--data", str(csv_path), "--run-dir", str(run), *CSV_FLAGS, "--verbose", "2")
+    assert result.returncode == 2
+    assert "kcap train: error: The data check found problems" in result.stderr
+    assert "--on-bad-image skip" in result.stderr
+    for name in bad:
+        assert str(csv_path.parent / "images" / name) in result.stderr
+    for line in bad_rows:
+        assert f"{csv_path}:{line}: " in result.stderr
+    assert not RunDir(run).config.exists() and not any(RunDir(run).checkpoints.glob("*"))
+
+    result = _run("features", "--data", str(csv_path), "--cache-dir", str(tmp_path / "cache"), *CSV_FLAGS)
+    assert result.returncode == 2 and "The data check found problems" in result.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_skip_trains_to_the_end_without_the_bad_images_and_lists_them(messy, tmp_path):
+    csv_path, handled, bad, bad_rows, _ = messy
+    run = tmp_path / "run"
+    result = _run("train", "--data", str(csv_path), "--run-dir", str(run), "--on-bad-image", "skip", *CSV_FLAGS, "--verbose", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    images = csv_path.parent / "images"
+    # The output lists every file left out, with its reason.
+    assert f"leaving out {len(bad)} images and {len(bad_rows)} caption rows" in result.stderr
+    for name, reason in bad.items():
+        assert f"{images / name}: {reason}" in result.stderr
+    # config.json records exactly the same list.
+    skipped = json.loads((run / "config.json").read_text())["data"]["skipped"]
+    assert {item["path"] for item in skipped["images"]} == {str(images / name) for name in bad}
+    assert all(item["reason"].startswith(bad[Path(item["path"]).name]) for item in skipped["images"])
+    assert {(row["file"], row["line"]) for row in skipped["rows"]} == {(str(csv_path), line) for line in bad_rows}
+    assert json.loads((run / "config.json").read_text())["settings"]["on_bad_image"] == "skip"
+    # Trained on the rest: every handled image is in a split, no bad one is.
+    splits = json.loads((run / "splits.json").read_text())["splits"]
+    used = {Path(item["image"]).name for split in splits.values() for item in split}
+    assert set(handled) <= used and not set(bad) & used
+    history = json.loads((run / "history.json").read_text())["epochs"]
+    assert [e["epoch"] for e in history] == [1] and np.isfinite(history[0]["loss"])
+
+
+# --- kill anywhere, resume --------------------------------------------------------------------------
+
+
+def _kill_when(process, condition, timeout=300, interval=0.003):
+    """SIGKILLs `process` as soon as `condition()` holds; returns what `condition` returned."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        seen = condition()
+        if seen:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return seen
+        time.sleep(interval)
+    return None
+
+
+def _completed(run: Path) -> int:
+    try:
+        return json.loads((run / "checkpoints" / "resume.json").read_text())["completed_epochs"]
+    except FileNotFoundError:
+        return 0
+
+
+def _assert_no_half_written_file(run: Path):
+    """Every file a run keeps opens: JSON parses, the Keras models load with their vocabulary."""
+    from kcap.inference import load_run
+
+    for path in run.rglob("*.json"):
+        if not path.name.startswith("."):
+            json.loads(path.read_text())
+    for checkpoint, path in (("best", run / "checkpoints" / "best.keras"), ("last", run / "model.keras")):
+        if path.exists():
+            assert load_run(run, checkpoint).model is not None
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_the_same_command_finishes_every_epoch_once(tmp_path):
+    run = tmp_path / "run"
+    args = kcap_command("train", "--run-dir", str(run), "--epochs", "3", *SYNTHETIC_FLAGS)
+    checkpoints = run / "checkpoints"
+
+    def start():
+        return subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    kills = []
+    # 1. Right after config.json and splits.json are written: while the model is built,
+    #    the resume checkpoint looked for and the vocabulary written.
+    kills.append(_kill_when(start(), lambda: (run / "config.json").exists() and "after config.json"))
+    # 2, 3. While best.keras, then resume.weights.h5 is being written: atomic_path's temporary is there.
+    def writing(prefix):
+        def condition():
+            temporaries = [p.name for p in checkpoints.glob(f"{prefix}*")] if checkpoints.is_dir() else []
+            return temporaries and f"while writing {temporaries[0]}"
+        return condition
+    kills.append(_kill_when(start(), writing(".best.")))
+    kills.append(_kill_when(start(), writing(".resume.weights.")))
+    # 4. Mid-epoch: half a second into the epoch after the next finished one.
+    done = _completed(run)
+    kills.append(_kill_when(start(), lambda: _completed(run) > done and time.sleep(0.5) is None and "mid-epoch"))
+    print("kill points:", kills)
+    assert all(kills), f"a kill point was never reached: {kills}"
+    assert 1 <= _completed(run) < 3, "the kills should leave epochs to do"
+    _assert_no_half_written_file(run)
+
+    finished = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert f"Resuming {run} after epoch" in finished.stderr
+    history = json.loads((run / "history.json").read_text())["epochs"]
+    assert [e["epoch"] for e in history] == [1, 2, 3], kills
+    assert all(np.isfinite(e["loss"]) for e in history)
+    assert _completed(run) == 3
+    _assert_no_half_written_file(run)
+    # The temporaries the killed writes left behind are cleaned up by the next start.
+    assert not [p for p in [*run.glob(".*"), *checkpoints.glob(".*")] if p.is_file()]
+
+    splits = json.loads((run / "splits.json").read_text())["splits"]
+    paths = [item["image"] for item in splits["test"][:2]]
+    captioned = _run("caption", "--run-dir", str(run), *paths)
+    assert captioned.returncode == 0, captioned.stderr[-2000:]
+    lines = captioned.stdout.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == paths and all(line.split("\t")[1] for line in lines)
+
+
+# `kcap features` in a real process, recording its progress after every batch instead of every
+# 5 s (FeatureCache.save_every_s), so that a kill lands between recorded batches of a short build.
+FEATURES_EVERY_BATCH = (
+    "import sys\n"
+    "from kcap.data.feature_cache import FeatureCache\n"
+    "FeatureCache.save_every_s = 0.0\n"
+    "from kcap.cli import main\n"
+    "sys.exit(main(['features', *sys.argv[1:]]))\n"
+)
+
+
+@pytest.mark.slow
+def test_sigkilled_feature_cache_build_resumes_and_matches_a_straight_build(tmp_path):
+    flags = ["--data", "synthetic", "--synthetic-images", "600", "--synthetic-image-size", "64",
+             "--batch-size", "2", "--embedding-dim", "16", "--units", "32"]
+    killed_dir, straight_dir = tmp_path / "killed", tmp_path / "straight"
+    args = [sys.executable, "-c", FEATURES_EVERY_BATCH, *flags, "--cache-dir", str(killed_dir)]
+
+    def progress():
+        found = list(killed_dir.glob("*/progress.json"))
+        if not found:
+            return 0
+        try:
+            return json.loads(found[0].read_text())["done"]
+        except (FileNotFoundError, json.JSONDecodeError):  # replaced under our feet: read it next time
+            return 0
+
+    process = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = _kill_when(process, lambda: progress() >= 40 and progress())
+    assert done and progress() < 600, "the build finished before it could be killed"
+    recorded = progress()
+    resumed = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    stats = json.loads(resumed.stdout)
+    # Only the images after the last recorded batch are computed again.
+    assert stats["images"] == 600 and stats["computed"] == 600 - recorded and not stats["reused"]
+    straight = subprocess.run(
+        [*args[:-1], str(straight_dir)], env=ENV, capture_output=True, text=True, timeout=600,
+    )
+    assert json.loads(straight.stdout)["computed"] == 600
+    [killed_array] = killed_dir.glob("*/features.npy")
+    [straight_array] = straight_dir.glob("*/features.npy")
+    np.testing.assert_allclose(
+        np.load(killed_array).astype(np.float32), np.load(straight_array).astype(np.float32), rtol=1e-2, atol=1e-2
+    )
+
+
+@pytest.mark.slow
+def test_sigkilled_export_leaves_no_partial_output_and_reruns(trained_run, tmp_path):
+    output = tmp_path / "exported"
+    args = kcap_command("export", "--run-dir", str(trained_run), "--output", str(output))
+    process = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staging = _kill_when(process, lambda: [p.name for p in tmp_path.glob(".exported.*")])
+    assert staging, "the export finished before it could be killed"
+    assert not output.exists()  # only the staging folder, never a partial export under the real name
+    rerun = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (output / "saved_model.pb").is_file()
+
+
+# --- resources ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, options: str):
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'mount failed'}); needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_run_dir_under_a_regular_file_is_reported_before_training(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    run = tmp_path / "a_file" / "run"
+    result = _run("train", "--run-dir", str(run), "--epochs", "1", *SYNTHETIC_FLAGS)
+    assert result.returncode == 2
+    assert f"Cannot write to the run directory {run}: Not a directory" in result.stderr
+    assert "Epoch" not in result.stdout
+
+
+def test_read_only_and_full_disks_are_reported_before_training(tmp_path):
+    # Tests run as root, which ignores file modes: a read-only mount is the honest way.
+    with _tmpfs(tmp_path / "ro", "ro,size=4m") as read_only:
+        with pytest.raises(PermissionError, match=rf"Cannot write to the run directory {read_only}/run: Read-only file system"):
+            RunDir(read_only / "run").check_writable()
+    with _tmpfs(tmp_path / "small", "size=1m") as small:
+        with pytest.raises(OSError, match=rf"Only 1 MiB free on the disk of {small}/run; kcap needs at least 50 MiB"):
+            RunDir(small / "run").check_writable()
+        result = _run("train", "--run-dir", str(small / "run"), "--epochs", "1", *SYNTHETIC_FLAGS)
+        assert result.returncode == 2 and "Only 1 MiB free" in result.stderr
+        assert not (small / "run" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_disk_filling_up_mid_run_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path):
+    with _tmpfs(tmp_path / "disk", "size=64m") as disk:
+        run = disk / "run"
+        args = kcap_command("train", "--run-dir", str(run), "--epochs", "3", *SYNTHETIC_FLAGS)
+        process = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        filler = disk / "filler"
+        deadline = time.time() + 300
+        while _completed(run) < 1 and process.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        # Fill the disk: the next checkpoint write fails with ENOSPC.
+        with open(filler, "wb") as f:
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * 2**20)
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode != 0, "training finished although the disk was full"
+        assert "No space left on device" in stderr or "Errno 28" in stderr, stderr[-3000:]
+        assert _completed(run) >= 1
+        _assert_no_half_written_file(run)
+        filler.unlink()
+        finished = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=600)
+        assert finished.returncode == 0, finished.stderr[-3000:]
+        history = json.loads((run / "history.json").read_text())["epochs"]
+        assert [e["epoch"] for e in history] == [1, 2, 3]
+
+
+# --- safe loading --------------------------------------------------------------------------------------
+
+UNSAFE_CALLS = {"eval", "exec", "compile", "__import__"}
+UNSAFE_MODULES = {"pickle", "cPickle", "dill", "cloudpickle", "marshal", "shelve", "joblib"}
+
+
+def _python_files():
+    for folder in ("kcap", "tuning"):
+        yield from sorted((REPO / folder).rglob("*.py"))
+
+
+def unsafe_code(source: str, name: str) -> list[str]:
+    """Every place in `source` that runs code or unpickles: eval/exec/compile, pickle-like modules,
+    `allow_pickle=True`, `safe_mode=False`, Keras' unsafe deserialisation switch."""
+    offences = []
+    for node in ast.walk(ast.parse(source, filename=name)):
+        where = f"{name}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in UNSAFE_CALLS:
+            offences.append(f"{where}: {node.func.id}()")
+        if isinstance(node, ast.Import):
+            offences += [f"{where}: import {a.name}" for a in node.names if a.name.split(".")[0] in UNSAFE_MODULES]
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in UNSAFE_MODULES:
+            offences.append(f"{where}: from {node.module} import ...")
+        if isinstance(node, ast.keyword) and node.arg in ("allow_pickle", "safe_mode"):
+            # Only the safe constant passes: allow_pickle=False, safe_mode=True.
+            if not (isinstance(node.value, ast.Constant) and node.value.value is (node.arg == "safe_mode")):
+                offences.append(f"{where}: {node.arg}={ast.unparse(node.value)}")
+        if isinstance(node, ast.Attribute) and node.attr == "enable_unsafe_deserialization":
+            offences.append(f"{where}: .{node.attr}")
+    return offences
+
+
+def test_no_pickle_eval_or_exec_anywhere_in_the_package():
+    files = list(_python_files())
+    assert len(files) > 30  # the package was found
+    offences = [o for path in files for o in unsafe_code(path.read_text(), str(path.relative_to(REPO)))]
+    assert not offences, "code that loads by executing:\n" + "\n".join(offences)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "import pickle", "import cloudpickle as cp", "from marshal import loads", "eval('1 + 1')",
+        "exec(text)", "np.load(path, allow_pickle=True)", "np.load(path, allow_pickle=flag)",
+        "keras.models.load_model(path, safe_mode=False)", "keras.config.enable_unsafe_deserialization()",
+    ],
+)
+def test_the_scan_catches_each_pattern(line):
+    assert unsafe_code(f"import numpy as np\n{line}\n", "sample.py"), line
+    assert not unsafe_code("np.load(path, allow_pickle=False)\nload_model(p, safe_mode=True)\nmodel.compile()\n", "ok.py")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"colour": "red"}, r"unknown key\(s\) \['colour'\]"),
+        ({"epochs": "10"}, r"key 'epochs' should be <class 'int'>, got '10'"),
+        ({"epochs": True}, r"key 'epochs' should be <class 'int'>, got True"),
+        ({"learning_rate": None}, r"key 'learning_rate' should be <class 'float'>, got None"),
+        ({"data": ...}, r"missing key\(s\) \['data'\]"),
+    ],
+)
+def test_config_json_is_validated_on_load(tmp_path, change, message):
+    settings = TrainConfig(data="synthetic", **TINY).to_json()
+    for key, value in change.items():
+        if value is ...:
+            del settings[key]
+        else:
+            settings[key] = value
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"settings": settings}))
+    with pytest.raises(ValueError, match=rf"{path}: {message}"):
+        TrainConfig.load(path)
+
+
+def test_bad_on_bad_image_value_is_refused():
+    with pytest.raises(ValueError, match="on_bad_image must be 'error' or 'skip'"):
+        TrainConfig(data="synthetic", on_bad_image="ignore").resolved()
+    result = _run("train", "--run-dir", "unused", "--data", "synthetic", "--on-bad-image", "ignore")
+    assert result.returncode == 2 and "invalid choice: 'ignore'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"format": "kcap.vocabulary", "version": 1, "max_length": 5}, r"keys missing \['words'\]"),
+        ({"format": "kcap.vocabulary", "version": 1, "max_length": 5, "words": [], "extra": 1}, r"unknown \['extra'\]"),
+        ({"format": "kcap.vocabulary", "version": 1, "max_length": "5", "words": []}, r"'max_length' must be an integer"),
+        ({"format": "kcap.vocabulary", "version": 1, "max_length": 5, "words": ["<pad>", 3]}, r"'words' must be a list of strings"),
+        ({"format": "kcap.vocabulary", "version": 1, "max_length": 5, "words": ["a", "b"]}, r"A vocabulary must start with the special tokens"),
+        ({"format": "kcap.vocabulary", "version": 2, "max_length": 5, "words": []}, r"unsupported vocabulary version 2"),
+        ({"words": ["<pad>"]}, r"not a kcap vocabulary"),
+    ],
+)
+def test_vocab_json_is_validated_on_load(tmp_path, data, message):
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"{path}: (keys missing \[\] / )?{message}"):
+        Vocabulary.load(path)
+
+
+def test_a_tampered_run_is_refused_with_the_file_and_key(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    vocab = json.loads((run / "vocab.json").read_text())
+    vocab["words"][5] = 7
+    (run / "vocab.json").write_text(json.dumps(vocab))
+    result = _run("caption", "--run-dir", str(run), "anything.png")
+    assert result.returncode == 2
+    assert f"kcap caption: error: {run / 'vocab.json'}: 'words' must be a list of strings" in result.stderr
+
+
+def test_hyperparameter_files_are_validated_on_load(tmp_path):
+    search = pytest.importorskip("tuning.search")
+    config = TrainConfig(data="synthetic")
+    path = tmp_path / "best.json"
+    for content, message in [
+        ('{"units": 64, "dropout": "high"}', r"key 'dropout' should be <class 'float'>, got 'high'"),
+        ('{"unit": 64}', r"unknown setting\(s\) \['unit'\]"),
+        ('{"units": 64,}', r"line 1: not valid JSON"),
+        ('[64]', r"expected a JSON object"),
+    ]:
+        path.write_text(content)
+        with pytest.raises(ValueError, match=message):
+            search.apply_hparams(config, path)
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_training_cleanly_with_a_message(tmp_path):
+    run = tmp_path / "run"
+    flags = [f for f in SYNTHETIC_FLAGS]
+    flags[flags.index("--learning-rate") + 1] = "1e12"  # diverges in the first steps
+    result = _run("train", "--run-dir", str(run), "--epochs", "2", *flags)
+    assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-2000:])
+    assert "Invalid loss, terminating training" in result.stdout  # keras.callbacks.TerminateOnNaN
+    assert "kcap train: error: Training stopped in epoch 1: the loss became nan" in result.stderr
+    assert "--clipnorm" in result.stderr and "Traceback" not in result.stderr
+    # No model with NaN weights is left as the run's result, and no checkpoint of the NaN epoch.
+    assert not (run / "model.keras").exists() and not (run / "checkpoints" / "best.keras").exists()
+    assert _completed(run) == 0
