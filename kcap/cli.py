@@ -53,6 +53,11 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zoom", type=float, default=None, help="random zoom-in crop, fraction (default 0.05 synthetic / 0.1 real)")
     p.add_argument("--translate", type=float, default=None, help="random shift, fraction (default 0.05 synthetic / 0 real)")
     p.add_argument("--brightness", type=float, default=None, help="random brightness change, fraction (default 0.1)")
+    p.add_argument("--strategy", default="default", choices=["default", "mirrored", "multi-worker", "tpu"],
+                   help="tf.distribute strategy; --batch-size is the global batch")
+    p.add_argument("--val-captions", type=int, default=200, help="validation images captioned each epoch for val_bleu4/val_cider (0: off)")
+    p.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_bleu4", "val_cider"], help="what picks the best checkpoint")
+    p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE", help="stop after PATIENCE epochs without improvement")
     p.add_argument("--clipnorm", type=float, default=None, help="clip gradients to this global norm")
     p.add_argument("--on-bad-image", default="error", choices=["error", "skip"],
                    help="data check: 'error' stops before training on any bad image or caption row; 'skip' leaves them out")
@@ -120,22 +125,53 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from kcap.inference import load_run
 
     trained = load_run(args.run_dir, args.checkpoint)
-    for result in trained.caption_files(args.images, batch_size=args.batch_size):
+    results = trained.caption_files(
+        args.images, batch_size=args.batch_size, beam_size=args.beam_size, temperature=args.temperature
+    )
+    for result in results:
         print(f"{result['image']}\t{result['caption']}")
+    if args.attention_plot:
+        import numpy as np
+        from PIL import Image
+
+        from kcap.evaluation.attention_plot import plot_attention
+
+        if len(results) != 1:
+            raise ValueError("--attention-plot draws one image: give exactly one IMAGE.")
+        result = results[0]
+        with Image.open(result["image"]) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        words = result["caption"].split() or ["<end>"]
+        plot_attention(pixels, words, result["attention"], trained.model.feature_shape, path=args.attention_plot)
+        print(f"Wrote {args.attention_plot}")
     return 0
+
+
+METRICS = (("bleu1", "BLEU-1"), ("bleu2", "BLEU-2"), ("bleu3", "BLEU-3"), ("bleu4", "BLEU-4"),
+           ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"), ("cider", "CIDEr-D"))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from kcap.evaluation.evaluate import evaluate_run
 
-    report = evaluate_run(args.run_dir, args.split, args.batch_size, args.checkpoint)
+    report = evaluate_run(
+        args.run_dir, args.split, args.batch_size, args.checkpoint,
+        beam_size=args.beam_size, temperature=args.temperature,
+    )
     base = report["baseline"]
-    print(f"{args.split}: {report['num_images']} images, {report['distinct_captions']} distinct captions")
-    for n in range(1, 5):
-        print(f"  BLEU-{n}: {report[f'bleu{n}']:.4f}   (image-blind baseline {base[f'bleu{n}']:.4f})")
+
+    def show(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    decoding = f"beam {args.beam_size}" if args.beam_size > 1 else ("sampling" if args.temperature else "greedy")
+    print(f"{args.split}: {report['num_images']} images, {report['distinct_captions']} distinct captions ({decoding})")
+    for key, name in METRICS:
+        print(f"  {name:8s} {show(report[key])}   (image-blind baseline {show(base[key])})")
+    if report.get("meteor_error"):
+        print(f"  METEOR unavailable: {report['meteor_error']}")
     for item in report["captions"][: args.show]:
         print(f"  {item['image']}\n    kcap:      {item['caption']}\n    reference: {item['references'][0]}")
-    print(f"Wrote {args.run_dir}/eval_{args.split}.json")
+    print(f"Wrote {args.run_dir}/eval_{args.split}.json and {args.run_dir}/results_{args.split}.json")
     return 0
 
 
@@ -181,17 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--beam-size", type=int, default=1, help="beam search with this many beams (1: greedy)")
+    p.add_argument("--temperature", type=float, default=None, help="sample words at this temperature instead")
+    p.add_argument("--attention-plot", metavar="OUT.png", default=None, help="save where the model looked for each word (one image)")
     p.set_defaults(func=cmd_caption)
 
-    p = sub.add_parser("evaluate", help="score a trained run on a split (BLEU-1..4)")
+    p = sub.add_parser("evaluate", help="score a trained run on a split (BLEU, METEOR, ROUGE-L, CIDEr-D)")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--beam-size", type=int, default=1, help="beam search with this many beams (1: greedy)")
+    p.add_argument("--temperature", type=float, default=None, help="sample words at this temperature instead")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--show", type=int, default=3, help="print this many example captions")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("data", help="data sets: generate the synthetic set")
+    p = sub.add_parser("data", help="data sets: check a caption file and its images, or generate the synthetic set")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     q = data_sub.add_parser("synthetic", help="write the embedded synthetic set to disk")
     q.add_argument("--output", required=True, help="folder for images/ and captions.csv")

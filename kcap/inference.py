@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import keras
-import numpy as np
 from tqdm.auto import tqdm
 
+from kcap.data.check import check_images
 from kcap.data.pipeline import image_dataset
 from kcap.model.captioner import Captioner
 from kcap.text.vocabulary import Vocabulary
@@ -46,6 +46,9 @@ class TrainedRun:
 
         Example: `run.caption_files(["a.jpg", "b.jpg"], beam_size=3)[0]["caption"]`
         """
+        bad = [p for p in check_images([str(p) for p in paths], progress=False) if p.severity == "error"]
+        if bad:
+            raise ValueError("Cannot caption: " + "; ".join(str(p) for p in bad))
         results = []
         batches = image_dataset([str(p) for p in paths], self.image_size, batch_size)
         total = -(-len(paths) // batch_size)

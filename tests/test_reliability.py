@@ -348,14 +348,14 @@ def test_sigkill_at_any_moment_then_the_same_command_finishes_every_epoch_once(t
     # 1. Right after config.json and splits.json are written: while the model is built,
     #    the resume checkpoint looked for and the vocabulary written.
     kills.append(_kill_when(start(), lambda: (run / "config.json").exists() and "after config.json"))
-    # 2, 3. While best.keras, then resume.weights.h5 is being written: atomic_path's temporary is there.
+    # 2, 3. While best.keras, then resume-NNNN.weights.h5 is being written: atomic_path's temporary is there.
     def writing(prefix):
         def condition():
             temporaries = [p.name for p in checkpoints.glob(f"{prefix}*")] if checkpoints.is_dir() else []
             return temporaries and f"while writing {temporaries[0]}"
         return condition
     kills.append(_kill_when(start(), writing(".best.")))
-    kills.append(_kill_when(start(), writing(".resume.weights.")))
+    kills.append(_kill_when(start(), writing(".resume-")))
     # 4. Mid-epoch: half a second into the epoch after the next finished one.
     done = _completed(run)
     kills.append(_kill_when(start(), lambda: _completed(run) > done and time.sleep(0.5) is None and "mid-epoch"))

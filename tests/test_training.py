@@ -35,7 +35,7 @@ def test_run_directory_holds_everything_a_run_needs(trained_run, tiny_config):
     assert config["vocabulary"]["size"] == len(json.loads(run.vocabulary.read_text())["words"])
     history = json.loads(run.history.read_text())["epochs"]
     assert [e["epoch"] for e in history] == [1, 2]
-    assert {"loss", "masked_accuracy", "val_loss", "val_masked_accuracy"} <= set(history[0])
+    assert {"loss", "masked_accuracy", "val_loss", "val_masked_accuracy", "val_bleu4", "val_cider"} <= set(history[0])
     splits = json.loads(run.splits.read_text())["splits"]
     names = {s: {i["image"] for i in splits[s]} for s in splits}
     assert not (names["train"] & names["test"]) and len(names["test"]) == 8
@@ -64,6 +64,33 @@ def test_caption_command_prints_one_caption_per_image(trained_run):
     vocab = set(json.loads((trained_run / "vocab.json").read_text())["words"])
     for line in out:
         assert set(line.split("\t")[1].split()) <= vocab
+
+
+def test_caption_command_names_a_missing_or_broken_image(trained_run, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = subprocess.run(
+        kcap_command("caption", "--run-dir", str(trained_run), str(tmp_path / "missing.png"), str(broken)),
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 2
+    assert "missing.png" in out.stderr and "broken.jpg" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_early_stopping_remembers_how_long_it_waited_across_a_resume():
+    import keras
+
+    from kcap.training.callbacks import ResumableEarlyStopping
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    # Epochs 1-3 happened before the resume: the best was epoch 2, one epoch without improvement since.
+    stopper = ResumableEarlyStopping([1.0, 0.9, 0.95], monitor="val_loss", mode="min", patience=2)
+    stopper.set_model(model)
+    stopper.on_train_begin()
+    assert stopper.best == 0.9 and stopper.wait == 1
+    stopper.on_epoch_end(3, {"val_loss": 0.96})
+    assert model.stop_training  # two epochs without improvement
 
 
 def test_changed_settings_on_an_existing_run_are_refused(trained_run, tiny_config):

@@ -38,34 +38,53 @@ class VocabularyExport(keras.callbacks.Callback):
 class ResumeCheckpoint(keras.callbacks.Callback):
     """Saves weights and optimizer state after every epoch, atomically.
 
-    `restore` loads them back before `fit` and returns the epoch to start
-    from, so the run continues where it stopped. Unlike
-    `keras.callbacks.BackupAndRestore`, a process killed mid-write leaves the
-    previous checkpoint intact.
+    Each epoch's weights go to a new file, `resume-NNNN.weights.h5` beside
+    `state_path`; then `state_path` (JSON) is replaced to name it; then older
+    weights files are removed. A process killed at any point leaves a state
+    file naming complete weights of the epoch it says. `restore` loads them
+    back before `fit` and returns the epoch to start from. Unlike
+    `keras.callbacks.BackupAndRestore`, a kill mid-write loses nothing.
     """
 
-    def __init__(self, weights_path: str | Path, state_path: str | Path):
+    def __init__(self, state_path: str | Path):
         super().__init__()
-        self.weights_path = Path(weights_path)
         self.state_path = Path(state_path)
 
     def on_epoch_end(self, epoch, logs=None):
-        with atomic_path(self.weights_path) as tmp:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            return  # TerminateOnNaN stopped this epoch: keep the last good checkpoint
+        weights = self.state_path.parent / f"resume-{epoch + 1:04d}.weights.h5"
+        with atomic_path(weights) as tmp:
             self.model.save_weights(tmp)
         atomic_write_json(self.state_path, {
             "completed_epochs": epoch + 1,
+            "weights": weights.name,
+            # EarlyStopping (placed before this callback) has decided by now.
+            "stopped_early": bool(self.model.stop_training),
             # Weights files leave out the random generators' states; without
             # them a resumed run would augment and drop out differently.
             "seed_states": {v.path: v.numpy().tolist() for v in _seed_states(self.model)},
         })
+        for old in self.state_path.parent.glob("resume-*.weights.h5"):
+            if old != weights:
+                old.unlink(missing_ok=True)
 
     @staticmethod
-    def restore(model: keras.Model, weights_path: str | Path, state_path: str | Path) -> int:
+    def weights_path(state_path: str | Path) -> Path | None:
+        """The weights file the state names, or None before the first epoch."""
+        state_path = Path(state_path)
+        if not state_path.is_file():
+            return None
+        return state_path.parent / json.loads(state_path.read_text())["weights"]
+
+    @staticmethod
+    def restore(model: keras.Model, state_path: str | Path) -> int:
         """Loads the last checkpoint into `model`; returns the number of finished epochs."""
-        state_path, weights_path = Path(state_path), Path(weights_path)
-        if not state_path.is_file() or not weights_path.is_file():
+        weights_path = ResumeCheckpoint.weights_path(state_path)
+        if weights_path is None or not weights_path.is_file():
             return 0
-        state = json.loads(state_path.read_text())
+        state = json.loads(Path(state_path).read_text())
         # Optimizer slots are created lazily; make them exist so their state loads too.
         model.optimizer.build(model.trainable_variables)
         model.load_weights(weights_path)
@@ -74,6 +93,11 @@ class ResumeCheckpoint(keras.callbacks.Callback):
             if variable.path in saved_seeds:
                 variable.assign(np.asarray(saved_seeds[variable.path], dtype=variable.dtype))
         return int(state["completed_epochs"])
+
+    @staticmethod
+    def stopped_early(state_path: str | Path) -> bool:
+        state_path = Path(state_path)
+        return state_path.is_file() and bool(json.loads(state_path.read_text()).get("stopped_early"))
 
 
 def _seed_states(model: keras.Model) -> list:
@@ -109,6 +133,31 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             self.best = value
             with atomic_path(self.path) as tmp:
                 self.model.save(tmp)
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """`keras.callbacks.EarlyStopping` that remembers, across a resume, how long it has waited.
+
+    Args:
+        previous: the monitored values of the epochs finished before this `fit`.
+        **kwargs: as for `EarlyStopping`.
+    """
+
+    def __init__(self, previous: list[float] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.previous = list(previous or [])
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        lower_is_better = self.mode == "min" or (self.mode == "auto" and "acc" not in self.monitor)
+        for epoch, value in enumerate(self.previous):
+            improved = self.best is None or (
+                value < self.best - abs(self.min_delta) if lower_is_better else value > self.best + abs(self.min_delta)
+            )
+            if improved:
+                self.best, self.best_epoch, self.wait = value, epoch, 0
+            else:
+                self.wait += 1
 
 
 class HistoryLog(keras.callbacks.Callback):

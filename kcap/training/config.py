@@ -52,6 +52,9 @@ class TrainConfig:
     clipnorm: float | None = None
     strategy: str = "default"  # see kcap.training.distribute.STRATEGIES
     on_bad_image: str = "error"  # data check (kcap.data.check): "error" stops before training, "skip" leaves bad images/rows out
+    val_captions: int = 200  # validation images captioned each epoch for val_bleu4/val_cider (0: off)
+    monitor: str = "val_loss"  # what picks the best checkpoint: val_loss, val_bleu4 or val_cider
+    early_stopping: int | None = None  # stop after this many epochs without improvement
 
     @property
     def is_synthetic(self) -> bool:
@@ -116,6 +119,9 @@ class TrainConfig:
             (self.normalize in ("backbone", "dataset"), "normalize must be 'backbone' or 'dataset'"),
             (self.strategy in ("default", "mirrored", "multi-worker", "tpu"), "strategy must be default, mirrored, multi-worker or tpu"),
             (self.on_bad_image in ("error", "skip"), "on_bad_image must be 'error' or 'skip'"),
+            (self.monitor in ("val_loss", "val_bleu4", "val_cider"), "monitor must be val_loss, val_bleu4 or val_cider"),
+            (self.monitor == "val_loss" or self.val_captions > 0, "monitor val_bleu4/val_cider needs val_captions > 0"),
+            (self.early_stopping is None or self.early_stopping >= 1, "early_stopping must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:

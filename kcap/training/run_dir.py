@@ -22,8 +22,8 @@ class RunDir:
       history.json         one entry per finished epoch
       model.keras          the model after the last epoch
       checkpoints/best.keras         best by validation loss
-      checkpoints/resume.weights.h5  weights + optimizer of the last finished epoch
-      checkpoints/resume.json        which epoch that was
+      checkpoints/resume-NNNN.weights.h5  weights + optimizer of the last finished epoch
+      checkpoints/resume.json        which epoch that was, which file, the random states
       logs/                TensorBoard
       eval_<split>.json    scores and captions from `kcap evaluate`
     ```
@@ -41,8 +41,14 @@ class RunDir:
     final_model = property(lambda self: self.path / "model.keras")
     checkpoints = property(lambda self: self.path / "checkpoints")
     best_model = property(lambda self: self.path / "checkpoints" / "best.keras")
-    resume_weights = property(lambda self: self.path / "checkpoints" / "resume.weights.h5")
     resume_state = property(lambda self: self.path / "checkpoints" / "resume.json")
+
+    @property
+    def resume_weights(self) -> Path:
+        """The weights of the last finished epoch, as `resume.json` names them."""
+        from kcap.training.callbacks import ResumeCheckpoint
+
+        return ResumeCheckpoint.weights_path(self.resume_state) or self.checkpoints / "resume-0000.weights.h5"
     logs = property(lambda self: self.path / "logs")
 
     def evaluation(self, split: str) -> Path:

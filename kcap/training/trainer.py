@@ -24,10 +24,17 @@ from kcap.model.backbones import build_backbone
 from kcap.model.captioner import Captioner
 from kcap.model.preprocessing import ImagePreprocessing
 from kcap.text.vocabulary import Vocabulary
-from kcap.training.callbacks import BestModelCheckpoint, HistoryLog, ResumeCheckpoint, VocabularyExport
+from kcap.training.callbacks import (
+    BestModelCheckpoint,
+    HistoryLog,
+    ResumableEarlyStopping,
+    ResumeCheckpoint,
+    VocabularyExport,
+)
 from kcap.training.config import TrainConfig
 from kcap.training.distribute import is_chief, make_strategy
 from kcap.training.run_dir import RunDir, ensure_dirs
+from kcap.training.validation_captioning import ValidationCaptioning, subset
 from kcap.utils.files import atomic_path, atomic_write_json
 
 log = logging.getLogger("kcap")
@@ -173,6 +180,19 @@ def build_feature_cache(
     return cache, stats
 
 
+def _validation_captioning(config, run, vocabulary, val_images, feature_cache):
+    chosen = [val_images[i] for i in subset(val_images, config.val_captions)]
+    paths, references = [str(i.path) for i in chosen], [i.captions for i in chosen]
+    options = dict(log_dir=run.logs / "captions", every=1, num_examples=4)
+    if feature_cache is not None:
+        return ValidationCaptioning.from_feature_cache(
+            paths, references, vocabulary, feature_cache, config.batch_size, **options
+        )
+    return ValidationCaptioning.from_images(
+        paths, references, vocabulary, (config.image_size,) * 2, config.batch_size, **options
+    )
+
+
 def _wait_for_feature_cache(config, model, dataset, timeout_s: float = 3600.0):
     cache = FeatureCache.for_model(model, cached_images(dataset), config.cache_dir)
     deadline = time.monotonic() + timeout_s
@@ -209,10 +229,10 @@ def _remove_partial_files(run: RunDir) -> None:
     intact). Only names of that form, for the files a run writes, are removed.
     """
     stems = [p.stem for p in (run.config, run.vocabulary, run.splits, run.history, run.final_model,
-                              run.best_model, run.resume_weights, run.resume_state)]
+                              run.best_model, run.resume_state)] + ["resume-"]
     for folder in (run.path, run.checkpoints):
         for path in folder.glob(".*"):
-            if path.is_file() and path.name.startswith(tuple(f".{stem}." for stem in stems)):
+            if path.is_file() and path.name.startswith(tuple(f".{stem}" for stem in stems)):
                 path.unlink(missing_ok=True)
 
 
@@ -259,12 +279,12 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
     atomic_write_json(run.config, run_config)
 
     with strategy.scope():
-        initial_epoch = ResumeCheckpoint.restore(model, source.resume_weights, source.resume_state)
+        initial_epoch = ResumeCheckpoint.restore(model, source.resume_state)
     previous = HistoryLog.load(source.history, initial_epoch)
     if initial_epoch:
         log.info("Resuming %s after epoch %d of %d.", source.path, initial_epoch, config.epochs)
-    if initial_epoch >= config.epochs:
-        log.info("%s already finished its %d epochs.", source.path, config.epochs)
+    if initial_epoch >= config.epochs or ResumeCheckpoint.stopped_early(source.resume_state):
+        log.info("%s already finished (%d epochs).", source.path, initial_epoch)
         return {"epochs": previous}
 
     image_size = (config.image_size, config.image_size)
@@ -276,16 +296,24 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
         evaluation_dataset(val_images, vocabulary, image_size, config.batch_size, feature_cache=feature_cache)
         if val_images else None
     )
-    val_losses = [e["val_loss"] for e in previous if "val_loss" in e]
-    monitor = "val_loss" if val_ds is not None else "loss"
-    callbacks = [
-        VocabularyExport(vocabulary, run.vocabulary),
-        keras.callbacks.TerminateOnNaN(),
-        BestModelCheckpoint(run.best_model, monitor=monitor, best=min(val_losses) if val_losses else None),
+    chief = run.path == source.path
+    monitor = config.monitor if val_ds is not None else "loss"
+    mode = "min" if monitor.endswith("loss") else "max"
+    seen = [e[monitor] for e in previous if monitor in e]
+    best = (min(seen) if mode == "min" else max(seen)) if seen else None
+    callbacks = [VocabularyExport(vocabulary, run.vocabulary), keras.callbacks.TerminateOnNaN()]
+    if val_images and config.val_captions and chief:
+        # Before the checkpoint and history callbacks: it adds val_bleu4/val_cider to their logs.
+        callbacks.append(_validation_captioning(config, run, vocabulary, val_images, feature_cache))
+    callbacks.append(BestModelCheckpoint(run.best_model, monitor=monitor, mode=mode, best=best))
+    if config.early_stopping:
+        # Before ResumeCheckpoint, which records whether it stopped the run.
+        callbacks.append(ResumableEarlyStopping(seen, monitor=monitor, mode=mode, patience=config.early_stopping))
+    callbacks += [
         # History before the resume checkpoint (issue #8): a run killed between the two
         # redoes the epoch; the other way round it would skip the epoch's history entry.
         HistoryLog(run.history, previous),
-        ResumeCheckpoint(run.resume_weights, run.resume_state),
+        ResumeCheckpoint(run.resume_state),
         keras.callbacks.TensorBoard(log_dir=str(run.logs)),
     ]
     fitted = model.fit(
