@@ -23,3 +23,24 @@ def test_channel_statistics_equal_numpy_over_all_pixels(tmp_path):
     normalised = np.asarray(ImagePreprocessing("dataset", mean, std)(pixels.reshape(1, -1, 1, 3)))
     np.testing.assert_allclose(normalised.reshape(-1, 3).std(0), 1.0, rtol=1e-3)
     np.testing.assert_allclose(normalised.reshape(-1, 3).mean(0), 0.0, atol=1e-3)
+
+
+def test_preview_augmentation_writes_a_png_with_every_version(tmp_path):
+    import subprocess
+
+    from conftest import kcap_command
+
+    image = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(image)
+    out = tmp_path / "preview.png"
+    result = subprocess.run(
+        kcap_command("preview-augmentation", str(image), "--output", str(out), "--image-size", "64",
+                     "--zoom", "0.2", "--brightness", "0.3", "--count", "6"),
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    with Image.open(out) as picture:
+        picture.verify()
+    with Image.open(out) as picture:
+        # original + normalised + 6 augmented, four to a row: two rows of 300-px panels.
+        assert picture.size == (1200, 600)
