@@ -101,6 +101,18 @@ def greedy_decode(decoder: AttentionDecoder, encoded: tf.Tensor, max_length: tf.
     ids, attention, scores = greedy_decode(model.decoder, model.encode(inputs), tf.constant(20))
     ```
     """
+    return _decode_word_by_word(
+        decoder, encoded, max_length, lambda t, log_probs: tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+    )
+
+
+def _decode_word_by_word(decoder, encoded, max_length, pick) -> Decoded:
+    """The loop shared by greedy decoding and sampling: one word per step for every caption.
+
+    `pick(t, log_probs)` chooses step `t`'s words from the masked
+    log-probabilities (batch, vocabulary); at the last slot they allow only
+    `<end>`. The loop stops as soon as every caption has ended.
+    """
     state, keys = decoder.start(encoded)
     batch = tf.shape(encoded)[0]
     steps = max_length + 1  # words, then <end>
@@ -113,8 +125,9 @@ def greedy_decode(decoder: AttentionDecoder, encoded: tf.Tensor, max_length: tf.
     def body(t, tokens, state, finished, scores, ids, attention):
         logits, state, weights = decoder.step(tokens, state, encoded, keys)
         log_probs = _log_probs(logits, tf.equal(t, steps - 1))
-        next_tokens = tf.cast(tf.argmax(log_probs, axis=-1), tf.int32)
-        scores += tf.where(finished, 0.0, tf.reduce_max(log_probs, axis=-1))
+        next_tokens = pick(t, log_probs)
+        chosen = tf.gather(log_probs, next_tokens, axis=1, batch_dims=1)
+        scores += tf.where(finished, 0.0, chosen)
         next_tokens = tf.where(finished, PAD_ID, next_tokens)
         weights = tf.where(finished[:, None], 0.0, tf.cast(weights, tf.float32))
         ids = ids.write(t, next_tokens)
@@ -176,42 +189,16 @@ def sample_decode(
                                            tf.constant(20), temperature=0.8, seed=3)
     ```
     """
-    state, keys = decoder.start(encoded)
-    batch = tf.shape(encoded)[0]
-    steps = max_length + 1
     temperature = tf.cast(temperature, tf.float32)
     base_seed = tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
-    tokens = tf.fill([batch], START_ID)
-    finished = tf.zeros([batch], tf.bool)
-    scores = tf.zeros([batch], tf.float32)
-    ids = tf.TensorArray(tf.int32, size=steps)
-    attention = tf.TensorArray(tf.float32, size=steps)
 
-    def body(t, tokens, state, finished, scores, ids, attention):
-        logits, state, weights = decoder.step(tokens, state, encoded, keys)
-        is_last = tf.equal(t, steps - 1)
-        log_probs = _log_probs(logits, is_last)
+    def draw(t, log_probs):
         step_seed = tf.random.experimental.stateless_fold_in(base_seed, tf.cast(t, tf.int64))
-        # From the masked log-probabilities: special tokens are never drawn.
-        drawn = tf.random.stateless_categorical(log_probs / temperature, 1, seed=step_seed, dtype=tf.int32)[:, 0]
-        # At the last slot the masked log-probabilities force <end>.
-        next_tokens = tf.where(is_last, END_ID, drawn)
-        chosen = tf.gather(log_probs, next_tokens, axis=1, batch_dims=1)
-        scores += tf.where(finished, 0.0, chosen)
-        next_tokens = tf.where(finished, PAD_ID, next_tokens)
-        weights = tf.where(finished[:, None], 0.0, tf.cast(weights, tf.float32))
-        ids = ids.write(t, next_tokens)
-        attention = attention.write(t, weights)
-        finished = finished | tf.equal(next_tokens, END_ID)
-        return t + 1, next_tokens, state, finished, scores, ids, attention
+        # From the masked log-probabilities: special tokens are never drawn, and
+        # at the last slot only <end> can be.
+        return tf.random.stateless_categorical(log_probs / temperature, 1, seed=step_seed, dtype=tf.int32)[:, 0]
 
-    def cond(t, tokens, state, finished, scores, ids, attention):
-        return tf.logical_and(t < steps, tf.logical_not(tf.reduce_all(finished)))
-
-    t, _, _, _, scores, ids, attention = tf.while_loop(
-        cond, body, (0, tokens, state, finished, scores, ids, attention)
-    )
-    return _pad_to_steps(ids, attention, t, steps) + (scores,)
+    return _decode_word_by_word(decoder, encoded, max_length, draw)
 
 
 def beam_search(
