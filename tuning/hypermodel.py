@@ -40,6 +40,7 @@ from kcap.model.captioner import Captioner
 from kcap.text.vocabulary import Vocabulary
 from kcap.training.config import TrainConfig
 from kcap.training.trainer import build_captioner, build_feature_cache, prepare_data
+from kcap.utils.files import read_json
 
 DEFAULT_SEARCH_SPACE = Path(__file__).with_name("search_space.json")
 
@@ -72,16 +73,7 @@ def load_search_space(path: str | Path = DEFAULT_SEARCH_SPACE) -> dict[str, dict
     space["units"]  # {"type": "choice", "values": [256, 512, 1024]}
     ```
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"Search space file {path} does not exist.") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from None
-    return validate_search_space(data, source=str(path))
+    return validate_search_space(read_json(path, "Search space file"), source=str(path))
 
 
 def validate_search_space(data: Any, source: str = "search space") -> dict[str, dict]:

@@ -29,7 +29,7 @@ from keras_tuner.src.engine import tuner_utils
 
 import kcap
 from kcap.training.config import TrainConfig
-from kcap.utils.files import atomic_write_json, atomic_write_text
+from kcap.utils.files import atomic_write_json, atomic_write_text, read_json
 from tuning.hypermodel import (
     DEFAULT_SEARCH_SPACE,
     CaptionerHyperModel,
@@ -78,14 +78,7 @@ def apply_hparams(config: TrainConfig, path: str | Path) -> TrainConfig:
     ```
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"Hyperparameter file {path} does not exist.") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from None
+    data = read_json(path, "Hyperparameter file")
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object of training settings, got {type(data).__name__}.")
     fields = [f.name for f in dataclasses.fields(TrainConfig)]

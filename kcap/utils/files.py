@@ -73,3 +73,19 @@ def _umask() -> int:
 def _fsync(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
+
+
+def read_json(path: str | Path, what: str = "File") -> Any:
+    """Parses a JSON file; a missing file or bad JSON is an error naming the path (and line).
+
+    Example: `read_json("space.json", "Search space file")`.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist.") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}, line {error.lineno}: not valid JSON ({error.msg}).") from None
