@@ -20,6 +20,7 @@ def _bool_flag(parser, name: str, help: str) -> None:
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     from kcap.data.caption_files import FORMATS
     from kcap.training.config import TrainConfig
+    from kcap.training.distribute import STRATEGIES
 
     d = TrainConfig(data="")
     p.add_argument("--data", required=True, help="'synthetic' (the embedded set) or a caption file / folder")
@@ -53,7 +54,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zoom", type=float, default=None, help="random zoom-in crop, fraction (default 0.05 synthetic / 0.1 real)")
     p.add_argument("--translate", type=float, default=None, help="random shift, fraction (default 0.05 synthetic / 0 real)")
     p.add_argument("--brightness", type=float, default=None, help="random brightness change, fraction (default 0.1)")
-    p.add_argument("--strategy", default="default", choices=["default", "mirrored", "multi-worker", "tpu"],
+    p.add_argument("--strategy", default="default", choices=STRATEGIES,
                    help="tf.distribute strategy; --batch-size is the global batch")
     p.add_argument("--val-captions", type=int, default=200, help="validation images captioned each epoch for val_bleu4/val_cider (0: off)")
     p.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_bleu4", "val_cider"], help="what picks the best checkpoint")

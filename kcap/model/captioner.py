@@ -106,7 +106,6 @@ class Captioner(keras.Model):
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="masked_accuracy")
-        self._generate_fn = None
         self.build()
 
     def _set_backbone_trainable(self):

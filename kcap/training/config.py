@@ -9,6 +9,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from kcap.training.distribute import STRATEGIES
 from kcap.utils.files import atomic_write_json
 
 SYNTHETIC = "synthetic"
@@ -117,7 +118,7 @@ class TrainConfig:
             (self.synthetic_images >= 10, "synthetic_images must be at least 10"),
             (self.fine_tune_layers >= 0, "fine_tune_layers must be 0 or more"),
             (self.normalize in ("backbone", "dataset"), "normalize must be 'backbone' or 'dataset'"),
-            (self.strategy in ("default", "mirrored", "multi-worker", "tpu"), "strategy must be default, mirrored, multi-worker or tpu"),
+            (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}"),
             (self.on_bad_image in ("error", "skip"), "on_bad_image must be 'error' or 'skip'"),
             (self.monitor in ("val_loss", "val_bleu4", "val_cider"), "monitor must be val_loss, val_bleu4 or val_cider"),
             (self.monitor == "val_loss" or self.val_captions > 0, "monitor val_bleu4/val_cider needs val_captions > 0"),
