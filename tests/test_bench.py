@@ -65,6 +65,8 @@ def test_bench_reports_kcap_and_the_baseline(tmp_path):
     assert (config["batch_size"], config["units"], config["vocab_size"], config["locations"]) == (4, 32, 60, 4)
     assert config["greedy_decoder_steps"] == 4 and config["device_used"] == "/CPU:0"
     assert kcap["extract_images"] == 4 and kcap["extract_feature_shape"] == [7, 7, 1280]
+    # One ratio per round of (bare backbone, cache build); the reported figures are the medians.
+    assert len(kcap["extract_round_ratios"]) == config["extract_repeats"] == 3
     assert kcap["jit_compile"] is False
     # Captions cut to --pad-length: kcap's trimmed batches are never longer.
     assert 3 <= kcap["train_mean_batch_length"] <= 4 and baseline["train_batch_length"] == 4
