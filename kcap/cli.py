@@ -19,7 +19,7 @@ def _bool_flag(parser, name: str, help: str) -> None:
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     from kcap.data.caption_files import FORMATS
-    from kcap.training.config import TrainConfig
+    from kcap.training.config import MIXED_PRECISION, TrainConfig
     from kcap.training.distribute import STRATEGIES
 
     d = TrainConfig(data="")
@@ -56,6 +56,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--brightness", type=float, default=None, help="random brightness change, fraction (default 0.1)")
     p.add_argument("--strategy", default="default", choices=STRATEGIES,
                    help="tf.distribute strategy; --batch-size is the global batch")
+    p.add_argument("--mixed-precision", default="off", choices=MIXED_PRECISION,
+                   help="compute in float16 (GPUs) or bfloat16 (TPUs, CPUs with AVX512-BF16 or AMX) while training; "
+                        "weights, loss and the saved model stay float32")
     p.add_argument("--val-captions", type=int, default=200, help="validation images captioned each epoch for val_bleu4/val_cider (0: off)")
     p.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_bleu4", "val_cider"], help="what picks the best checkpoint")
     p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE", help="stop after PATIENCE epochs without improvement")

@@ -13,6 +13,7 @@ from kcap.training.distribute import STRATEGIES
 from kcap.utils.files import atomic_write_json
 
 SYNTHETIC = "synthetic"
+MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclasses.dataclass
@@ -52,6 +53,7 @@ class TrainConfig:
     position_embedding: bool = True
     clipnorm: float | None = None
     strategy: str = "default"  # see kcap.training.distribute.STRATEGIES
+    mixed_precision: str = "off"  # "mixed_float16" (GPUs) or "mixed_bfloat16" (CPUs with AVX512-BF16/AMX, TPUs): training only
     on_bad_image: str = "error"  # data check (kcap.data.check): "error" stops before training, "skip" leaves bad images/rows out
     val_captions: int = 200  # validation images captioned each epoch for val_bleu4/val_cider (0: off)
     monitor: str = "val_loss"  # what picks the best checkpoint: val_loss, val_bleu4 or val_cider
@@ -119,6 +121,7 @@ class TrainConfig:
             (self.fine_tune_layers >= 0, "fine_tune_layers must be 0 or more"),
             (self.normalize in ("backbone", "dataset"), "normalize must be 'backbone' or 'dataset'"),
             (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}"),
+            (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}"),
             (self.on_bad_image in ("error", "skip"), "on_bad_image must be 'error' or 'skip'"),
             (self.monitor in ("val_loss", "val_bleu4", "val_cider"), "monitor must be val_loss, val_bleu4 or val_cider"),
             (self.monitor == "val_loss" or self.val_captions > 0, "monitor val_bleu4/val_cider needs val_captions > 0"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -9,6 +10,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -57,40 +59,57 @@ def build_captioner(
     `config.normalize == "dataset"`.
     """
     keras.utils.set_random_seed(config.seed)  # the same initial weights every time
-    backbone = build_backbone(config.backbone, config.backbone_weights, config.image_size)
-    if config.normalize == "dataset":
-        if not normalization:
-            raise ValueError("normalize='dataset' needs the training images' mean and std.")
-        preprocessing = ImagePreprocessing("dataset", normalization["mean"], normalization["std"])
-    else:
-        preprocessing = ImagePreprocessing(config.preprocessing)
-    augmentation = ImageAugmentation(
-        horizontal_flip=config.flip,
-        zoom=config.zoom,
-        translate=config.translate,
-        brightness=config.brightness,
-        seed=config.seed,
-    )
-    model = Captioner(
-        backbone,
-        vocabulary_size=len(vocabulary),
-        max_length=vocabulary.max_length,
-        image_size=(config.image_size, config.image_size),
-        embedding_dim=config.embedding_dim,
-        units=config.units,
-        dropout=config.dropout,
-        preprocessing=preprocessing,
-        augmentation=augmentation,
-        train_backbone=config.train_backbone,
-        position_embedding=config.position_embedding,
-        fine_tune_layers=config.fine_tune_layers,
-    )
-    optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm)
-    # No XLA: the gradient of the teacher-forcing scan has a dynamic TensorArray
-    # size, which XLA cannot compile, and Keras' "auto" would turn XLA on
-    # wherever a GPU is visible.
-    model.compile(optimizer=optimizer, jit_compile=False)
+    if config.cache_features:
+        # Cached features are computed once and kept: in float32, whatever the training policy.
+        backbone = build_backbone(config.backbone, config.backbone_weights, config.image_size)
+    with dtype_policy(config.mixed_precision):
+        if not config.cache_features:
+            backbone = build_backbone(config.backbone, config.backbone_weights, config.image_size)
+        if config.normalize == "dataset":
+            if not normalization:
+                raise ValueError("normalize='dataset' needs the training images' mean and std.")
+            preprocessing = ImagePreprocessing("dataset", normalization["mean"], normalization["std"])
+        else:
+            preprocessing = ImagePreprocessing(config.preprocessing)
+        augmentation = ImageAugmentation(
+            horizontal_flip=config.flip,
+            zoom=config.zoom,
+            translate=config.translate,
+            brightness=config.brightness,
+            seed=config.seed,
+        )
+        model = Captioner(
+            backbone,
+            vocabulary_size=len(vocabulary),
+            max_length=vocabulary.max_length,
+            image_size=(config.image_size, config.image_size),
+            embedding_dim=config.embedding_dim,
+            units=config.units,
+            dropout=config.dropout,
+            preprocessing=preprocessing,
+            augmentation=augmentation,
+            train_backbone=config.train_backbone,
+            position_embedding=config.position_embedding,
+            fine_tune_layers=config.fine_tune_layers,
+        )
+        optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm)
+        # No XLA: the gradient of the teacher-forcing scan has a dynamic TensorArray
+        # size, which XLA cannot compile, and Keras' "auto" would turn XLA on
+        # wherever a GPU is visible. Under mixed_float16, compile() wraps the
+        # optimizer in a LossScaleOptimizer, which train_step's scale_loss uses.
+        model.compile(optimizer=optimizer, jit_compile=False)
     return model
+
+
+@contextlib.contextmanager
+def dtype_policy(mixed_precision: str) -> Iterator[None]:
+    """Layers built inside compute in `mixed_precision` ("off": float32); the global policy is restored after."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32" if mixed_precision == "off" else mixed_precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _check_resume(run: RunDir, config: TrainConfig) -> None:
