@@ -498,6 +498,7 @@ def test_disk_filling_up_mid_run_keeps_the_last_checkpoint_and_the_run_resumes(t
         _, stderr = process.communicate(timeout=300)
         assert process.returncode != 0, "training finished although the disk was full"
         assert "No space left on device" in stderr or "Errno 28" in stderr, stderr[-3000:]
+        assert f"while writing {run}/" in stderr, stderr[-3000:]  # which file could not be written
         assert _completed(run) >= 1
         _assert_no_half_written_file(run)
         filler.unlink()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -25,8 +26,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        _fsync(tmp_path)
+        try:
+            yield tmp_path
+            _fsync(tmp_path)
+        except Exception as error:
+            if _is_out_of_space(error):
+                raise OSError(
+                    errno.ENOSPC,
+                    f"No space left on device while writing {path} "
+                    f"({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there). The file it "
+                    "replaces is untouched: free some space and rerun the same command.",
+                ) from error
+            raise
         # mkstemp creates 0600; give the file the permissions a plain open() would.
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
@@ -62,6 +73,11 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_out_of_space(error: BaseException) -> bool:
+    # h5py and TensorFlow report ENOSPC in their own exception types, errno inside the message.
+    return getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error)
 
 
 def _umask() -> int:
