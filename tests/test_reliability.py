@@ -441,6 +441,33 @@ def test_sigkilled_export_leaves_no_partial_output_and_reruns(trained_run, tmp_p
     rerun = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert (output / "saved_model.pb").is_file()
+    # The killed export's staging folder is swept by the rerun; the export holds no marker.
+    assert not list(tmp_path.glob(".exported.*")) and not (output / ".kcap-staging.json").exists()
+
+
+def test_staging_folders_of_live_processes_and_other_hosts_are_left_alone(tmp_path):
+    import socket
+
+    from kcap.utils.files import atomic_directory
+
+    def staging(name, pid, host):
+        folder = tmp_path / f".out.{name}"
+        folder.mkdir()
+        (folder / ".kcap-staging.json").write_text(json.dumps({"pid": pid, "host": host}))
+        return folder
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    abandoned = staging("dead", dead.pid, socket.gethostname())
+    live = staging("live", os.getpid(), socket.gethostname())
+    elsewhere = staging("remote", dead.pid, "another-host")
+    unmarked = tmp_path / ".out.someone-elses"
+    unmarked.mkdir()
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "file").write_text("done")
+    assert (tmp_path / "out" / "file").read_text() == "done"
+    assert not abandoned.exists()
+    assert live.exists() and elsewhere.exists() and unmarked.exists()
 
 
 # --- resources ----------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,14 +58,23 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary directory that replaces `path` once the block succeeds."""
+    """Yields a temporary directory that replaces `path` once the block succeeds.
+
+    The temporary folders (`.NAME.xxxx`, and `.NAME.old.xxxx` while an old `path` is
+    swapped out) carry a marker naming their process; the next `atomic_directory` for
+    the same `path` removes those whose process has died (killed mid-write).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_staging(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    _mark_staging(tmp)
     try:
         yield tmp
+        (tmp / STAGING_MARKER).unlink()
         if path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))
+            _mark_staging(old)
             os.replace(path, old / path.name)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -73,6 +83,45 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+STAGING_MARKER = ".kcap-staging.json"
+
+
+def _mark_staging(folder: Path) -> None:
+    (folder / STAGING_MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+
+
+def remove_abandoned_staging(path: str | Path) -> list[Path]:
+    """Removes `atomic_directory`'s temporary folders for `path` left by dead processes on this host.
+
+    Folders of live processes, of other hosts (a shared file system) or without
+    kcap's marker are left alone. Returns the folders removed.
+    """
+    path = Path(path)
+    removed = []
+    for folder in path.parent.glob(f".{path.name}.*"):
+        try:
+            owner = json.loads((folder / STAGING_MARKER).read_text())
+        except (OSError, ValueError):
+            continue
+        if owner.get("host") != socket.gethostname() or _process_alive(int(owner.get("pid", 0))):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # unknown: keep the folder
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 def _is_out_of_space(error: BaseException) -> bool:
