@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from kcap.evaluation.bleu import corpus_bleu_scores
+from kcap.evaluation.metrics import corpus_bleu_scores
 
 # pycocoevalcap's smoothing of each n-gram precision (and of the length ratio).
 TINY, SMALL = 1e-15, 1e-9
