@@ -56,7 +56,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--brightness", type=float, default=None, help="random brightness change, fraction (default 0.1)")
     p.add_argument("--strategy", default="default", choices=STRATEGIES,
                    help="tf.distribute strategy; --batch-size is the global batch")
-    p.add_argument("--mixed-precision", default="off", choices=MIXED_PRECISION,
+    p.add_argument("--mixed-precision", default=d.mixed_precision, choices=MIXED_PRECISION,
                    help="compute in float16 (GPUs) or bfloat16 (TPUs, CPUs with AVX512-BF16 or AMX) while training; "
                         "weights, loss and the saved model stay float32")
     p.add_argument("--val-captions", type=int, default=200, help="validation images captioned each epoch for val_bleu4/val_cider (0: off)")

@@ -145,6 +145,14 @@ def _write(path, content):
     return path
 
 
+def _assert_refused(path, format, content, message):
+    """`content` written to `path` beside images a.jpg and b.jpg: reading it as `format` fails with `message`."""
+    _images(path.parent)
+    _write(path, content)
+    with pytest.raises(CaptionFileError, match=message):
+        read_captions(path, format=format)
+
+
 @pytest.mark.parametrize(
     "file_name, content, format, splits, folder_formats",
     [
@@ -202,10 +210,7 @@ def test_flickr8k_split_lists_beside_the_token_file(tmp_path):
     ],
 )
 def test_bad_token_lines_name_file_line_and_reason(tmp_path, content, message):
-    _images(tmp_path)
-    path = _write(tmp_path / "Flickr8k.token.txt", content)
-    with pytest.raises(CaptionFileError, match=message):
-        read_captions(path, format="flickr8k")
+    _assert_refused(tmp_path / "Flickr8k.token.txt", "flickr8k", content, message)
 
 
 def test_non_utf8_token_file_and_split_list(tmp_path):
@@ -255,10 +260,7 @@ def _with(base, path, value):
     ],
 )
 def test_bad_coco_files_name_file_entry_and_reason(tmp_path, content, message):
-    _images(tmp_path)
-    path = _write(tmp_path / "captions.json", content)
-    with pytest.raises(CaptionFileError, match=message):
-        read_captions(path, format="coco")
+    _assert_refused(tmp_path / "captions.json", "coco", content, message)
 
 
 @pytest.mark.parametrize(
@@ -278,10 +280,7 @@ def test_bad_coco_files_name_file_entry_and_reason(tmp_path, content, message):
     ],
 )
 def test_bad_karpathy_files_name_file_entry_and_reason(tmp_path, content, message):
-    _images(tmp_path)
-    path = _write(tmp_path / "dataset.json", content)
-    with pytest.raises(CaptionFileError, match=message):
-        read_captions(path, format="karpathy")
+    _assert_refused(tmp_path / "dataset.json", "karpathy", content, message)
 
 
 def test_non_utf8_json_is_reported_with_its_line(tmp_path):

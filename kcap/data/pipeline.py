@@ -114,7 +114,8 @@ def image_dataset(paths: Sequence[str], image_size: Sequence[int], batch_size: i
     ds = tf.data.Dataset.from_tensor_slices(np.asarray([str(p) for p in paths]))
     # A fixed pipeline (decode on every core, two batches ahead) instead of the
     # autotuned one: deleting an autotuned iterator after a busy loop blocks for
-    # ~2.5 s in TF 2.21, a third of a 256-image cache build on 2 CPU cores.
+    # ~2.5 s in TF 2.21 (sometimes), as long as a whole 256-image cache build
+    # takes on 2 CPU cores.
     options = tf.data.Options()
     options.autotune.enabled = False
     return (

@@ -59,12 +59,10 @@ def build_captioner(
     `config.normalize == "dataset"`.
     """
     keras.utils.set_random_seed(config.seed)  # the same initial weights every time
-    if config.cache_features:
-        # Cached features are computed once and kept: in float32, whatever the training policy.
+    # Cached features are computed once and kept: in float32, whatever the training policy.
+    with dtype_policy("off" if config.cache_features else config.mixed_precision):
         backbone = build_backbone(config.backbone, config.backbone_weights, config.image_size)
     with dtype_policy(config.mixed_precision):
-        if not config.cache_features:
-            backbone = build_backbone(config.backbone, config.backbone_weights, config.image_size)
         if config.normalize == "dataset":
             if not normalization:
                 raise ValueError("normalize='dataset' needs the training images' mean and std.")

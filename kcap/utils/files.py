@@ -103,9 +103,10 @@ def remove_abandoned_staging(path: str | Path) -> list[Path]:
     for folder in path.parent.glob(f".{path.name}.*"):
         try:
             owner = json.loads((folder / STAGING_MARKER).read_text())
-        except (OSError, ValueError):
-            continue
-        if owner.get("host") != socket.gethostname() or _process_alive(int(owner.get("pid", 0))):
+            host, pid = owner["host"], int(owner["pid"])
+        except (OSError, ValueError, TypeError, KeyError):
+            continue  # no marker, or not one kcap wrote: not ours to remove
+        if host != socket.gethostname() or _process_alive(pid):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
@@ -114,7 +115,7 @@ def remove_abandoned_staging(path: str | Path) -> list[Path]:
 
 def _process_alive(pid: int) -> bool:
     if pid <= 0:
-        return True  # unknown: keep the folder
+        return True  # os.kill would signal a process group: treat as alive, keep the folder
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
