@@ -35,7 +35,10 @@ set's captions when that is absent), tokenised by kcap's `Vocabulary`:
 - feature extraction images/s: `FeatureCache.build` on real JPEGs (reading,
   decoding, resizing, the backbone, writing the cache), against the bare
   backbone forward pass on the same images already decoded and resized;
-  `--extract-repeats` rounds of the two back to back, medians reported.
+  `--extract-repeats` rounds of the two back to back, medians reported. Also
+  the input pipeline alone (read, decode, resize, batch; no backbone), and
+  from it the ratio that sharing the same CPU cores allows at best:
+  `extract_ratio_if_sharing_cores` = backbone s / (backbone s + pipeline s).
 - peak RSS of the process after kcap's part (before the baseline runs).
 
 Example (the real measurement, on a quiet machine):
@@ -350,6 +353,7 @@ def bench_extract(args, image_paths: list[str]) -> dict:
 
     from kcap.data.feature_cache import FeatureCache
     from kcap.data.images import load_image
+    from kcap.data.pipeline import image_dataset
     from kcap.model.backbones import build_backbone, get_backbone_spec, is_backbone_file
     from kcap.model.captioner import Captioner
 
@@ -383,7 +387,14 @@ def bench_extract(args, image_paths: list[str]) -> dict:
         out.numpy()  # waits for the device
         return time.perf_counter() - start
 
-    build_seconds, bare_seconds = [], []
+    def pipeline_alone() -> float:
+        # The build's own input pipeline, drained with no backbone behind it.
+        start = time.perf_counter()
+        for _ in image_dataset(paths, (size, size), batch_size):
+            pass
+        return time.perf_counter() - start
+
+    build_seconds, bare_seconds, pipeline_seconds = [], [], []
     with tempfile.TemporaryDirectory(prefix="kcap-bench-") as tmp:
         # Untimed: a first build (a full and a partial batch) traces and warms up the kernels.
         FeatureCache.for_model(model, paths[: batch_size + 1], Path(tmp) / "warmup").build(model, batch_size, progress=False)
@@ -391,6 +402,7 @@ def bench_extract(args, image_paths: list[str]) -> dict:
         # machine hits both sides of a round, and the medians ignore one odd round.
         for round_ in range(args.extract_repeats):
             bare_seconds.append(bare_forward())
+            pipeline_seconds.append(pipeline_alone())
             cache = FeatureCache.for_model(model, paths, Path(tmp) / f"timed-{round_}")
             start = time.perf_counter()
             stats = cache.build(model, batch_size, progress=False)
@@ -399,11 +411,17 @@ def bench_extract(args, image_paths: list[str]) -> dict:
                 raise RuntimeError(f"the feature cache computed {stats['computed']} of {len(paths)} images.")
             shutil.rmtree(cache.directory)
     seconds, bare = statistics.median(build_seconds), statistics.median(bare_seconds)
+    pipeline = statistics.median(pipeline_seconds)
     return {
         "extract_images_per_s": len(paths) / seconds,
         "extract_seconds": seconds,
         "backbone_images_per_s": len(paths) / bare,
         "backbone_seconds": bare,
+        "pipeline_images_per_s": len(paths) / pipeline,
+        # Where the pipeline and the backbone share the same cores (a CPU-only
+        # machine), each image costs both: the best extract ratio possible is then
+        # backbone / (backbone + pipeline) in seconds. With an accelerator it is 1.
+        "extract_ratio_if_sharing_cores": bare / (bare + pipeline),
         "extract_round_ratios": [b / e for b, e in zip(bare_seconds, build_seconds)],
         "extract_images": len(paths),
         "extract_backbone": name,

@@ -67,6 +67,10 @@ def test_bench_reports_kcap_and_the_baseline(tmp_path):
     assert kcap["extract_images"] == 4 and kcap["extract_feature_shape"] == [7, 7, 1280]
     # One ratio per round of (bare backbone, cache build); the reported figures are the medians.
     assert len(kcap["extract_round_ratios"]) == config["extract_repeats"] == 3
+    # The pipeline alone, and the best ratio it leaves when it shares the backbone's cores.
+    pipeline_s = kcap["extract_images"] / kcap["pipeline_images_per_s"]
+    assert kcap["extract_ratio_if_sharing_cores"] == pytest.approx(
+        kcap["backbone_seconds"] / (kcap["backbone_seconds"] + pipeline_s), rel=1e-2)
     assert kcap["jit_compile"] is False
     # Captions cut to --pad-length: kcap's trimmed batches are never longer.
     assert 3 <= kcap["train_mean_batch_length"] <= 4 and baseline["train_batch_length"] == 4
