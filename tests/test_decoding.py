@@ -333,6 +333,26 @@ def test_beam_search_of_a_batch_equals_one_image_at_a_time(trained):
 # -- sampling ------------------------------------------------------------------
 
 
+def _compiled_by_xla(model, mode, inputs, *args):
+    """Whether the decode function of `mode` calls its loop as an XLA cluster."""
+    graph = model._decode_function(mode, True).get_concrete_function(inputs, *args).graph
+    return any(op.node_def.attr["_XlaMustCompile"].b for op in graph.get_operations()
+               if op.type.endswith("PartitionedCall"))
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_xla_compiled_decoding_gives_the_same_captions(trained, beam_size):
+    run, _, inputs = trained
+    model, length = run.model, tf.constant(run.model.max_length)
+    mode_args = (length,) if beam_size == 1 else (length, beam_size, tf.constant(0.7))
+    assert _compiled_by_xla(model, "greedy" if beam_size == 1 else "beam", inputs, *mode_args)
+    compiled = model.generate(inputs, beam_size=beam_size)
+    plain = model.generate(inputs, beam_size=beam_size, jit_compile=False)
+    np.testing.assert_array_equal(compiled[0].numpy(), plain[0].numpy())
+    np.testing.assert_allclose(compiled[2].numpy(), plain[2].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(compiled[1].numpy(), plain[1].numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_sampling_is_reproducible_and_cold_sampling_is_greedy(trained):
     run, _, inputs = trained
     model = run.model

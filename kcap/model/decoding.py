@@ -148,14 +148,12 @@ def _pad_to_steps(ids, attention, t, steps):
     """TensorArrays (time, batch, ...) → batch-major, with zeros after the `t` steps run.
 
     A TensorArray of size `steps` stacks to `steps` rows whether or not the
-    loop wrote them all. Only the `t` written rows are kept, then the rest is
-    padded back, so the width is always `steps`.
+    loop wrote them all; rows from `t` on are zeroed. A mask rather than a
+    slice and a pad keeps every shape static, so XLA can compile the loop.
     """
-    ids = tf.transpose(ids.stack()[:t], (1, 0))
-    attention = tf.transpose(attention.stack()[:t], (1, 0, 2))
-    pad = steps - t
-    ids = tf.pad(ids, [[0, 0], [0, pad]])
-    attention = tf.pad(attention, [[0, 0], [0, pad], [0, 0]])
+    written = tf.range(steps) < t
+    ids = tf.where(written[None, :], tf.transpose(ids.stack(), (1, 0)), 0)
+    attention = tf.where(written[None, :, None], tf.transpose(attention.stack(), (1, 0, 2)), 0.0)
     return ids, attention
 
 
