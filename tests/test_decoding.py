@@ -330,7 +330,7 @@ def test_beam_search_of_a_batch_equals_one_image_at_a_time(trained):
         np.testing.assert_allclose(scores.numpy()[0], batch_scores.numpy()[i], rtol=1e-5)
 
 
-# -- sampling ------------------------------------------------------------------
+# -- XLA -----------------------------------------------------------------------
 
 
 def _compiled_by_xla(model, mode, inputs, *args):
@@ -351,6 +351,9 @@ def test_xla_compiled_decoding_gives_the_same_captions(trained, beam_size):
     np.testing.assert_array_equal(compiled[0].numpy(), plain[0].numpy())
     np.testing.assert_allclose(compiled[2].numpy(), plain[2].numpy(), rtol=1e-5)
     np.testing.assert_allclose(compiled[1].numpy(), plain[1].numpy(), rtol=1e-5, atol=1e-6)
+
+
+# -- sampling ------------------------------------------------------------------
 
 
 def test_sampling_is_reproducible_and_cold_sampling_is_greedy(trained):
