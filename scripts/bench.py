@@ -103,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     timing.add_argument("--latency-repeats", type=int, default=20, help="timed kcap batch-1 captions")
     timing.add_argument("--extract-images", type=int, default=256, help="JPEGs through the feature cache")
     timing.add_argument("--extract-repeats", type=int, default=3,
-                        help="rounds of (bare backbone, cache build); the medians are reported")
+                        help="rounds of (bare backbone, pipeline alone, cache build); the medians are reported")
     setup = parser.add_argument_group("setup")
     setup.add_argument("--captions", type=Path, default=None,
                        help=f"a caption file kcap reads (default: $KCAP_SHARED/{DEFAULT_CAPTIONS})")
@@ -403,8 +403,8 @@ def bench_extract(args, image_paths: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="kcap-bench-") as tmp:
         # Untimed: a first build (a full and a partial batch) traces and warms up the kernels.
         FeatureCache.for_model(model, paths[: batch_size + 1], Path(tmp) / "warmup").build(model, batch_size, progress=False)
-        # Rounds of (bare forward, fresh cache build), back to back: a slow spell of the
-        # machine hits both sides of a round, and the medians ignore one odd round.
+        # Rounds of (bare forward, pipeline alone, fresh cache build), back to back: a slow
+        # spell of the machine hits every part of a round, and the medians ignore one odd round.
         for round_ in range(args.extract_repeats):
             bare_seconds.append(bare_forward())
             pipeline_seconds.append(pipeline_alone())

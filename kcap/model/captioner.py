@@ -319,14 +319,14 @@ class Captioner(keras.Model):
         # Kept in __dict__, out of Keras/TF attribute tracking: these are
         # caches, not model state, and must not end up in saved files.
         functions = self.__dict__.setdefault("_decode_functions", {})
-        key = (mode, bool(jit_compile))
+        # XLA fuses each step's many small ops (on 2 CPU cores: batch-1 greedy
+        # latency 13 -> 8 ms), but runs a CNN backbone ~10x slower on a CPU, so
+        # only the loop is compiled by it. Sampling's stateless_categorical has
+        # no XLA kernel.
+        jit = bool(jit_compile) and mode != "sample"
+        key = (mode, jit)
         if key not in functions:
             loop = {"greedy": greedy_decode, "beam": beam_search, "sample": sample_decode}[mode]
-            # XLA fuses each step's many small ops (on 2 CPU cores: batch-1 greedy
-            # latency 13 -> 8 ms), but runs a CNN backbone ~10x slower on a CPU, so
-            # only the loop is compiled by it. Sampling's stateless_categorical has
-            # no XLA kernel.
-            jit = bool(jit_compile) and mode != "sample"
             decode_loop = tf.function(functools.partial(loop, self.decoder), jit_compile=jit)
 
             def decode(inputs, *args):
