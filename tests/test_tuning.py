@@ -133,10 +133,6 @@ def test_resuming_with_other_settings_is_refused(searched):
 
 @pytest.mark.slow
 def test_search_by_validation_bleu4_keeps_the_highest(tmp_path):
-    try:
-        import kcap.training.validation_captioning  # noqa: F401
-    except ImportError:
-        pytest.skip("kcap.training.validation_captioning is not there yet: --objective val_bleu4 is not tested")
     from tuning.search import search
 
     result = search(_tiny(tmp_path / "features"), tmp_path / "tune", max_trials=2, objective="val_bleu4",
