@@ -650,7 +650,7 @@ def test_a_tampered_run_is_refused_with_the_file_and_key(trained_run, tmp_path):
 
 
 def test_hyperparameter_files_are_validated_on_load(tmp_path):
-    search = pytest.importorskip("tuning.search")
+    from tuning import search
     config = TrainConfig(data="synthetic")
     path = tmp_path / "best.json"
     for content, message in [

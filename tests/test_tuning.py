@@ -246,10 +246,7 @@ def test_best_hyperparameters_train_a_run_that_evaluates(best_run):
 
 @pytest.mark.slow
 def test_best_run_exports(best_run, tmp_path):
-    try:
-        from kcap.export import export_run
-    except ImportError:
-        pytest.skip("kcap.export is not there yet: exporting the tuned run is not tested")
+    from kcap.export import export_run
     import tensorflow as tf
 
     run, _ = best_run
