@@ -1,4 +1,4 @@
-"""Training under tf.distribute: MirroredStrategy over two logical CPUs, two worker processes."""
+"""Training and tuning under tf.distribute: MirroredStrategy over two logical CPUs, two worker processes."""
 
 import json
 import os
@@ -28,9 +28,24 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run(tmp_path, strategy):
+TUNE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from kcap.training.config import TrainConfig
+    from tuning.search import search
+    settings, directory, strategy = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+    space = {"units": {"type": "choice", "values": [16, 32]}}
+    config = TrainConfig(data="synthetic", strategy=strategy, **settings)
+    result = search(config, directory, max_trials=2, search_space=space, verbose=0)
+    print(json.dumps(result.summary))
+""")
+
+
+def _run(tmp_path, strategy, script=SCRIPT, settings=SETTINGS):
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, json.dumps(SETTINGS), str(tmp_path / strategy), strategy],
+        [sys.executable, "-c", script, json.dumps(settings), str(tmp_path / strategy), strategy],
         capture_output=True, text=True, env=os.environ.copy(),
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -45,6 +60,20 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path):
     for a, b in zip(single, mirrored):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_tuning_mirrored_over_two_cpus_matches_one_device(tmp_path):
+    settings = {**SETTINGS, "cache_features": True, "cache_dir": str(tmp_path / "features")}
+    single = _run(tmp_path, "default", TUNE_SCRIPT, settings)
+    mirrored = _run(tmp_path, "mirrored", TUNE_SCRIPT, settings)
+    assert single["replicas"] == 1 and mirrored["replicas"] == 2
+    single, mirrored = single["trials"], mirrored["trials"]
+    assert [t["status"] for t in mirrored] == ["COMPLETED"] * 2
+    # The same trials, each scoring what it scored on one device.
+    assert [t["hyperparameters"] for t in mirrored] == [t["hyperparameters"] for t in single]
+    for a, b in zip(single, mirrored):
+        assert b["objective"] == pytest.approx(a["objective"], rel=1e-4)
 
 
 def _free_ports(n):
@@ -84,3 +113,49 @@ def test_multi_worker_training_writes_only_the_chiefs_files(tmp_path):
         assert (run_dir / name).is_file(), name
     # The other worker wrote into its own scratch folder, and removed it.
     assert not [p for p in scratch.iterdir() if p.name.startswith("kcap-worker-")]
+
+
+@pytest.mark.slow
+def test_multi_worker_tuning_writes_only_the_chiefs_files_and_resumes(tmp_path):
+    directory = tmp_path / "tune"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"units": {"type": "choice", "values": [16, 32, 48]}}))
+    flags = [
+        "--data", "synthetic", "--directory", str(directory), "--search-space", str(space), "--epochs", "1",
+        "--verbose", "0", "--strategy", "multi-worker", "--no-train-backbone", "--cache-features",
+        "--cache-dir", str(tmp_path / "features"), "--zoom", "0", "--translate", "0", "--brightness", "0",
+        "--synthetic-images", str(TINY["synthetic_images"]), "--synthetic-image-size", str(TINY["synthetic_image_size"]),
+        "--batch-size", str(TINY["batch_size"]), "--embedding-dim", str(TINY["embedding_dim"]),
+    ]
+
+    def tune(max_trials):
+        ports = _free_ports(2)
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+        workers = []
+        for index in range(2):
+            env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+                   "TMPDIR": str(scratch)}
+            workers.append(subprocess.Popen(kcap_command("tune", *flags, "--max-trials", str(max_trials)), env=env,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        outputs = [w.communicate(timeout=600) for w in workers]
+        for worker, (_, err) in zip(workers, outputs):
+            assert worker.returncode == 0, err[-3000:]
+        # Both workers ran the same search and found the same best trial.
+        best = [[line for line in out.splitlines() if line.startswith("Best hyperparameters")] for out, _ in outputs]
+        assert best[0] == best[1] and len(best[0]) == 1
+        summary = json.loads((directory / "summary.json").read_text())
+        assert summary["replicas"] == 2  # one per worker: the trials trained across both
+        return summary["trials"]
+
+    first = tune(2)
+    assert [t["status"] for t in first] == ["COMPLETED"] * 2
+    assert (directory / "best_hyperparameters.json").is_file() and (directory / "tuning.json").is_file()
+    # The other worker searched in its own scratch copy, and removed it.
+    assert not list(scratch.iterdir())
+    # Resumed with one more trial: both workers reload the chief's search and run only the new trial.
+    resumed = tune(3)
+    assert resumed[:2] == first
+    assert [t["status"] for t in resumed] == ["COMPLETED"] * 3
+    assert not list(scratch.iterdir())

@@ -39,7 +39,8 @@ from kcap.data.pipeline import evaluation_dataset, image_dataset, steps_per_epoc
 from kcap.model.captioner import Captioner
 from kcap.text.vocabulary import Vocabulary
 from kcap.training.config import TrainConfig
-from kcap.training.trainer import build_captioner, build_feature_cache, prepare_data
+from kcap.training.trainer import build_captioner, build_feature_cache, prepare_data, wait_for_feature_cache
+from kcap.training.validation_captioning import ValidationCaptioning
 from kcap.utils.files import read_json
 
 DEFAULT_SEARCH_SPACE = Path(__file__).with_name("search_space.json")
@@ -233,11 +234,13 @@ class TuningData:
     feature_cache: FeatureCache | None
 
 
-def prepare_tuning_data(config: TrainConfig, progress: bool = True) -> TuningData:
+def prepare_tuning_data(config: TrainConfig, progress: bool = True, build_cache: bool = True) -> TuningData:
     """Loads the data and builds the vocabulary once; with `cache_features`, builds the cache too.
 
     The cache is built (or reused) here, before the search, with the base
     configuration's backbone; trials then read features and never run it.
+    With `build_cache=False` (a worker other than the chief) it waits for the
+    cache another process builds instead.
 
     Example:
 
@@ -250,7 +253,10 @@ def prepare_tuning_data(config: TrainConfig, progress: bool = True) -> TuningDat
     cache = None
     if config.cache_features:
         model = build_captioner(config, vocabulary, normalization)
-        cache, _ = build_feature_cache(config, model, dataset, progress=progress)
+        if build_cache:
+            cache, _ = build_feature_cache(config, model, dataset, progress=progress)
+        else:
+            cache, _ = wait_for_feature_cache(config, model, dataset)
         del model
         keras.backend.clear_session()
     return TuningData(dataset, vocabulary, normalization, cache)
@@ -354,13 +360,6 @@ class CaptionerHyperModel(keras_tuner.HyperModel):
         )
 
     def _validation_captioning(self, config: TrainConfig, val_images) -> keras.callbacks.Callback:
-        try:
-            from kcap.training.validation_captioning import ValidationCaptioning
-        except ImportError as error:
-            raise RuntimeError(
-                f"--objective val_bleu4 needs kcap.training.validation_captioning ({error}); "
-                "use --objective val_loss."
-            ) from None
         paths = [str(i.path) for i in val_images]
         references = [list(i.captions) for i in val_images]
         if self.data.feature_cache is None:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,11 @@ from typing import Any
 import keras
 import keras_tuner
 from keras_tuner.src.engine import tuner_utils
+from keras_tuner.src.engine.tuner import maybe_distribute
 
 import kcap
 from kcap.training.config import TrainConfig
+from kcap.training.distribute import barrier, is_chief, make_strategy
 from kcap.utils.files import atomic_write_json, atomic_write_text, read_json
 from tuning.hypermodel import (
     DEFAULT_SEARCH_SPACE,
@@ -175,7 +179,8 @@ class KcapHyperband(KcapTuner, keras_tuner.Hyperband):
         # constructor already, and building it twice fails. Only the loading is kept.
         model = keras_tuner.Tuner._build_hypermodel(self, hp)
         if "tuner/trial_id" in hp.values:
-            model.load_weights(self._get_checkpoint_fname(hp.values["tuner/trial_id"]))
+            with maybe_distribute(self.distribution_strategy):
+                model.load_weights(self._get_checkpoint_fname(hp.values["tuner/trial_id"]))
         return model
 
 
@@ -187,12 +192,14 @@ def make_tuner(
     max_trials: int = 10,
     max_epochs: int = 10,
     seed: int = 0,
+    distribution_strategy=None,
 ) -> KcapTuner:
     """A `KcapTuner` of `kind` (`random`, `hyperband`, `bayesian`) over `hypermodel`.
 
     It reloads the search in `directory` when there is one. For `hyperband`,
     `max_epochs` is the most epochs a trial trains and `max_trials` caps the
-    number of trials.
+    number of trials. Trials build their model in `distribution_strategy`'s
+    scope (a `tf.distribute.Strategy`; `None`: the default one).
 
     Example:
 
@@ -211,19 +218,19 @@ def make_tuner(
     oracles = keras_tuner.oracles
     if kind == "random":
         oracle = _oracle_class(oracles.RandomSearchOracle)(objective=goal, max_trials=max_trials, seed=seed)
-        return KcapTuner(oracle, hypermodel, directory)
+        return KcapTuner(oracle, hypermodel, directory, distribution_strategy=distribution_strategy)
     if kind == "bayesian":
         try:
             import sklearn  # noqa: F401  keras-tuner's Bayesian oracle needs it
         except ImportError:
             raise RuntimeError("--tuner bayesian needs scikit-learn: pip install scikit-learn") from None
         oracle = _oracle_class(oracles.BayesianOptimizationOracle)(objective=goal, max_trials=max_trials, seed=seed)
-        return KcapTuner(oracle, hypermodel, directory)
+        return KcapTuner(oracle, hypermodel, directory, distribution_strategy=distribution_strategy)
     if max_epochs < 2:
         raise ValueError("--tuner hyperband needs --epochs of at least 2 (it trains trials for a part of them).")
     oracle = _oracle_class(oracles.HyperbandOracle)(objective=goal, max_epochs=max_epochs, factor=3, seed=seed)
     oracle.max_trials = max_trials  # HyperbandOracle takes no max_trials, but Oracle.create_trial honours it
-    return KcapHyperband(oracle, hypermodel, directory)
+    return KcapHyperband(oracle, hypermodel, directory, distribution_strategy=distribution_strategy)
 
 
 # -- results --------------------------------------------------------------------
@@ -271,9 +278,12 @@ def write_summary(tuner: keras_tuner.Tuner, search_dir: SearchDir) -> dict:
     """Writes `summary.json` (and `best_hyperparameters.json` once a trial completed); returns the summary."""
     objective = tuner.oracle.objective
     best = best_trial(tuner)
+    strategy = getattr(tuner, "distribution_strategy", None)
     summary = {
         "kcap_version": kcap.__version__,
         "objective": {"name": objective.name, "direction": objective.direction},
+        # What each trial trained on: its scores are those of the global batch over these replicas.
+        "replicas": 1 if strategy is None else int(strategy.num_replicas_in_sync),
         "trials": trial_rows(tuner),
         "best": None if best is None else {
             "trial_id": best.trial_id, "objective": float(best.score), "hyperparameters": hyperparameter_values(best),
@@ -368,6 +378,13 @@ def search(
     Re-running it on the same `directory` continues the search. Writes the
     files listed in the module docstring and returns them as a `SearchResult`.
 
+    Trials train under `config.strategy`, as `kcap train` does (`batch_size` is
+    the global batch). Under `multi-worker` every worker runs this same search:
+    with the same seed the workers draw the same trials and train each one
+    together. Only the chief writes `directory`; the others work in a temporary
+    copy of it (so a resumed search resumes everywhere), removed at the end. As
+    for the feature cache, `directory` must be on a file system all workers see.
+
     Example:
 
     ```python
@@ -378,6 +395,7 @@ def search(
     ```
     """
     config = config.resolved()
+    strategy = make_strategy(config.strategy)  # before any other TF op (multi-worker needs that)
     space = validate_search_space(search_space) if isinstance(search_space, dict) else load_search_space(search_space)
     search_dir = SearchDir(directory)
     settings = {
@@ -393,14 +411,32 @@ def search(
     if objective not in OBJECTIVES:
         raise ValueError(f"--objective must be one of {list(OBJECTIVES)}, got {objective!r}.")
     _check_settings(search_dir, settings)
-    search_dir.path.mkdir(parents=True, exist_ok=True)
+    if is_chief(strategy):
+        barrier(strategy)  # the others have copied the directory: it may change now
+        result = _search(config, search_dir, strategy, settings, space, tuner, max_trials, objective, verbose)
+        barrier(strategy)  # summary and best hyperparameters written: the others may read them
+        return result
+    scratch = Path(tempfile.mkdtemp(prefix="kcap-tune-worker-"))
+    try:
+        if search_dir.path.is_dir():
+            shutil.copytree(search_dir.path, scratch, dirs_exist_ok=True)
+        barrier(strategy)
+        result = _search(config, SearchDir(scratch), strategy, settings, space, tuner, max_trials, objective, verbose)
+        barrier(strategy)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    # The same search as the chief's, whose files are the ones that stay.
+    return dataclasses.replace(result, search_dir=search_dir)
 
-    data = prepare_tuning_data(config, progress=verbose not in (0, "0"))
+
+def _search(config, search_dir: SearchDir, strategy, settings, space, tuner, max_trials, objective, verbose):
+    """The search itself, writing into `search_dir`."""
+    search_dir.path.mkdir(parents=True, exist_ok=True)
+    data = prepare_tuning_data(config, progress=verbose not in (0, "0"), build_cache=is_chief(strategy))
     hypermodel = CaptionerHyperModel(config, data, space, objective=objective)
-    if objective == "val_bleu4":
-        hypermodel._validation_captioning(config, data.dataset.subset("val")[:1])  # fail now, not in trial 0
     atomic_write_json(search_dir.settings, settings)
-    kt = make_tuner(tuner, hypermodel, search_dir.path, objective, max_trials, config.epochs, config.seed)
+    kt = make_tuner(tuner, hypermodel, search_dir.path, objective, max_trials, config.epochs, config.seed,
+                    distribution_strategy=strategy)
     _write_hparams_config(kt, search_dir, objective)
     kt.search(
         epochs=config.epochs,

@@ -57,3 +57,16 @@ def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
     if task_type in (None, "chief"):
         return True
     return task_type == "worker" and task_id == 0 and "chief" not in cluster
+
+
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Returns once every worker of a `MultiWorkerMirroredStrategy` has called it; else at once.
+
+    For files one worker writes and the others read afterwards (on a shared file
+    system): the writer calls it after writing, the readers before reading.
+    """
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # A sum over every replica is a collective: no worker gets past it alone.
+        # (In a tf.function: run eagerly, the strategy warns of its overhead.)
+        ones = tf.function(lambda: strategy.run(lambda: tf.constant(1.0)))()
+        strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None)

@@ -210,7 +210,10 @@ def _validation_captioning(config, run, vocabulary, val_images, feature_cache):
     )
 
 
-def _wait_for_feature_cache(config, model, dataset, timeout_s: float = 3600.0):
+def wait_for_feature_cache(
+    config: TrainConfig, model: Captioner, dataset: CaptionDataset, timeout_s: float = 3600.0
+) -> tuple[FeatureCache, dict]:
+    """The feature cache another process (the chief) is building, once it is complete."""
     cache = FeatureCache.for_model(model, cached_images(dataset), config.cache_dir)
     deadline = time.monotonic() + timeout_s
     while not cache.is_complete():
@@ -273,7 +276,7 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
         if run.path == source.path:
             feature_cache, cache_stats = build_feature_cache(config, model, dataset)
         else:  # another worker: the chief builds the cache, on the shared file system
-            feature_cache, cache_stats = _wait_for_feature_cache(config, model, dataset)
+            feature_cache, cache_stats = wait_for_feature_cache(config, model, dataset)
 
     # The manifest and config are written before any checkpoint, so every
     # checkpoint has its settings and data beside it.
