@@ -39,7 +39,9 @@ set's captions when that is absent), tokenised by kcap's `Vocabulary`:
   `--extract-repeats` rounds of the two back to back, medians reported. Also
   the input pipeline alone (read, decode, resize, batch; no backbone), and
   from it the ratio that sharing the same CPU cores allows at best:
-  `extract_ratio_if_sharing_cores` = backbone s / (backbone s + pipeline s).
+  `extract_ratio_if_sharing_cores` = backbone s / (backbone s + pipeline s);
+  and the build less its disk writes (the same pipeline and feature
+  extractor, features dropped): `extract_unwritten_images_per_s`.
 - peak RSS of the process after kcap's part (before the baseline runs).
 
 Example (the real measurement, on a quiet machine):
@@ -103,7 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     timing.add_argument("--latency-repeats", type=int, default=20, help="timed kcap batch-1 captions")
     timing.add_argument("--extract-images", type=int, default=256, help="JPEGs through the feature cache")
     timing.add_argument("--extract-repeats", type=int, default=3,
-                        help="rounds of (bare backbone, pipeline alone, cache build); the medians are reported")
+                        help="rounds of (bare backbone, pipeline alone, build unwritten, cache build); "
+                             "the medians are reported")
     setup = parser.add_argument_group("setup")
     setup.add_argument("--captions", type=Path, default=None,
                        help=f"a caption file kcap reads (default: $KCAP_SHARED/{DEFAULT_CAPTIONS})")
@@ -399,15 +402,26 @@ def bench_extract(args, image_paths: list[str]) -> dict:
             pass
         return time.perf_counter() - start
 
-    build_seconds, bare_seconds, pipeline_seconds = [], [], []
+    extractor = model.feature_extractor()
+
+    def unwritten() -> float:
+        # The build less its cache file: what writing the features costs is the difference.
+        start = time.perf_counter()
+        for batch in image_dataset(paths, (size, size), batch_size):
+            extractor(batch["images"]).numpy()
+        return time.perf_counter() - start
+
+    build_seconds, bare_seconds, pipeline_seconds, unwritten_seconds = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="kcap-bench-") as tmp:
         # Untimed: a first build (a full and a partial batch) traces and warms up the kernels.
         FeatureCache.for_model(model, paths[: batch_size + 1], Path(tmp) / "warmup").build(model, batch_size, progress=False)
-        # Rounds of (bare forward, pipeline alone, fresh cache build), back to back: a slow
-        # spell of the machine hits every part of a round, and the medians ignore one odd round.
+        # Rounds of (bare forward, pipeline alone, build unwritten, fresh cache build), back to
+        # back: a slow spell of the machine hits every part of a round, and the medians ignore
+        # one odd round.
         for round_ in range(args.extract_repeats):
             bare_seconds.append(bare_forward())
             pipeline_seconds.append(pipeline_alone())
+            unwritten_seconds.append(unwritten())
             cache = FeatureCache.for_model(model, paths, Path(tmp) / f"timed-{round_}")
             start = time.perf_counter()
             stats = cache.build(model, batch_size, progress=False)
@@ -427,6 +441,7 @@ def bench_extract(args, image_paths: list[str]) -> dict:
         # machine), each image costs both: the best extract ratio possible is then
         # backbone / (backbone + pipeline) in seconds. With an accelerator it is 1.
         "extract_ratio_if_sharing_cores": bare / (bare + pipeline),
+        "extract_unwritten_images_per_s": len(paths) / statistics.median(unwritten_seconds),
         "extract_round_ratios": [b / e for b, e in zip(bare_seconds, build_seconds)],
         "extract_images": len(paths),
         "extract_backbone": name,

@@ -71,6 +71,7 @@ def test_bench_reports_kcap_and_the_baseline(tmp_path):
     pipeline_s = kcap["extract_images"] / kcap["pipeline_images_per_s"]
     assert kcap["extract_ratio_if_sharing_cores"] == pytest.approx(
         kcap["backbone_seconds"] / (kcap["backbone_seconds"] + pipeline_s), rel=1e-2)
+    assert_positive(kcap, ["extract_unwritten_images_per_s"])
     assert kcap["jit_compile"] is False and kcap["greedy_jit_compile"] is False
     # Captions cut to --pad-length: kcap's trimmed batches are never longer.
     assert 3 <= kcap["train_mean_batch_length"] <= 4 and baseline["train_batch_length"] == 4
