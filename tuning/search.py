@@ -27,6 +27,7 @@ from typing import Any
 
 import keras
 import keras_tuner
+import tensorflow as tf
 from keras_tuner.src.engine import tuner_utils
 from keras_tuner.src.engine.tuner import maybe_distribute
 
@@ -192,7 +193,7 @@ def make_tuner(
     max_trials: int = 10,
     max_epochs: int = 10,
     seed: int = 0,
-    distribution_strategy=None,
+    distribution_strategy: tf.distribute.Strategy | None = None,
 ) -> KcapTuner:
     """A `KcapTuner` of `kind` (`random`, `hyperband`, `bayesian`) over `hypermodel`.
 
@@ -382,8 +383,9 @@ def search(
     the global batch). Under `multi-worker` every worker runs this same search:
     with the same seed the workers draw the same trials and train each one
     together. Only the chief writes `directory`; the others work in a temporary
-    copy of it (so a resumed search resumes everywhere), removed at the end. As
-    for the feature cache, `directory` must be on a file system all workers see.
+    copy of it (so a resumed search resumes everywhere), removed at the end
+    (their result's `tuner` has no files left). As for the feature cache,
+    `directory` must be on a file system all workers see.
 
     Example:
 
@@ -411,25 +413,25 @@ def search(
     if objective not in OBJECTIVES:
         raise ValueError(f"--objective must be one of {list(OBJECTIVES)}, got {objective!r}.")
     _check_settings(search_dir, settings)
-    if is_chief(strategy):
-        barrier(strategy)  # the others have copied the directory: it may change now
-        result = _search(config, search_dir, strategy, settings, space, tuner, max_trials, objective, verbose)
-        barrier(strategy)  # summary and best hyperparameters written: the others may read them
-        return result
-    scratch = Path(tempfile.mkdtemp(prefix="kcap-tune-worker-"))
+    chief = is_chief(strategy)
+    write_dir = search_dir if chief else SearchDir(tempfile.mkdtemp(prefix="kcap-tune-worker-"))
     try:
-        if search_dir.path.is_dir():
-            shutil.copytree(search_dir.path, scratch, dirs_exist_ok=True)
-        barrier(strategy)
-        result = _search(config, SearchDir(scratch), strategy, settings, space, tuner, max_trials, objective, verbose)
-        barrier(strategy)
+        if not chief and search_dir.path.is_dir():
+            shutil.copytree(search_dir.path, write_dir.path, dirs_exist_ok=True)
+        barrier(strategy)  # every copy made before the chief changes anything
+        result = _search(config, write_dir, strategy, settings, space, tuner, max_trials, objective, verbose)
+        barrier(strategy)  # the chief's summary written before the others read it (--retrain-best)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    # The same search as the chief's, whose files are the ones that stay.
+        if not chief:
+            shutil.rmtree(write_dir.path, ignore_errors=True)
+    # On the other workers: the same search as the chief's, whose files are the ones that stay.
     return dataclasses.replace(result, search_dir=search_dir)
 
 
-def _search(config, search_dir: SearchDir, strategy, settings, space, tuner, max_trials, objective, verbose):
+def _search(
+    config: TrainConfig, search_dir: SearchDir, strategy: tf.distribute.Strategy, settings: dict, space: dict,
+    tuner: str, max_trials: int, objective: str, verbose: int | str,
+) -> SearchResult:
     """The search itself, writing into `search_dir`."""
     search_dir.path.mkdir(parents=True, exist_ok=True)
     data = prepare_tuning_data(config, progress=verbose not in (0, "0"), build_cache=is_chief(strategy))
@@ -454,7 +456,6 @@ def _search(config, search_dir: SearchDir, strategy, settings, space, tuner, max
 
 def _write_hparams_config(tuner: keras_tuner.Tuner, search_dir: SearchDir, objective: str) -> None:
     """The HParams dashboard's experiment: the searched ranges and the metrics to show per trial."""
-    import tensorflow as tf
     from tensorboard.plugins.hparams import api as hparams_api
 
     hparams = tuner_utils.convert_hyperparams_to_hparams(tuner.oracle.get_space(), hparams_api)
