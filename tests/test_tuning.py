@@ -145,6 +145,23 @@ def test_search_by_validation_bleu4_keeps_the_highest(tmp_path):
 
 
 @pytest.mark.slow
+def test_early_stopping_stops_each_trial_once_its_objective_stalls(tmp_path):
+    from tuning.search import search
+
+    # A learning rate high enough that validation loss stalls within five epochs.
+    config = _tiny(tmp_path / "features", epochs=5, learning_rate=0.1, early_stopping=1)
+    trials = search(config, tmp_path / "tune", max_trials=2, search_space={"units": SPACE["units"]},
+                    verbose=0).summary["trials"]
+    assert [t["status"] for t in trials] == ["COMPLETED"] * 2
+    for trial in trials:
+        if trial["epochs"] < 5:  # stopped: one epoch (the patience) after its best
+            assert trial["best_epoch"] == trial["epochs"] - 1
+        else:
+            assert trial["best_epoch"] >= 4
+    assert any(t["epochs"] < 5 for t in trials)
+
+
+@pytest.mark.slow
 def test_hyperband_continues_a_trial_from_its_earlier_round(tmp_path):
     from tuning.search import search
 

@@ -374,7 +374,8 @@ def search(
     search_space: str | Path | dict = DEFAULT_SEARCH_SPACE,
     verbose: int | str = "auto",
 ) -> SearchResult:
-    """Searches `search_space` around `config` (each trial trains `config.epochs` epochs).
+    """Searches `search_space` around `config` (each trial trains `config.epochs` epochs,
+    fewer with `config.early_stopping` once its objective stalls for that many).
 
     Re-running it on the same `directory` continues the search. Writes the
     files listed in the module docstring and returns them as a `SearchResult`.
@@ -440,11 +441,13 @@ def _search(
     kt = make_tuner(tuner, hypermodel, search_dir.path, objective, max_trials, config.epochs, config.seed,
                     distribution_strategy=strategy)
     _write_hparams_config(kt, search_dir, objective)
-    kt.search(
-        epochs=config.epochs,
-        callbacks=[keras.callbacks.TensorBoard(log_dir=str(search_dir.logs))],
-        verbose=verbose,
-    )
+    callbacks = [keras.callbacks.TensorBoard(log_dir=str(search_dir.logs))]
+    if config.early_stopping:
+        # Per trial (keras-tuner copies the callbacks for each): stop once the objective stalls.
+        callbacks.append(keras.callbacks.EarlyStopping(
+            objective, mode=OBJECTIVES[objective], patience=config.early_stopping
+        ))
+    kt.search(epochs=config.epochs, callbacks=callbacks, verbose=verbose)
     summary = write_summary(kt, search_dir)
     failed = [r for r in summary["trials"] if r["status"] in ("FAILED", "INVALID")]
     if failed and summary["best"] is None:
