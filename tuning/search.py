@@ -19,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ from keras_tuner.src.engine.tuner import maybe_distribute
 
 import kcap
 from kcap.training.config import TrainConfig
-from kcap.training.distribute import barrier, is_chief, make_strategy
+from kcap.training.distribute import barrier, is_chief, make_strategy, writable_directory
 from kcap.utils.files import atomic_write_json, atomic_write_text, read_json
 from tuning.hypermodel import (
     DEFAULT_SEARCH_SPACE,
@@ -414,17 +412,13 @@ def search(
     if objective not in OBJECTIVES:
         raise ValueError(f"--objective must be one of {list(OBJECTIVES)}, got {objective!r}.")
     _check_settings(search_dir, settings)
-    chief = is_chief(strategy)
-    write_dir = search_dir if chief else SearchDir(tempfile.mkdtemp(prefix="kcap-tune-worker-"))
-    try:
-        if not chief and search_dir.path.is_dir():
-            shutil.copytree(search_dir.path, write_dir.path, dirs_exist_ok=True)
+    # The others copy the search, so that they resume it as the chief does.
+    with writable_directory(search_dir.path, strategy, copy_existing=True) as write_path:
         barrier(strategy)  # every copy made before the chief changes anything
-        result = _search(config, write_dir, strategy, settings, space, tuner, max_trials, objective, verbose)
+        result = _search(
+            config, SearchDir(write_path), strategy, settings, space, tuner, max_trials, objective, verbose
+        )
         barrier(strategy)  # the chief's summary written before the others read it (--retrain-best)
-    finally:
-        if not chief:
-            shutil.rmtree(write_dir.path, ignore_errors=True)
     # On the other workers: the same search as the chief's, whose files are the ones that stay.
     return dataclasses.replace(result, search_dir=search_dir)
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import tensorflow as tf
 
@@ -57,6 +62,28 @@ def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
     if task_type in (None, "chief"):
         return True
     return task_type == "worker" and task_id == 0 and "chief" not in cluster
+
+
+@contextlib.contextmanager
+def writable_directory(
+    path: str | Path, strategy: tf.distribute.Strategy, copy_existing: bool = False
+) -> Iterator[Path]:
+    """Where this process writes the files of `path`: `path` itself on the chief.
+
+    Another worker gets a temporary folder instead (holding a copy of `path`'s
+    files with `copy_existing`), removed when the block ends. The other workers
+    must still write somewhere: saving takes part in collectives.
+    """
+    if is_chief(strategy):
+        yield Path(path)
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="kcap-worker-"))
+    try:
+        if copy_existing and Path(path).is_dir():
+            shutil.copytree(path, scratch, dirs_exist_ok=True)
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def barrier(strategy: tf.distribute.Strategy) -> None:

@@ -7,8 +7,6 @@ import dataclasses
 import json
 import logging
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +32,7 @@ from kcap.training.callbacks import (
     VocabularyExport,
 )
 from kcap.training.config import TrainConfig
-from kcap.training.distribute import is_chief, make_strategy
+from kcap.training.distribute import make_strategy, writable_directory
 from kcap.training.run_dir import RunDir, ensure_dirs
 from kcap.training.validation_captioning import ValidationCaptioning, subset
 from kcap.utils.files import atomic_path, atomic_write_json
@@ -228,17 +226,12 @@ def train(config: TrainConfig, run_dir: str | Path, verbose: int | str = "auto")
 
     Under `--strategy multi-worker` every worker runs this; only the chief
     writes into `run_dir`, the others write into a temporary folder that is
-    removed at the end (they must still save: saving takes part in collectives).
+    removed at the end (`kcap.training.distribute.writable_directory`).
     """
     config = config.resolved()
     strategy = make_strategy(config.strategy)  # before any other TF op (multi-worker needs that)
-    if is_chief(strategy):
-        return _train(config, RunDir(Path(run_dir)), RunDir(Path(run_dir)), strategy, verbose)
-    scratch = Path(tempfile.mkdtemp(prefix="kcap-worker-"))
-    try:
-        return _train(config, RunDir(Path(run_dir)), RunDir(scratch), strategy, verbose)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    with writable_directory(run_dir, strategy) as write_dir:
+        return _train(config, RunDir(Path(run_dir)), RunDir(write_dir), strategy, verbose)
 
 
 def _remove_partial_files(run: RunDir) -> None:
