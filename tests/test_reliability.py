@@ -507,6 +507,21 @@ def test_read_only_and_full_disks_are_reported_before_training(tmp_path):
         assert not (small / "run" / "config.json").exists()
 
 
+def test_a_feature_cache_too_big_for_its_disk_is_reported_before_the_backbone_runs(tmp_path):
+    # 80 synthetic images of 4x4x128 float16 features: 320 KiB, on a 256 KiB disk. Written
+    # through a memory map, such a cache died of SIGBUS at the first page past the end.
+    flags = [flag for flag in SYNTHETIC_FLAGS if flag not in ("--verbose", "2")]
+    with _tmpfs(tmp_path / "small", "size=256k") as small:
+        result = _run("features", "--cache-dir", str(small), *flags)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert f"kcap features: error: [Errno 28] The feature cache {small}/" in result.stderr
+        assert "needs 0.3 MiB more for its 80 images left, but the disk has only 0.2 MiB free" in result.stderr
+        assert not list(small.glob("*/progress.json"))
+        # With room, the same build goes through.
+        result = _run("features", "--cache-dir", str(tmp_path / "roomy"), *flags)
+        assert result.returncode == 0 and '"computed": 80' in result.stdout, result.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_disk_filling_up_mid_run_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path):
     with _tmpfs(tmp_path / "disk", "size=64m") as disk:

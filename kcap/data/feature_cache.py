@@ -18,9 +18,11 @@ than memory.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,31 +131,49 @@ class FeatureCache:
             return {"computed": 0, "seconds": 0.0, "images_per_s": None, "reused": True}
         self.directory.mkdir(parents=True, exist_ok=True)
         shape = (total, *self.feature_shape)
-        if done == 0 or not self.array_path.is_file():
+        if done == 0:  # (num_done is 0 when the array file is missing too)
             atomic_write_json(self.meta_path, {**self._key, "shape": list(shape), "dtype": "float16"})
-            array = np.lib.format.open_memmap(self.array_path, mode="w+", dtype=np.float16, shape=shape)
-            done = 0
-        else:
-            array = np.load(self.array_path, mmap_mode="r+")
+            # Writes the .npy header and sizes the file; the rows are written below.
+            np.lib.format.open_memmap(self.array_path, mode="w+", dtype=np.float16, shape=shape)
+        data_offset = np.load(self.array_path, mmap_mode="r").offset
+        row_bytes = int(np.prod(self.feature_shape)) * np.dtype(np.float16).itemsize
+        # The array file is sparse until written: a disk too small would fail only
+        # after minutes of backbone work.
+        needed, free = (total - done) * row_bytes, shutil.disk_usage(self.directory).free
+        if needed > free:
+            raise OSError(
+                errno.ENOSPC,
+                f"The feature cache {self.directory} needs {needed / 2**20:,.1f} MiB more for its "
+                f"{total - done} images left, but the disk has only {free / 2**20:,.1f} MiB free. "
+                "Free some space or give another --cache-dir, then rerun the same command.",
+            )
         first = done
         extract = model.feature_extractor()
         start = time.perf_counter()
         last_save = start
         batches = image_dataset(self.image_paths[done:], model.image_size, batch_size)
-        with tqdm(total=total, initial=done, unit="img", desc="caching features", disable=not progress) as bar:
+        # Plain writes, not a writable memory map: a full disk is then an OSError,
+        # not a SIGBUS that kills the process at a mapped page with no room behind
+        # it; and on ext4 write() takes a fifth of the CPU of first stores to
+        # mapped pages (each one a page fault with a journal handle).
+        with (
+            open(self.array_path, "r+b") as file,
+            tqdm(total=total, initial=done, unit="img", desc="caching features", disable=not progress) as bar,
+        ):
+            file.seek(data_offset + done * row_bytes)
             for batch in batches:
-                features = extract(batch["images"]).numpy()
-                array[done: done + len(features)] = features
+                features = np.ascontiguousarray(extract(batch["images"]), dtype=np.float16)
+                file.write(features)
                 done += len(features)
                 bar.update(len(features))
                 now = time.perf_counter()
                 if now - last_save > self.save_every_s or done == total:
                     # Features first, then the count: a build killed in between redoes
                     # at most the last few seconds' images.
-                    array.flush()
+                    file.flush()
+                    os.fsync(file.fileno())
                     atomic_write_json(self.progress_path, {"done": done})
                     last_save = now
-        del array
         seconds = time.perf_counter() - start
         computed = total - first
         return {"computed": computed, "seconds": seconds, "images_per_s": computed / seconds if seconds else None, "reused": False}
