@@ -129,6 +129,9 @@ class FeatureCache:
         done = self.num_done
         if done == total:
             return {"computed": 0, "seconds": 0.0, "images_per_s": None, "reused": True}
+        start = time.perf_counter()
+        # Made first so that the first images decode while the files are set up.
+        batches = iter(image_dataset(self.image_paths[done:], model.image_size, batch_size))
         self.directory.mkdir(parents=True, exist_ok=True)
         shape = (total, *self.feature_shape)
         if done == 0:  # (num_done is 0 when the array file is missing too)
@@ -149,9 +152,7 @@ class FeatureCache:
             )
         first = done
         extract = model.feature_extractor()
-        start = time.perf_counter()
         last_save = start
-        batches = image_dataset(self.image_paths[done:], model.image_size, batch_size)
         # Plain writes, not a writable memory map: a full disk is then an OSError,
         # not a SIGBUS that kills the process at a mapped page with no room behind
         # it; and on ext4 write() takes a fifth of the CPU of first stores to

@@ -118,6 +118,9 @@ def image_dataset(paths: Sequence[str], image_size: Sequence[int], batch_size: i
     # takes on 2 CPU cores.
     options = tf.data.Options()
     options.autotune.enabled = False
+    # Decoding starts when the iterator is made, not at the first `next`: a caller
+    # can set up its output files meanwhile.
+    options.experimental_warm_start = True
     return (
         ds.map(lambda path: {"images": load_image(path, image_size)}, num_parallel_calls=AUTOTUNE)
         .batch(batch_size)
