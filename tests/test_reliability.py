@@ -510,7 +510,7 @@ def test_read_only_and_full_disks_are_reported_before_training(tmp_path):
 def test_a_feature_cache_too_big_for_its_disk_is_reported_before_the_backbone_runs(tmp_path):
     # 80 synthetic images of 4x4x128 float16 features: 320 KiB, on a 256 KiB disk. Written
     # through a memory map, such a cache died of SIGBUS at the first page past the end.
-    flags = [flag for flag in SYNTHETIC_FLAGS if flag not in ("--verbose", "2")]
+    flags = ["--data", "synthetic", "--synthetic-images", "80", "--synthetic-image-size", str(TINY["synthetic_image_size"])]
     with _tmpfs(tmp_path / "small", "size=256k") as small:
         result = _run("features", "--cache-dir", str(small), *flags)
         assert result.returncode == 2, result.stderr[-3000:]
