@@ -199,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", type=int, default=None, help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("features", help="build the feature cache ahead of training (same flags as train)")
+    p = sub.add_parser("features", help="build the feature cache ahead of training (train's flags but --run-dir, --verbose)")
     _add_train_arguments(p)
+    p.add_argument("--hparams", default=None, help="JSON file of settings that override the flags, as for train")
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("preview-augmentation", help="save original, normalised and augmented versions of an image")

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import TINY
+from kcap.cli import main
 from kcap.data.feature_cache import FeatureCache
 from kcap.model.captioner import Captioner
 from kcap.training.config import TrainConfig
@@ -107,3 +108,20 @@ def test_augmentation_with_cached_features_is_a_clear_error(cached_config):
         dataclasses.replace(cached_config, zoom=0.1).resolved()
     with pytest.raises(ValueError, match="frozen backbone"):
         dataclasses.replace(cached_config, train_backbone=True).resolved()
+
+
+def test_features_with_hparams_builds_the_cache_that_train_with_them_reuses(tmp_path, capsys):
+    # A search's best_hyperparameters.json can change what the backbone sees (here its input size).
+    hparams = tmp_path / "best_hyperparameters.json"
+    hparams.write_text(json.dumps({"image_size": 48}))
+    flags = ["--data", "synthetic", "--synthetic-images", str(TINY["synthetic_images"]),
+             "--synthetic-image-size", str(TINY["synthetic_image_size"]), "--batch-size", str(TINY["batch_size"]),
+             "--cache-dir", str(tmp_path / "features"), "--hparams", str(hparams)]
+    assert main(["features", *flags]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["computed"] == TINY["synthetic_images"]
+    assert main(["train", "--run-dir", str(tmp_path / "run"), "--epochs", "1", "--cache-features",
+                 "--embedding-dim", "16", "--units", "32", "--verbose", "0", *flags]) == 0
+    used = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert used["settings"]["image_size"] == 48
+    assert used["feature_cache"]["reused"] and used["feature_cache"]["path"] == built["cache"]
