@@ -129,16 +129,7 @@ class FeatureCache:
         done = self.num_done
         if done == total:
             return {"computed": 0, "seconds": 0.0, "images_per_s": None, "reused": True}
-        start = time.perf_counter()
-        # Made first so that the first images decode while the files are set up.
-        batches = iter(image_dataset(self.image_paths[done:], model.image_size, batch_size))
         self.directory.mkdir(parents=True, exist_ok=True)
-        shape = (total, *self.feature_shape)
-        if done == 0:  # (num_done is 0 when the array file is missing too)
-            atomic_write_json(self.meta_path, {**self._key, "shape": list(shape), "dtype": "float16"})
-            # Writes the .npy header and sizes the file; the rows are written below.
-            np.lib.format.open_memmap(self.array_path, mode="w+", dtype=np.float16, shape=shape)
-        data_offset = np.load(self.array_path, mmap_mode="r").offset
         row_bytes = int(np.prod(self.feature_shape)) * np.dtype(np.float16).itemsize
         # The array file is sparse until written: a disk too small would fail only
         # after minutes of backbone work.
@@ -150,6 +141,15 @@ class FeatureCache:
                 f"{total - done} images left, but the disk has only {free / 2**20:,.1f} MiB free. "
                 "Free some space or give another --cache-dir, then rerun the same command.",
             )
+        start = time.perf_counter()
+        # Made before the files so that the first images decode while they are set up.
+        batches = iter(image_dataset(self.image_paths[done:], model.image_size, batch_size))
+        if done == 0:  # (num_done is 0 when the array file is missing too)
+            shape = (total, *self.feature_shape)
+            atomic_write_json(self.meta_path, {**self._key, "shape": list(shape), "dtype": "float16"})
+            # Writes the .npy header and sizes the file; the rows are written below.
+            np.lib.format.open_memmap(self.array_path, mode="w+", dtype=np.float16, shape=shape)
+        data_offset = np.load(self.array_path, mmap_mode="r").offset
         first = done
         extract = model.feature_extractor()
         last_save = start
