@@ -8,6 +8,7 @@ import ast
 import contextlib
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -520,6 +521,31 @@ def test_a_feature_cache_too_big_for_its_disk_is_reported_before_the_backbone_ru
         # With room, the same build goes through.
         result = _run("features", "--cache-dir", str(tmp_path / "roomy"), *flags)
         assert result.returncode == 0 and '"computed": 80' in result.stdout, result.stderr[-3000:]
+
+
+def test_a_disk_that_fills_up_during_a_feature_cache_build_names_the_file_and_the_build_resumes(tmp_path):
+    # The same 320 KiB of features on a disk of exactly 320 KiB: the check before the build
+    # passes, then meta.json and the .npy header take the room of the last rows.
+    flags = ["--data", "synthetic", "--synthetic-images", "80", "--synthetic-image-size", str(TINY["synthetic_image_size"])]
+    with _tmpfs(tmp_path / "exact", "size=320k") as disk:
+        result = _run("features", "--cache-dir", str(disk), *flags)
+        assert result.returncode == 2, result.stderr[-3000:]
+        failure = re.search(
+            rf"kcap features: error: \[Errno 28\] Writing the feature cache {disk}/\w+/features.npy failed: "
+            r"No space left on device. (\d+) of its 80 images are recorded; free some space or give another "
+            r"--cache-dir, then rerun the same command to compute the rest.",
+            result.stderr,
+        )
+        assert failure, result.stderr[-3000:]
+        subprocess.run(["mount", "-o", "remount,size=1m", "tmpfs", str(disk)], check=True)
+        result = _run("features", "--cache-dir", str(disk), *flags)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads(result.stdout)["computed"] == 80 - int(failure.group(1))
+        resumed = np.load(next(disk.glob("*/features.npy")))
+    # Nothing lost or garbled by the failed write: the same features as a build with room.
+    result = _run("features", "--cache-dir", str(tmp_path / "roomy"), *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_array_equal(resumed, np.load(next((tmp_path / "roomy").glob("*/features.npy"))))
 
 
 @pytest.mark.slow

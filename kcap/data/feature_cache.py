@@ -43,6 +43,13 @@ def default_cache_dir() -> Path:
     return Path(root) / "features"
 
 
+def _write_all(file, array: np.ndarray) -> None:
+    # An unbuffered write may take only part of the bytes (a disk filling up).
+    view = memoryview(array).cast("B")
+    while view:
+        view = view[file.write(view):]
+
+
 def _weights_digest(model) -> str:
     digest = hashlib.sha256()
     for variable in model.weights:
@@ -150,34 +157,49 @@ class FeatureCache:
             # Writes the .npy header and sizes the file; the rows are written below.
             np.lib.format.open_memmap(self.array_path, mode="w+", dtype=np.float16, shape=shape)
         data_offset = np.load(self.array_path, mmap_mode="r").offset
-        first = done
+        first = recorded = done
         extract = model.feature_extractor()
         last_save = start
         # Plain writes, not a writable memory map: a full disk is then an OSError,
         # not a SIGBUS that kills the process at a mapped page with no room behind
         # it; and on ext4 write() takes a fifth of the CPU of first stores to
-        # mapped pages (each one a page fault with a journal handle).
+        # mapped pages (each one a page fault with a journal handle). Unbuffered, so
+        # that a failed write is not retried by close() with nothing left to say.
         with (
-            open(self.array_path, "r+b") as file,
+            open(self.array_path, "r+b", buffering=0) as file,
             tqdm(total=total, initial=done, unit="img", desc="caching features", disable=not progress) as bar,
         ):
             file.seek(data_offset + done * row_bytes)
             for batch in batches:
                 features = np.ascontiguousarray(extract(batch["images"]), dtype=np.float16)
-                file.write(features)
+                now = time.perf_counter()
+                save = now - last_save > self.save_every_s or done + len(features) == total
+                try:
+                    _write_all(file, features)
+                    if save:
+                        # Features first, then the count: a build killed in between redoes
+                        # at most the last few seconds' images.
+                        os.fsync(file.fileno())
+                except OSError as error:
+                    raise self._write_error(error, recorded) from error
                 done += len(features)
                 bar.update(len(features))
-                now = time.perf_counter()
-                if now - last_save > self.save_every_s or done == total:
-                    # Features first, then the count: a build killed in between redoes
-                    # at most the last few seconds' images.
-                    file.flush()
-                    os.fsync(file.fileno())
+                if save:
                     atomic_write_json(self.progress_path, {"done": done})
-                    last_save = now
+                    recorded, last_save = done, now
         seconds = time.perf_counter() - start
         computed = total - first
         return {"computed": computed, "seconds": seconds, "images_per_s": computed / seconds if seconds else None, "reused": False}
+
+    def _write_error(self, error: OSError, recorded: int) -> OSError:
+        # A bare "[Errno 28] No space left on device" would not say which file.
+        advice = "free some space or give another --cache-dir, then rerun" if error.errno == errno.ENOSPC else "rerun"
+        return OSError(
+            error.errno,
+            f"Writing the feature cache {self.array_path} failed: {error.strerror or error}. "
+            f"{recorded} of its {len(self.image_paths)} images are recorded; {advice} the same command to "
+            "compute the rest.",
+        )
 
     # -- reading -------------------------------------------------------------
 
