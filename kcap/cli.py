@@ -126,11 +126,14 @@ def cmd_preview_augmentation(args: argparse.Namespace) -> int:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
+    from kcap.data.images import expand_image_paths
     from kcap.inference import load_run
 
+    images = expand_image_paths(args.images)
     trained = load_run(args.run_dir, args.checkpoint)
     results = trained.caption_files(
-        args.images, batch_size=args.batch_size, beam_size=args.beam_size, temperature=args.temperature
+        images, batch_size=args.batch_size, beam_size=args.beam_size, temperature=args.temperature,
+        progress=len(images) > args.batch_size,
     )
     for result in results:
         print(f"{result['image']}\t{result['caption']}")
@@ -219,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("caption", help="caption image files with a trained run")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...)")
+    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP), or folders of them")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--beam-size", type=int, default=1, help="beam search with this many beams (1: greedy)")

@@ -1,8 +1,10 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -64,6 +66,31 @@ def test_caption_command_prints_one_caption_per_image(trained_run):
     vocab = set(json.loads((trained_run / "vocab.json").read_text())["words"])
     for line in out:
         assert set(line.split("\t")[1].split()) <= vocab
+
+
+def test_caption_command_captions_every_image_in_a_folder(trained_run, tmp_path):
+    splits = json.loads((trained_run / "splits.json").read_text())["splits"]
+    paths = [Path(i["image"]) for i in splits["test"][:3]]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for number, path in enumerate(paths):  # names that sort in reverse of the test order
+        shutil.copy(path, folder / f"{9 - number}{path.suffix.upper()}")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "older").mkdir()
+
+    def caption(*args):
+        result = subprocess.run(kcap_command("caption", "--run-dir", str(trained_run), *args), capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return [line.split("\t") for line in result.stdout.strip().splitlines()]
+
+    from_folder = caption(str(folder))
+    assert [image for image, _ in from_folder] == [str(folder / f"{9 - n}{p.suffix.upper()}") for n, p in reversed(list(enumerate(paths)))]
+    # The same captions as for the files named one by one.
+    assert [c for _, c in from_folder] == [c for _, c in caption(*map(str, reversed(paths)))]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = subprocess.run(kcap_command("caption", "--run-dir", str(trained_run), str(empty)), capture_output=True, text=True)
+    assert result.returncode == 2 and f"The folder {empty} has no image files" in result.stderr
 
 
 def test_caption_command_names_a_missing_or_broken_image(trained_run, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import tensorflow as tf
 
@@ -27,3 +28,27 @@ def decode_image(data: tf.Tensor, image_size: Sequence[int]) -> tf.Tensor:
 def load_image(path: tf.Tensor | str, image_size: Sequence[int]) -> tf.Tensor:
     """Reads an image file and decodes it as in `decode_image`."""
     return decode_image(tf.io.read_file(path), image_size)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+
+
+def expand_image_paths(paths: Sequence[str]) -> list[str]:
+    """Paths of image files, with each folder in `paths` replaced by the images in it.
+
+    A folder gives its files whose names end in an image suffix (any case), sorted by
+    name, not its subfolders; files named directly are kept whatever their name.
+
+    Example: `expand_image_paths(["photos", "extra.jpg"])` → `["photos/a.jpg", "photos/b.png", "extra.jpg"]`.
+    """
+    expanded = []
+    for path in paths:
+        folder = Path(path)
+        if not folder.is_dir():
+            expanded.append(str(path))
+            continue
+        images = sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise ValueError(f"The folder {folder} has no image files ({', '.join(IMAGE_SUFFIXES)}).")
+        expanded.extend(images)
+    return expanded
