@@ -115,6 +115,19 @@ def test_beam_one_equals_greedy_on_the_trained_model(trained):
     assert (lengths <= run.model.max_length).all() and len(set(lengths)) > 1, lengths
 
 
+@pytest.mark.parametrize("jit_compile", [True, False])
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_one_image_alone_gets_the_caption_it_gets_in_a_batch(trained_run, trained, beam_size, jit_compile):
+    # A freshly loaded model: its first trace sees a batch of one, as `kcap caption
+    # --beam-size 3 photo.jpg` does (beam search then failed its loop's shape check).
+    model = load_run(trained_run).model
+    _, _, inputs = trained
+    alone = model.generate({"images": inputs["images"][:1]}, beam_size=beam_size, jit_compile=jit_compile)
+    batch = model.generate(inputs, beam_size=beam_size, jit_compile=jit_compile)
+    np.testing.assert_array_equal(alone[0].numpy()[0], batch[0].numpy()[0])
+    np.testing.assert_allclose(alone[2].numpy()[0], batch[2].numpy()[0], rtol=1e-4)
+
+
 # -- the length limit ----------------------------------------------------------
 
 

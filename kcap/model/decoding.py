@@ -278,6 +278,10 @@ def beam_search(
     best_raw = tf.fill([batch], neg_inf)
     best_norm = tf.fill([batch], neg_inf)
     positions = tf.range(steps)
+    # Row of each image's first beam. Made here, not in the loop body: there `batch`
+    # is a captured tensor with no known value, and with one image the rows' shape
+    # (None,) against the states' (k,) broke the loop's shape check.
+    first_beam = tf.range(batch) * k
 
     def body(t, tokens, state, raw, lengths, finished, ids, attention,
              best_ids, best_attention, best_raw, best_norm):
@@ -293,7 +297,7 @@ def beam_search(
 
         # The k best of each image's k * vocabulary candidates.
         _, flat_index = tf.math.top_k(tf.reshape(candidate_norm, [batch, k * vocabulary]), k)
-        parent = flat_index // vocabulary + (tf.range(batch) * k)[:, None]
+        parent = flat_index // vocabulary + first_beam[:, None]
         parent = tf.reshape(parent, [-1])
         word = tf.reshape(flat_index % vocabulary, [-1])
         raw = tf.gather(tf.reshape(candidate_raw, [-1]), parent * vocabulary + word)
@@ -312,7 +316,7 @@ def beam_search(
         norm = tf.reshape(tf.where(finished, raw / _penalty(lengths, alpha), neg_inf), [batch, k])
         top = tf.argmax(norm, axis=-1, output_type=tf.int32)
         top_norm = tf.reduce_max(norm, axis=-1)
-        rows = tf.range(batch) * k + top
+        rows = first_beam + top
         better = top_norm > best_norm  # strictly: ties keep the earlier caption
         best_ids = tf.where(better[:, None], tf.gather(ids, rows), best_ids)
         best_attention = tf.where(better[:, None, None], tf.gather(attention, rows), best_attention)
