@@ -86,6 +86,19 @@ def test_changing_the_backbone_or_an_image_invalidates_the_cache(cached_config):
     assert edited.directory != cache.directory
 
 
+def test_mixed_precision_training_reuses_the_float32_cache(cached_config):
+    cache, model, paths = _cache_for(cached_config)
+    cache.build(model, batch_size=16, progress=False)
+    bf16_cache, bf16_model, _ = _cache_for(dataclasses.replace(cached_config, mixed_precision="mixed_bfloat16"))
+    assert bf16_model.decoder.compute_dtype == "bfloat16"  # the policy did apply to the model
+    assert bf16_cache.directory == cache.directory and bf16_cache.is_complete()
+    # Its own extraction is the float32 one the cache holds, not a bfloat16 copy.
+    from kcap.data.images import load_image
+
+    images = np.stack([load_image(p, model.image_size).numpy() for p in paths[:4]])
+    np.testing.assert_array_equal(bf16_model.feature_extractor()(images).numpy(), cache.open()[:4])
+
+
 def test_an_interrupted_build_finishes_only_the_missing_images(cached_config):
     cache, model, paths = _cache_for(cached_config)
     stats = cache.build(model, batch_size=16, progress=False)

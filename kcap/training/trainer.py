@@ -57,16 +57,17 @@ def build_captioner(
     `config.normalize == "dataset"`.
     """
     keras.utils.set_random_seed(config.seed)  # the same initial weights every time
-    # Cached features are computed once and kept: in float32, whatever the training policy.
+    # Cached features are computed once and kept: in float32, whatever the training
+    # policy, so that runs with and without mixed precision share one cache.
     with dtype_policy("off" if config.cache_features else config.mixed_precision):
         backbone = build_backbone(config.backbone, config.backbone_weights, config.image_size)
-    with dtype_policy(config.mixed_precision):
         if config.normalize == "dataset":
             if not normalization:
                 raise ValueError("normalize='dataset' needs the training images' mean and std.")
             preprocessing = ImagePreprocessing("dataset", normalization["mean"], normalization["std"])
         else:
             preprocessing = ImagePreprocessing(config.preprocessing)
+    with dtype_policy(config.mixed_precision):
         augmentation = ImageAugmentation(
             horizontal_flip=config.flip,
             zoom=config.zoom,
