@@ -40,7 +40,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="keep this many most frequent words")
     p.add_argument("--min-word-count", type=int, default=1, help="words seen fewer times in training captions become <unk>")
     p.add_argument("--max-length", type=int, default=None, help="cap on caption words (default: longest training caption)")
-    p.add_argument("--backbone", default=None, help="backbone name (default: small_cnn for synthetic data, inception_v3 otherwise)")
+    p.add_argument("--backbone", default=None, help="backbone name or PATH.keras feature extractor (default: small_cnn for synthetic data, inception_v3 otherwise)")
     p.add_argument("--backbone-weights", default=None, help="imagenet | none | PATH (default: imagenet where available)")
     p.add_argument("--image-size", type=int, default=None, help="side the backbone is fed (default: the backbone's own)")
     p.add_argument("--preprocessing", default=None, choices=["none", "scale", "tf", "torch", "caffe"], help="default: the backbone's own")
