@@ -196,6 +196,25 @@ def test_check_reports_every_bad_image_and_row_with_file_line_and_reason(messy):
         assert load_image(path, (64, 64)).shape == (64, 64, 3)
 
 
+def test_repeated_captions_are_a_warning_for_a_caption_file_but_not_for_the_embedded_set(tmp_path, caplog):
+    from kcap.data.check import load_checked_dataset
+    from kcap.data.synthetic import write_synthetic_dataset
+
+    # The embedded set draws captions with replacement: its repeats are by design.
+    settings = dict(synthetic_images=40, synthetic_image_size=64, seed=0)
+    with caplog.at_level("WARNING"):
+        dataset, report = load_checked_dataset(TrainConfig(data="synthetic", **settings), progress=False)
+    assert any("word for word" in p.reason for p in report.warnings) and len(dataset.images) == 40
+    assert "Data check" not in caplog.text
+    # The same rows in a user's caption file: the first few repeats are shown, with their lines.
+    csv_path = write_synthetic_dataset(tmp_path / "shapes", num_images=40, seed=0, image_size=64)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_checked_dataset(TrainConfig(data=str(csv_path), seed=0), progress=False)
+    assert f"Data check: {len(report.warnings)} warnings (nothing left out)" in caplog.text
+    assert f"{csv_path}:" in caplog.text and "word for word" in caplog.text
+
+
 def test_check_accepts_exactly_what_tensorflow_decodes(tmp_path):
     """The check is neither too strict nor too lax: for each kind, accepted <=> tf.io.decode_image reads it."""
     handled = write_handled_images(tmp_path)

@@ -362,8 +362,10 @@ def load_checked_dataset(config, progress: bool = True) -> tuple[CaptionDataset,
         report = check_data(config.data, config.images, config.format, progress=progress)
     assign_splits(report.dataset, config.val_fraction, config.test_fraction, seed=config.seed)
     dataset = apply_on_bad_image(report, config.on_bad_image)
-    if report.warnings:
-        # Only a few: the synthetic set alone repeats a caption of an image hundreds of times.
+    # The synthetic set draws each image's five captions with replacement, so it repeats
+    # some word for word by design: nothing its user could act on.
+    if report.warnings and not config.is_synthetic:
+        # Only a few: a caption file can repeat rows by the thousand.
         shown = [f"  {p}" for p in report.warnings[:3]]
         if len(report.warnings) > 3:
             shown.append(f"  ... and {len(report.warnings) - 3} more (`kcap data check` lists them all)")
