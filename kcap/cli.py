@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("caption", help="caption image files with a trained run")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP), or folders of them")
+    p.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP, WebP), or folders of them")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--beam-size", type=int, default=1, help="beam search with this many beams (1: greedy)")

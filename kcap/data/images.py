@@ -9,6 +9,8 @@ import tensorflow as tf
 
 # Part of the feature cache's key: change it whenever decoding or resizing changes.
 DECODING = "decode_image(channels=3) + bilinear resize, no antialiasing, rounded to uint8"
+# The files a folder given to `kcap caption` stands for: what `tf.io.decode_image` reads.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 
 def decode_image(data: tf.Tensor, image_size: Sequence[int]) -> tf.Tensor:
@@ -29,8 +31,6 @@ def load_image(path: tf.Tensor | str, image_size: Sequence[int]) -> tf.Tensor:
     """Reads an image file and decodes it as in `decode_image`."""
     return decode_image(tf.io.read_file(path), image_size)
 
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
 
 def expand_image_paths(paths: Sequence[str]) -> list[str]:
