@@ -2,6 +2,7 @@ import csv
 import filecmp
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from kcap.data.caption_files import read_captions
@@ -15,6 +16,23 @@ def test_same_seed_same_files(tmp_path):
     c = write_synthetic_dataset(tmp_path / "c", num_images=12, seed=6, image_size=64)
     assert a.read_text() == b.read_text() != c.read_text()
     assert filecmp.cmp(a.parent / "images" / "00003.png", b.parent / "images" / "00003.png", shallow=False)
+
+
+def test_writing_the_set_never_deletes_a_users_files(tmp_path):
+    mine = tmp_path / "mydata"
+    (mine / "images").mkdir(parents=True)
+    (mine / "images" / "photo.jpg").write_bytes(b"my photo")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("precious")
+    for output in (mine, a_file):
+        with pytest.raises(FileExistsError, match=f"{output} exists and is not an earlier synthetic set"):
+            write_synthetic_dataset(output, num_images=4, seed=0, image_size=64)
+    assert (mine / "images" / "photo.jpg").read_bytes() == b"my photo" and a_file.read_text() == "precious"
+    # An empty folder, and an earlier set (say with other settings), may be written over.
+    (tmp_path / "empty").mkdir()
+    write_synthetic_dataset(tmp_path / "empty", num_images=4, seed=0, image_size=64)
+    rewritten = write_synthetic_dataset(tmp_path / "empty", num_images=6, seed=1, image_size=64)
+    assert len(read_captions(rewritten)) == 6
 
 
 def test_written_set_reads_back_with_five_captions_per_image(tmp_path):

@@ -165,6 +165,12 @@ def write_synthetic_dataset(
     output = Path(output)
     if not 64 <= image_size <= 512:
         raise ValueError(f"image_size must be between 64 and 512, got {image_size}.")
+    # The new set replaces the folder whole: only an empty one or an earlier set may go.
+    if output.exists() and not (output.is_dir() and (not any(output.iterdir()) or (output / "synthetic.json").is_file())):
+        raise FileExistsError(
+            f"{output} exists and is not an earlier synthetic set (no synthetic.json); writing the set "
+            "there would delete what it holds. Give a new or empty folder as --output."
+        )
     with atomic_directory(output) as tmp:
         (tmp / "images").mkdir()
         with open(tmp / "captions.csv", "w", newline="", encoding="utf-8") as f:
