@@ -309,6 +309,27 @@ def test_search_space_json_errors_name_the_line(tmp_path):
         load_search_space(path)
 
 
+@pytest.mark.parametrize("kind", ["random", "bayesian", "hyperband"])
+def test_the_same_seed_draws_the_same_trials(tmp_path, kind):
+    # Workers of a multi-worker search, and a search run again, rely on it: also for the default seed 0.
+    import keras
+    import keras_tuner
+
+    from tuning.search import make_tuner
+
+    class TinyHyperModel(keras_tuner.HyperModel):
+        def build(self, hp):
+            hp.Choice("units", [8, 16, 32, 64])
+            hp.Float("learning_rate", 1e-4, 1e-2, sampling="log")
+            return keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+
+    def first_trials(directory, seed):
+        tuner = make_tuner(kind, TinyHyperModel(), tmp_path / directory, max_trials=3, max_epochs=4, seed=seed)
+        return [tuner.oracle.create_trial(f"tuner{i}").hyperparameters.values for i in range(3)]
+
+    assert first_trials("a", 0) == first_trials("b", 0) != first_trials("c", 1)
+
+
 def test_default_search_space_is_valid():
     from tuning.hypermodel import DEFAULT_SEARCH_SPACE, load_search_space
 

@@ -215,6 +215,8 @@ def make_tuner(
         raise ValueError(f"--max-trials must be at least 1, got {max_trials}.")
     goal = keras_tuner.Objective(objective, direction=OBJECTIVES[objective])
     oracles = keras_tuner.oracles
+    # keras-tuner reads a seed of 0 (kcap's default) as "none" and draws one at random.
+    seed = seed + 1
     if kind == "random":
         oracle = _oracle_class(oracles.RandomSearchOracle)(objective=goal, max_trials=max_trials, seed=seed)
         return KcapTuner(oracle, hypermodel, directory, distribution_strategy=distribution_strategy)
