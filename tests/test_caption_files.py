@@ -24,6 +24,19 @@ def test_csv_groups_captions_by_image_and_resolves_paths(tmp_path):
     assert read_captions(path).num_captions == 3
 
 
+def test_images_that_are_symbolic_links_to_another_folder_are_read(tmp_path):
+    # A data set laid out as links into a shared folder; a name with ".." is still refused (below).
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "dog.jpg").write_bytes(b"jpeg bytes")
+    (tmp_path / "mine").mkdir()
+    path = _write(tmp_path / "mine", "image,caption\na.jpg,a dog\n", images=())
+    (tmp_path / "mine" / "Images" / "a.jpg").symlink_to(shared / "dog.jpg")
+    dataset = read_captions(path)
+    assert dataset.images[0].path == tmp_path / "mine" / "Images" / "a.jpg"
+    assert dataset.images[0].path.read_bytes() == b"jpeg bytes"
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,10 @@ def resolve_image(images_dir: Path, name: str, where: str) -> Path:
     """
     if "\x00" in name:  # no file name holds one; Path.resolve would raise a bare ValueError
         raise CaptionFileError(f"{where}: image path {name!r} contains a NUL character.")
-    root = images_dir.resolve()
-    path = (images_dir / name).resolve()
+    # Judged by the name, not by where a symbolic link leads: a folder of links into
+    # another one is a common way to lay out a data set without copying it.
+    root = Path(os.path.abspath(images_dir))
+    path = Path(os.path.abspath(images_dir / name))
     if root != path and root not in path.parents:
         raise CaptionFileError(f"{where}: image path {name!r} resolves outside {images_dir}.")
     return images_dir / name
