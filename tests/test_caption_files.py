@@ -24,6 +24,16 @@ def test_csv_groups_captions_by_image_and_resolves_paths(tmp_path):
     assert read_captions(path).num_captions == 3
 
 
+def test_two_spellings_of_one_image_are_one_image(tmp_path):
+    # As two images, they could land in train and test, leaking its captions into training.
+    _write(tmp_path, "image,caption\na.jpg,a dog\n./a.jpg,a brown dog\nsub/../b.jpg,a cat\nb.jpg,a grey cat\n")
+    dataset = read_captions(tmp_path / "captions.csv")
+    assert [(i.name, i.captions) for i in dataset] == [("a.jpg", ["a dog", "a brown dog"]), ("b.jpg", ["a cat", "a grey cat"])]
+    token = tmp_path / "Flickr8k.token.txt"
+    token.write_text("a.jpg#0\ta dog .\n./a.jpg#1\ta brown dog .\n")
+    assert [(i.name, len(i.captions)) for i in read_captions(token)] == [("a.jpg", 2)]
+
+
 def test_images_that_are_symbolic_links_to_another_folder_are_read(tmp_path):
     # A data set laid out as links into a shared folder; a name with ".." is still refused (below).
     shared = tmp_path / "shared"

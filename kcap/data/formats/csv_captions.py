@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kcap.data.dataset import SPLITS, CaptionDataset, CaptionedImage
 from kcap.data.formats.common import (
-    SPLIT_ALIASES, CaptionFileError, DataProblem, find_images_dir, read_text, record, resolve_image,
+    SPLIT_ALIASES, CaptionFileError, DataProblem, find_images_dir, read_text, record, resolve_image, same_image_name,
 )
 
 
@@ -99,6 +99,7 @@ def _add_row(row, line, path, images_root, columns, image_col, caption_col, spli
         raise CaptionFileError(f"{path}:{line}: the image field is empty.")
     if not caption:
         raise CaptionFileError(f"{path}:{line}: the caption of {name!r} is empty.")
+    name = same_image_name(name)
     split = None
     if split_col is not None:
         cell = row[split_col].strip().lower()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from kcap.data.dataset import CaptionDataset, CaptionedImage
 from kcap.data.formats.common import (
-    CaptionFileError, DataProblem, find_images_dir, read_text, record, resolve_image, text_lines,
+    CaptionFileError, DataProblem, find_images_dir, read_text, record, resolve_image, same_image_name, text_lines,
 )
 
 # Official list file → kcap split, in the order they are read.
@@ -132,6 +132,7 @@ def _add_line(line: str, line_number: int, path: Path, images_root: Path, by_nam
     if isinstance(parsed, str):
         raise CaptionFileError(f"{path}:{line_number}: {parsed}.")
     name, number, caption = parsed
+    name = same_image_name(name)
     previous = numbered.get((name, number))
     if previous is not None:
         raise CaptionFileError(
