@@ -215,6 +215,20 @@ def test_repeated_captions_are_a_warning_for_a_caption_file_but_not_for_the_embe
     assert f"{csv_path}:" in caplog.text and "word for word" in caplog.text
 
 
+def test_a_relative_data_path_gives_a_run_whose_images_are_found_from_anywhere(tmp_path, monkeypatch):
+    from kcap.data.check import load_checked_dataset
+    from kcap.data.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(tmp_path / "shapes", num_images=12, seed=0, image_size=64)
+    monkeypatch.chdir(tmp_path)
+    dataset, _ = load_checked_dataset(TrainConfig(data="shapes/captions.csv", test_fraction=0.25), progress=False)
+    manifest = dataset.to_manifest()  # what the run writes as splits.json
+    monkeypatch.chdir("/")  # `kcap evaluate --run-dir ...` from elsewhere
+    for split in manifest["splits"].values():
+        for item in split:
+            assert Path(item["image"]).is_absolute() and Path(item["image"]).is_file(), item["image"]
+
+
 def test_check_accepts_exactly_what_tensorflow_decodes(tmp_path):
     """The check is neither too strict nor too lax: for each kind, accepted <=> tf.io.decode_image reads it."""
     handled = write_handled_images(tmp_path)

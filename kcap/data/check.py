@@ -359,7 +359,10 @@ def load_checked_dataset(config, progress: bool = True) -> tuple[CaptionDataset,
         )
         report = check_data(path, progress=progress)
     else:
-        report = check_data(config.data, config.images, config.format, progress=progress)
+        # Absolute: the run's splits.json then names images that `kcap evaluate` (and a
+        # resumed run) finds from any working directory.
+        images = os.path.abspath(config.images) if config.images else None
+        report = check_data(os.path.abspath(config.data), images, config.format, progress=progress)
     assign_splits(report.dataset, config.val_fraction, config.test_fraction, seed=config.seed)
     dataset = apply_on_bad_image(report, config.on_bad_image)
     # The synthetic set draws each image's five captions with replacement, so it repeats
