@@ -99,6 +99,17 @@ def test_mixed_precision_training_reuses_the_float32_cache(cached_config):
     np.testing.assert_array_equal(bf16_model.feature_extractor()(images).numpy(), cache.open()[:4])
 
 
+def test_caching_the_features_of_a_random_backbone_is_said_plainly(cached_config, caplog):
+    # small_cnn has no pretrained weights: frozen for the cache, it stays random.
+    from kcap.training.trainer import build_feature_cache
+
+    config = cached_config.resolved()
+    dataset, vocabulary, normalization = prepare_data(config)
+    with caplog.at_level("WARNING"):
+        build_feature_cache(config, build_captioner(config, vocabulary, normalization), dataset, progress=False)
+    assert "The small_cnn backbone starts from random weights (--backbone-weights none) and stays so" in caplog.text
+
+
 def test_an_interrupted_build_finishes_only_the_missing_images(cached_config):
     cache, model, paths = _cache_for(cached_config)
     stats = cache.build(model, batch_size=16, progress=False)

@@ -184,6 +184,13 @@ def build_feature_cache(
     config: TrainConfig, model: Captioner, dataset: CaptionDataset, progress: bool = True
 ) -> tuple[FeatureCache, dict]:
     """Finds (or builds, or finishes building) the feature cache for this model and data."""
+    if config.backbone_weights == "none":
+        log.warning(
+            "The %s backbone starts from random weights (--backbone-weights none) and stays so: "
+            "--cache-features freezes it, and the decoder learns from an untrained CNN's features. "
+            "Give pretrained weights, or drop --cache-features to train the backbone with the decoder.",
+            config.backbone,
+        )
     cache = FeatureCache.for_model(model, cached_images(dataset), config.cache_dir)
     stats = cache.build(model, batch_size=config.batch_size, progress=progress)
     if stats["reused"]:
