@@ -82,7 +82,7 @@ def find_images_dir(caption_file: Path, images_dir: str | Path | None = None) ->
 
 
 def same_image_name(name: str) -> str:
-    """One spelling per file, so that captions group by image: `./a.jpg` and `a//b/../a.jpg` → `a.jpg`.
+    """One spelling per file, so that captions group by image: `./a.jpg` and `b/../a.jpg` → `a.jpg`.
 
     Two spellings of one image would make two images, which could land in
     different splits and leak test captions into training.
