@@ -475,33 +475,65 @@ def test_sigkilled_export_leaves_no_partial_output_and_reruns(trained_run, tmp_p
     rerun = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert (output / "saved_model.pb").is_file()
-    # The killed export's staging folder is swept by the rerun; the export holds no marker.
-    assert not list(tmp_path.glob(".exported.*")) and not (output / ".kcap-staging.json").exists()
+    # The killed export's staging folder is swept by the rerun.
+    assert not list(tmp_path.glob(".exported.*"))
+
+
+def test_process_killed_the_moment_its_staging_folder_appears_is_swept(tmp_path):
+    # The CI flake this pins: a SIGKILL between creating the staging folder and recording its
+    # owner left a folder that no later run would remove.
+    killed_at_mkdtemp = (
+        "import os, signal, sys, tempfile\n"
+        "real = tempfile.mkdtemp\n"
+        "def mkdtemp_then_die(*args, **kwargs):\n"
+        "    real(*args, **kwargs)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "tempfile.mkdtemp = mkdtemp_then_die\n"
+        "from kcap.utils.files import atomic_directory\n"
+        "with atomic_directory(sys.argv[1]):\n"
+        "    pass\n"
+    )
+    child = subprocess.run([sys.executable, "-c", killed_at_mkdtemp, str(tmp_path / "out")], cwd=REPO)
+    assert child.returncode == -signal.SIGKILL
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")], "no staging folder was left"
+    from kcap.utils.files import atomic_directory
+
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "file").write_text("done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["file"]
 
 
 def test_staging_folders_of_live_processes_and_other_hosts_are_left_alone(tmp_path):
+    import hashlib
     import socket
 
     from kcap.utils.files import atomic_directory
 
-    def staging(name, pid, host):
-        folder = tmp_path / f".out.{name}"
+    this_host = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:12]
+    other_host = hashlib.sha1(b"another-host").hexdigest()[:12]
+
+    def staging(kind, pid, host):
+        folder = tmp_path / f".out.{kind}abcd1234.kcap-{pid}-{host}"
         folder.mkdir()
-        (folder / ".kcap-staging.json").write_text(json.dumps({"pid": pid, "host": host}))
+        (folder / "partial").write_text("half an export")
         return folder
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    abandoned = staging("dead", dead.pid, socket.gethostname())
-    live = staging("live", os.getpid(), socket.gethostname())
-    elsewhere = staging("remote", dead.pid, "another-host")
+    abandoned = staging("", dead.pid, this_host)
+    abandoned_old = staging("old.", dead.pid, this_host)
+    live = staging("", os.getpid(), this_host)
+    elsewhere = staging("", dead.pid, other_host)
     unmarked = tmp_path / ".out.someone-elses"
     unmarked.mkdir()
+    other_output = tmp_path / f".outer.abcd1234.kcap-{dead.pid}-{this_host}"  # another path's staging
+    other_output.mkdir()
     with atomic_directory(tmp_path / "out") as tmp:
         (tmp / "file").write_text("done")
     assert (tmp_path / "out" / "file").read_text() == "done"
-    assert not abandoned.exists()
-    assert live.exists() and elsewhere.exists() and unmarked.exists()
+    assert not abandoned.exists() and not abandoned_old.exists()
+    assert live.exists() and elsewhere.exists() and unmarked.exists() and other_output.exists()
 
 
 # --- resources ----------------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -61,20 +63,18 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yields a temporary directory that replaces `path` once the block succeeds.
 
     The temporary folders (`.NAME.xxxx`, and `.NAME.old.xxxx` while an old `path` is
-    swapped out) carry a marker naming their process; the next `atomic_directory` for
-    the same `path` removes those whose process has died (killed mid-write).
+    swapped out) name their process and host in their own name, so a folder is never
+    without its owner, even for a process killed the instant it made the folder; the
+    next `atomic_directory` for the same `path` removes those whose process has died.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_staging(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    _mark_staging(tmp)
+    tmp = _make_staging(path, "")
     try:
         yield tmp
-        (tmp / STAGING_MARKER).unlink()
         if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old."))
-            _mark_staging(old)
+            old = _make_staging(path, "old.")
             os.replace(path, old / path.name)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -85,28 +85,33 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-STAGING_MARKER = ".kcap-staging.json"
+def _host_tag() -> str:
+    # A digest, not the host name itself: a host name may hold characters a file name should not.
+    return hashlib.sha1(socket.gethostname().encode("utf-8")).hexdigest()[:12]
 
 
-def _mark_staging(folder: Path) -> None:
-    (folder / STAGING_MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+def _make_staging(path: Path, kind: str) -> Path:
+    # mkdtemp creates the folder under its final name in one step, owner included: no window
+    # in which a kill leaves a folder that names nobody.
+    owner = f".kcap-{os.getpid()}-{_host_tag()}"
+    return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{kind}", suffix=owner))
 
 
 def remove_abandoned_staging(path: str | Path) -> list[Path]:
     """Removes `atomic_directory`'s temporary folders for `path` left by dead processes on this host.
 
-    Folders of live processes, of other hosts (a shared file system) or without
-    kcap's marker are left alone. Returns the folders removed.
+    Folders of live processes, of other hosts (a shared file system) or not named the
+    way kcap names them are left alone. Returns the folders removed.
     """
     path = Path(path)
+    staging_name = re.compile(re.escape(f".{path.name}.") + r"(?:old\.)?[a-z0-9_]+\.kcap-(\d+)-([0-9a-f]{12})")
     removed = []
-    for folder in path.parent.glob(f".{path.name}.*"):
-        try:
-            owner = json.loads((folder / STAGING_MARKER).read_text())
-            host, pid = owner["host"], int(owner["pid"])
-        except (OSError, ValueError, TypeError, KeyError):
-            continue  # no marker, or not one kcap wrote: not ours to remove
-        if host != socket.gethostname() or _process_alive(pid):
+    for folder in path.parent.iterdir():
+        owner = staging_name.fullmatch(folder.name)
+        if owner is None or not folder.is_dir():
+            continue
+        pid, host = int(owner.group(1)), owner.group(2)
+        if host != _host_tag() or _process_alive(pid):
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
