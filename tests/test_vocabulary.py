@@ -13,6 +13,14 @@ def test_normalisation_lowercases_and_strips_punctuation():
     assert tokenize("  ") == []
 
 
+def test_words_with_combining_marks_stay_whole():
+    # Devanagari vowel signs and viramas are combining marks, not punctuation: "कुत्ता" (dog)
+    # is one word. "İ" lower-cases to "i" plus a combining dot, which must not split "istanbul".
+    assert tokenize("एक कुत्ता घास में दौड़ता है।") == ["एक", "कुत्ता", "घास", "में", "दौड़ता", "है"]
+    assert tokenize("İstanbul'da bir köpek") == ["i\u0307stanbulda", "bir", "köpek"]
+    assert tokenize("e\u0301te\u0301, naïve") == ["été", "naïve"]
+
+
 def test_build_orders_by_frequency_and_reserves_special_ids():
     vocab = Vocabulary.build(CAPTIONS)
     assert vocab.words[:4] == list(SPECIAL_TOKENS)

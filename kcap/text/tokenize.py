@@ -5,11 +5,18 @@ from __future__ import annotations
 import re
 import unicodedata
 
-# Anything that is not a letter, a digit or white space is punctuation to us.
+# Anything that is not a letter, a digit, a combining mark or white space is punctuation to us.
 # Apostrophes are dropped rather than split on, so "dog's" becomes "dogs".
 _APOSTROPHES = re.compile(r"['\u2019`]")
 _NON_WORD = re.compile(r"[^\w\s]|_", re.UNICODE)
 _SPACES = re.compile(r"\s+", re.UNICODE)
+
+
+def _space_unless_mark(match: re.Match) -> str:
+    # Python's \w leaves out combining marks (Devanagari vowel signs, the dot of a lower-cased
+    # "İ"), which belong to the word they sit in.
+    char = match.group()
+    return char if unicodedata.category(char).startswith("M") else " "
 
 
 def normalize_caption(text: str) -> str:
@@ -22,7 +29,7 @@ def normalize_caption(text: str) -> str:
     """
     text = unicodedata.normalize("NFKC", text).lower()
     text = _APOSTROPHES.sub("", text)
-    text = _NON_WORD.sub(" ", text)
+    text = _NON_WORD.sub(_space_unless_mark, text)
     return _SPACES.sub(" ", text).strip()
 
 
