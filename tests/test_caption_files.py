@@ -52,6 +52,7 @@ def test_images_that_are_symbolic_links_to_another_folder_are_read(tmp_path):
     [
         ("img,text\na.jpg,x\n", r"captions.csv:1: .*no 'image' column"),
         ("image,caption\na.jpg,ok\na.jpg,\n", r"captions.csv:3: the caption of 'a.jpg' is empty"),
+        ("image,caption\na.jpg,ok\na.jpg,\"?!\"\n", r"captions.csv:3: the caption of 'a.jpg' has no words, only punctuation: '\?!'"),
         ("image,caption\n,a dog\n", r"captions.csv:2: the image field is empty"),
         ("image,caption\na.jpg,a,dog\n", r"captions.csv:2: expected 2 fields, found 3"),
         ("image,caption\n../secret.jpg,a dog\n", r"captions.csv:2: image path '../secret.jpg' resolves outside"),

@@ -4,9 +4,10 @@
 and `kcap tune` run it first (through `kcap.training.trainer.prepare_data`).
 It reports each problem with its file, line and reason:
 
-- caption rows: a missing field, an empty caption, text that is not UTF-8, an
-  unknown split, an image path that escapes the images folder, ... (whatever
-  the caption-file readers refuse; they record each one and go on);
+- caption rows: a missing field, an empty caption or one of punctuation alone,
+  text that is not UTF-8, an unknown split, an image path that escapes the
+  images folder, ... (whatever the caption-file readers refuse; they record
+  each one and go on);
 - images: missing, zero bytes, not an image, a format kcap's decoder
   (`tf.io.decode_image`) cannot read (TIFF, ...), truncated, undecodable, or
   too large to decode safely;

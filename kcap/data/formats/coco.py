@@ -21,7 +21,8 @@ from typing import Any
 
 from kcap.data.dataset import CaptionDataset, CaptionedImage
 from kcap.data.formats.common import (
-    CaptionFileError, DataProblem, find_images_dir, json_field, json_list, load_json, record, resolve_image,
+    CaptionFileError, DataProblem, caption_fault, find_images_dir, json_field, json_list, load_json, record,
+    resolve_image,
 )
 
 
@@ -70,6 +71,9 @@ def coco_dataset(data: Any, path: Path, images_root: Path, errors: list[DataProb
         try:
             image_id = json_field(annotation, "image_id", (int, str), where)
             caption = json_field(annotation, "caption", str, where)
+            fault = caption_fault(caption)
+            if fault:
+                raise CaptionFileError(f"{where}: the caption {fault}.")
             if image_id not in by_id:
                 raise CaptionFileError(f"{where}: image_id {image_id!r} is not the id of any entry of 'images'.")
         except CaptionFileError as error:

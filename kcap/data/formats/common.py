@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kcap.text.tokenize import tokenize
+
 # Split names found in caption files, mapped onto kcap's splits. Karpathy's
 # "restval" (COCO val2014 images outside his val/test) is training data.
 SPLIT_ALIASES = {"train": "train", "val": "val", "test": "test", "restval": "train"}
@@ -142,6 +144,21 @@ def load_json(path: Path) -> Any:
         return json.loads(read_text(path))
     except json.JSONDecodeError as error:
         raise CaptionFileError(f"{path}:{error.lineno}:{error.colno}: not valid JSON ({error.msg}).") from None
+
+
+def caption_fault(caption: str) -> str | None:
+    """Why `caption` cannot be trained on, as the end of a sentence about it, or `None`.
+
+    A caption of punctuation alone ("...") normalises to no words at all, which would
+    teach the model to end a caption right after it starts.
+
+    Example: `caption_fault("?!")` → `"has no words, only punctuation: '?!'"`.
+    """
+    if not caption.strip():
+        return "is empty"
+    if not tokenize(caption):
+        return f"has no words, only punctuation: {caption.strip()!r}"
+    return None
 
 
 def json_field(entry: Any, key: str, kind: type | tuple[type, ...], where: str, optional: bool = False) -> Any:

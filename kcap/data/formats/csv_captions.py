@@ -19,7 +19,8 @@ from pathlib import Path
 
 from kcap.data.dataset import SPLITS, CaptionDataset, CaptionedImage
 from kcap.data.formats.common import (
-    SPLIT_ALIASES, CaptionFileError, DataProblem, find_images_dir, read_text, record, resolve_image, same_image_name,
+    SPLIT_ALIASES, CaptionFileError, DataProblem, caption_fault, find_images_dir, read_text, record, resolve_image,
+    same_image_name,
 )
 
 
@@ -97,8 +98,9 @@ def _add_row(row, line, path, images_root, columns, image_col, caption_col, spli
     name, caption = row[image_col].strip(), row[caption_col].strip()
     if not name:
         raise CaptionFileError(f"{path}:{line}: the image field is empty.")
-    if not caption:
-        raise CaptionFileError(f"{path}:{line}: the caption of {name!r} is empty.")
+    fault = caption_fault(caption)
+    if fault:
+        raise CaptionFileError(f"{path}:{line}: the caption of {name!r} {fault}.")
     name = same_image_name(name)
     split = None
     if split_col is not None:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from kcap.data.dataset import CaptionDataset, CaptionedImage
 from kcap.data.formats.common import (
-    CaptionFileError, DataProblem, find_images_dir, read_text, record, resolve_image, same_image_name, text_lines,
+    CaptionFileError, DataProblem, caption_fault, find_images_dir, read_text, record, resolve_image,
+    same_image_name, text_lines,
 )
 
 # Official list file → kcap split, in the order they are read.
@@ -48,8 +49,9 @@ def parse_token_line(line: str) -> tuple[str, str, str] | str:
         return f"expected NAME#N before the tab (N a caption number), found {key.strip()!r}"
     if not name.strip():
         return "the image name before '#' is empty"
-    if not caption.strip():
-        return f"the caption of {name.strip()!r} is empty"
+    fault = caption_fault(caption)
+    if fault:
+        return f"the caption of {name.strip()!r} {fault}"
     return name.strip(), number, caption.strip()
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from kcap.data.dataset import SPLITS, CaptionDataset, CaptionedImage
 from kcap.data.formats.common import (
-    SPLIT_ALIASES, CaptionFileError, DataProblem, find_images_dir, json_field, json_list, load_json, record,
-    resolve_image,
+    SPLIT_ALIASES, CaptionFileError, DataProblem, caption_fault, find_images_dir, json_field, json_list, load_json,
+    record, resolve_image,
 )
 
 
@@ -70,10 +70,13 @@ def _entry_image(entry: Any, where: str, images_root: Path, seen: dict[str, int]
     sentences = json_field(entry, "sentences", list, where)
     if not sentences:
         raise CaptionFileError(f"{where}: 'sentences' is empty; every image needs a caption.")
-    captions = [
-        json_field(sentence, "raw", str, f"{where}.sentences[{number}]").strip()
-        for number, sentence in enumerate(sentences)
-    ]
+    captions = []
+    for number, sentence in enumerate(sentences):
+        caption = json_field(sentence, "raw", str, f"{where}.sentences[{number}]")
+        fault = caption_fault(caption)
+        if fault:
+            raise CaptionFileError(f"{where}.sentences[{number}]: the caption {fault}.")
+        captions.append(caption.strip())
     # Posix joining: the file names the path with '/', whatever the platform.
     name = str(PurePosixPath(filepath.strip(), filename)) if filepath and filepath.strip() else filename
     if name in seen:
