@@ -120,6 +120,20 @@ def test_early_stopping_remembers_how_long_it_waited_across_a_resume():
     assert model.stop_training  # two epochs without improvement
 
 
+def test_monitoring_a_validation_score_without_validation_images_is_refused(tmp_path, tiny_config, caplog):
+    import dataclasses
+
+    no_val = dataclasses.replace(tiny_config, val_fraction=0.0, epochs=1)
+    with pytest.raises(ValueError, match=r"--monitor val_bleu4 needs validation images.*--val-fraction"):
+        train(dataclasses.replace(no_val, monitor="val_bleu4", early_stopping=2), tmp_path / "bleu", verbose=0)
+    # Refused before anything is written: the same folder can be used again as it is.
+    assert not any((tmp_path / "bleu").iterdir())
+    with caplog.at_level("WARNING", logger="kcap"):
+        train(dataclasses.replace(no_val, early_stopping=2), tmp_path / "loss", verbose=0)
+    assert "No validation images: best.keras and early stopping follow the training loss" in caplog.text
+    assert RunDir(tmp_path / "loss").best_model.is_file()
+
+
 def test_changed_settings_on_an_existing_run_are_refused(trained_run, tiny_config):
     import dataclasses
 

@@ -21,7 +21,7 @@ class RunDir:
       splits.json          images and captions of each split
       history.json         one entry per finished epoch
       model.keras          the model after the last epoch
-      checkpoints/best.keras         best by validation loss
+      checkpoints/best.keras         best by --monitor (the training loss without validation images)
       checkpoints/resume-NNNN.weights.h5  weights + optimizer of the last finished epoch
       checkpoints/resume.json        which epoch that was, which file, the random states
       logs/                TensorBoard

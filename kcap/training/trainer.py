@@ -257,19 +257,34 @@ def _remove_partial_files(run: RunDir) -> None:
                 path.unlink(missing_ok=True)
 
 
+def _check_monitor_without_validation(config: TrainConfig, source: str) -> None:
+    """With no validation images the monitored value can only be the training loss."""
+    if config.monitor != "val_loss":
+        raise ValueError(
+            f"--monitor {config.monitor} needs validation images, and {source} leaves none "
+            f"(--val-fraction {config.val_fraction:g}, or split lists without a val split). "
+            f"Give --val-fraction above 0, or --monitor val_loss."
+        )
+    log.warning(
+        "No validation images: best.keras%s follow%s the training loss.",
+        " and early stopping" if config.early_stopping else "", "" if config.early_stopping else "s",
+    )
+
+
 def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) -> dict:
     """`source` is the run directory read to resume; `run` is where this process writes."""
     run.check_writable()
     resuming = source.exists()
     if resuming:
         _check_resume(source, config)
-    ensure_dirs(run)
     _remove_partial_files(run)
 
     skipped: dict = {}  # what the data check left out (--on-bad-image skip), for config.json
     dataset, vocabulary, normalization = prepare_data(config, source if resuming else None, skipped)
     _warn_about_flip(config, dataset)
     train_images, val_images = dataset.subset("train"), dataset.subset("val")
+    if not val_images:
+        _check_monitor_without_validation(config, dataset.source)
     with strategy.scope():
         model = build_captioner(config, vocabulary, normalization)
     feature_cache, cache_stats = (None, None)
@@ -281,6 +296,7 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
 
     # The manifest and config are written before any checkpoint, so every
     # checkpoint has its settings and data beside it.
+    ensure_dirs(run)
     atomic_write_json(run.splits, dataset.to_manifest())
     run_config = {
         "kcap_version": kcap.__version__,
