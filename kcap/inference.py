@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import keras
 from tqdm.auto import tqdm
 
 from kcap.data.check import check_images
 from kcap.data.pipeline import image_dataset
 from kcap.model.captioner import Captioner
+from kcap.model.model_files import load_keras_file
 from kcap.text.vocabulary import Vocabulary
 from kcap.training.config import TrainConfig
 from kcap.training.run_dir import RunDir
+
+log = logging.getLogger("kcap")
 
 
 @dataclasses.dataclass
@@ -25,6 +28,7 @@ class TrainedRun:
     vocabulary: Vocabulary
     config: TrainConfig
     run: RunDir
+    model_file: Path  # the checkpoint `model` was loaded from
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -78,12 +82,18 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> TrainedRun:
         raise FileNotFoundError(f"{run.path} is not a kcap run directory (no config.json).")
     config = TrainConfig.load(run.config)
     vocabulary = Vocabulary.load(run.vocabulary)
-    model = keras.models.load_model(run.model_path(checkpoint), compile=False)
+    model_file = run.model_path(checkpoint)
+    if checkpoint == "best" and model_file != run.best_model:
+        log.warning("%s is missing; using %s (the last epoch).", run.best_model, model_file)
+    elif checkpoint == "last" and model_file != run.final_model:
+        log.warning("%s is missing (the run has not finished); using %s.", run.final_model, model_file)
+    other = "last" if model_file == run.best_model else "best"
+    model = load_keras_file(model_file, f"Use --checkpoint {other}, or train the run again.")
     if model.vocabulary_size != len(vocabulary):
         raise ValueError(
             f"{run.path}: the model expects {model.vocabulary_size} words but vocab.json has "
             f"{len(vocabulary)}; the run directory is inconsistent."
         )
-    return TrainedRun(model, vocabulary, config, run)
+    return TrainedRun(model, vocabulary, config, run, model_file)
 
 

@@ -54,3 +54,30 @@ def test_shared_pretrained_backbone_file_loads():
         pytest.skip(f"{path} is absent (the shared offline backbone)")
     backbone = build_backbone(str(path), weights="file", image_size=224)
     assert tuple(backbone(np.zeros((1, 224, 224, 3), "float32")).shape) == (1, 7, 7, 1280)
+
+
+def test_a_missing_or_wrong_weights_file_is_named(tmp_path):
+    from kcap.training.config import TrainConfig
+
+    missing = tmp_path / "missing.weights.h5"
+    with pytest.raises(FileNotFoundError, match=r"Backbone weights file .*missing.weights.h5 does not exist"):
+        TrainConfig(data="synthetic", backbone="small_cnn", backbone_weights=str(missing)).resolved()
+    with pytest.raises(FileNotFoundError, match=r"missing.weights.h5 does not exist"):
+        build_backbone("small_cnn", weights=str(missing), image_size=32)
+    # The weights of another architecture: the error names the file and the backbone.
+    other = tmp_path / "mobilenet.weights.h5"
+    build_backbone("mobilenet_v2", weights=None, image_size=32).save_weights(other)
+    with pytest.raises(ValueError, match=r"Cannot load .*mobilenet.weights.h5 into the small_cnn backbone"):
+        build_backbone("small_cnn", weights=str(other), image_size=32)
+
+
+def test_a_truncated_keras_backbone_file_is_called_that(tmp_path):
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    path = tmp_path / "features.keras"
+    keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"features.keras is not a complete .keras file \(truncated or damaged"):
+        build_backbone(str(path), weights="file", image_size=32)

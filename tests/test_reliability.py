@@ -755,6 +755,26 @@ def test_a_tampered_run_is_refused_with_the_file_and_key(trained_run, tmp_path):
     assert f"kcap caption: error: {run / 'vocab.json'}: 'words' must be a list of strings" in result.stderr
 
 
+def test_a_damaged_or_missing_checkpoint_is_named_with_what_to_do(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    image = json.loads((run / "splits.json").read_text())["splits"]["test"][0]["image"]
+    best = run / "checkpoints" / "best.keras"
+    best.write_bytes(best.read_bytes()[:1000])  # a copy cut short
+    result = _run("caption", "--run-dir", str(run), image)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{best} is not a complete .keras file (truncated or damaged" in result.stderr
+    assert "--checkpoint last" in result.stderr
+    assert _run("caption", "--run-dir", str(run), "--checkpoint", "last", image).returncode == 0
+    # Without best.keras the last epoch's model is used, and the user is told so.
+    best.unlink()
+    result = _run("caption", "--run-dir", str(run), image)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{best} is missing; using {run / 'model.keras'} (the last epoch)" in result.stderr
+
+
 def test_hyperparameter_files_are_validated_on_load(tmp_path):
     from tuning import search
     config = TrainConfig(data="synthetic")

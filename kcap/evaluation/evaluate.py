@@ -122,7 +122,7 @@ def evaluate_run(
 
     report = {
         "split": split,
-        "checkpoint": str(trained.run.model_path(checkpoint)),
+        "checkpoint": str(trained.model_file),
         "decoding": {"beam_size": beam_size, "temperature": temperature},
         **scores,
         "num_images": len(images),

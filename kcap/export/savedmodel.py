@@ -213,7 +213,7 @@ def export_run(
         "kcap_version": kcap.__version__,
         "run_dir": str(Path(run_dir).resolve()),
         "checkpoint": checkpoint,
-        "model_file": str(trained.run.model_path(checkpoint).resolve()),
+        "model_file": str(trained.model_file.resolve()),
         "beam_size": beam_size,
         "image_size": list(trained.model.image_size),
         "max_length": trained.model.max_length,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import keras
 
+from kcap.model.model_files import load_keras_file
+
 
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
@@ -93,7 +95,7 @@ def get_backbone_spec(name: str, image_size: int | None = None) -> BackboneSpec:
 
 
 def _load_backbone_file(weights: str | None, image_size: int, path: str = "") -> keras.Model:
-    model = keras.models.load_model(path, compile=False, safe_mode=True)
+    model = load_keras_file(path, "Save the feature extractor again with `model.save(PATH.keras)`.")
     shape = model.compute_output_shape((None, image_size, image_size, 3))
     if len(shape) != 4:
         raise ValueError(
@@ -128,12 +130,14 @@ def build_backbone(name: str, weights: str | None = "imagenet", image_size: int 
     if is_backbone_file(name):
         model = _load_backbone_file(None, size, path=name)
         if weights not in (None, "none", "file", "imagenet"):
-            model.load_weights(weights)
+            _load_weights_file(model, weights, name)
         return model
     weights = None if weights in (None, "none") else weights
     if weights == "imagenet" and not spec.pretrained:
         raise ValueError(f"Backbone {name!r} has no ImageNet weights; use --backbone-weights none.")
     path_weights = weights if weights not in (None, "imagenet") else None
+    if path_weights:
+        check_weights_file(path_weights)
     try:
         model = spec.build(weights=None if path_weights else weights, image_size=size)
     except Exception as error:  # noqa: BLE001 - keras raises many kinds for a failed download
@@ -146,8 +150,30 @@ def build_backbone(name: str, weights: str | None = "imagenet", image_size: int 
             ) from error
         raise
     if path_weights:
-        model.load_weights(path_weights)
+        _load_weights_file(model, path_weights, name)
     return model
+
+
+def check_weights_file(path: str) -> None:
+    """Fails, naming `path`, when a `--backbone-weights` file is not there."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"Backbone weights file {path} does not exist; --backbone-weights takes imagenet, none "
+            "or the path of a weights file (.weights.h5 or .h5)."
+        )
+
+
+def _load_weights_file(model: keras.Model, path: str, name: str) -> None:
+    check_weights_file(path)
+    try:
+        model.load_weights(path)
+    except Exception as error:  # noqa: BLE001 - h5py and keras raise many kinds for a wrong file
+        # Keras' own message runs to kilobytes of tensor values; its first line says what failed.
+        first_line = str(error).strip().splitlines()[0][:300].rstrip(":") if str(error).strip() else ""
+        raise ValueError(
+            f"Cannot load {path} into the {Path(name).name} backbone ({type(error).__name__}: {first_line}). "
+            "The file must hold the weights of this very architecture."
+        ) from error
 
 
 def _looks_like_download_error(error: Exception) -> bool:

@@ -65,7 +65,7 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with every `None` default replaced by its actual value."""
-        from kcap.model.backbones import get_backbone_spec
+        from kcap.model.backbones import check_weights_file, get_backbone_spec
 
         c = dataclasses.replace(self)
         if c.backbone is None:
@@ -76,6 +76,8 @@ class TrainConfig:
                 c.backbone_weights = "file"
             else:
                 c.backbone_weights = "imagenet" if spec.pretrained else "none"
+        elif c.backbone_weights not in ("imagenet", "none", "file"):
+            check_weights_file(c.backbone_weights)  # now, not after the data check
         if c.image_size is None:
             c.image_size = c.synthetic_image_size if (c.is_synthetic and c.backbone == "small_cnn") else spec.image_size
         if c.preprocessing is None:
