@@ -266,6 +266,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"kcap {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if os.environ.get("KCAP_DEBUG"):
+            raise
+        print(f"kcap {args.command}: interrupted.{_how_to_go_on(args)}", file=sys.stderr)
+        return 130  # the shell's code for a command ended by Ctrl-C
+
+
+def _how_to_go_on(args: argparse.Namespace) -> str:
+    """What the same command does when run again after a Ctrl-C, for the commands that resume."""
+    if args.command == "train":
+        return f" Run the same command again to resume {args.run_dir} after its last finished epoch."
+    if args.command == "features":
+        return " Run the same command again to go on with the feature cache where it stopped."
+    if args.command == "tune":
+        return f" Run the same command again to go on with the search in {args.directory}."
+    return ""
 
 
 if __name__ == "__main__":

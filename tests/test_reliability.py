@@ -369,6 +369,21 @@ def _assert_no_half_written_file(run: Path):
             assert load_run(run, checkpoint).model is not None
 
 
+def test_ctrl_c_during_training_says_how_to_resume_without_a_traceback(tmp_path):
+    run = tmp_path / "run"
+    args = kcap_command("train", "--run-dir", str(run), "--epochs", "50", *SYNTHETIC_FLAGS)
+    process = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while _completed(run) < 1 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert process.poll() is None, "training ended before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert f"kcap train: interrupted. Run the same command again to resume {run}" in stderr
+
+
 @pytest.mark.slow
 def test_sigkill_at_any_moment_then_the_same_command_finishes_every_epoch_once(tmp_path):
     run = tmp_path / "run"
