@@ -253,13 +253,16 @@ def export_run(
 @contextlib.contextmanager
 def _quiet_tensorflow_logger():
     """Hides the saver's INFO/WARNING chatter (temporary paths, renamed loop inputs)."""
-    logger = tf.get_logger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    # TensorFlow's own logger, and absl's, which the signature code logs through.
+    loggers = [tf.get_logger(), logging.getLogger("absl")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _check_output(output: Path, run_dir: Path, force: bool) -> None:
