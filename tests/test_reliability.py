@@ -229,6 +229,28 @@ def test_a_relative_data_path_gives_a_run_whose_images_are_found_from_anywhere(t
             assert Path(item["image"]).is_absolute() and Path(item["image"]).is_file(), item["image"]
 
 
+def test_a_run_resumes_from_another_directory_with_another_spelling_of_its_paths(tmp_path, monkeypatch):
+    import dataclasses
+
+    from kcap.data.synthetic import write_synthetic_dataset
+    from kcap.training.trainer import train
+
+    write_synthetic_dataset(tmp_path / "shapes", num_images=24, seed=0, image_size=64)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig(
+        data="shapes/captions.csv", backbone="small_cnn", image_size=64, epochs=1, batch_size=8,
+        embedding_dim=8, units=8, val_captions=0, cache_dir="features",
+    )
+    train(config, "run", verbose=0)
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the same files, spelt from here
+    elsewhere = dataclasses.replace(config, data="../shapes/./captions.csv", cache_dir="../features", epochs=2)
+    train(elsewhere, "../run", verbose=0)
+    assert [e["epoch"] for e in json.loads((tmp_path / "run" / "history.json").read_text())["epochs"]] == [1, 2]
+    saved = TrainConfig.load(tmp_path / "run" / "config.json")
+    assert saved.data == str(tmp_path / "shapes" / "captions.csv") and saved.cache_dir == str(tmp_path / "features")
+
+
 def test_check_accepts_exactly_what_tensorflow_decodes(tmp_path):
     """The check is neither too strict nor too lax: for each kind, accepted <=> tf.io.decode_image reads it."""
     handled = write_handled_images(tmp_path)

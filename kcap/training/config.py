@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -65,11 +66,20 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with every `None` default replaced by its actual value."""
-        from kcap.model.backbones import check_weights_file, get_backbone_spec
+        from kcap.model.backbones import check_weights_file, get_backbone_spec, is_backbone_file
 
         c = dataclasses.replace(self)
         if c.backbone is None:
             c.backbone = "small_cnn" if c.is_synthetic else "inception_v3"
+        # Files by absolute path: the run reads them again from wherever it is resumed or evaluated,
+        # and two spellings of one file are one setting.
+        if not c.is_synthetic:
+            c.data = _absolute(c.data)
+        c.images, c.cache_dir = _absolute(c.images), _absolute(c.cache_dir)
+        if is_backbone_file(c.backbone):
+            c.backbone = _absolute(c.backbone)
+        if c.backbone_weights not in (None, "imagenet", "none", "file"):
+            c.backbone_weights = _absolute(c.backbone_weights)
         spec = get_backbone_spec(c.backbone, c.image_size)
         if c.backbone_weights is None:
             if c.backbone.endswith(".keras"):
@@ -184,3 +194,7 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is str:
         return isinstance(value, str)
     return True
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else os.path.abspath(os.path.expanduser(path))

@@ -110,7 +110,8 @@ def dtype_policy(mixed_precision: str) -> Iterator[None]:
 
 
 def _check_resume(run: RunDir, config: TrainConfig) -> None:
-    saved = TrainConfig.load(run.config)
+    # resolved(): a config.json from before paths were stored absolute reads its relative ones from here.
+    saved = TrainConfig.load(run.config).resolved()
     changed = [
         key for key, value in dataclasses.asdict(saved).items()
         if key not in RESUMABLE_CHANGES and getattr(config, key) != value
