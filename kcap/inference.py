@@ -87,8 +87,9 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> TrainedRun:
         log.warning("%s is missing; using %s (the last epoch).", run.best_model, model_file)
     elif checkpoint == "last" and model_file != run.final_model:
         log.warning("%s is missing (the run has not finished); using %s.", run.final_model, model_file)
-    other = "last" if model_file == run.best_model else "best"
-    model = load_keras_file(model_file, f"Use --checkpoint {other}, or train the run again.")
+    other, other_file = ("last", run.final_model) if model_file == run.best_model else ("best", run.best_model)
+    hint = f"Use --checkpoint {other}, or train a new run." if other_file.is_file() else "Train a new run."
+    model = load_keras_file(model_file, hint)
     if model.vocabulary_size != len(vocabulary):
         raise ValueError(
             f"{run.path}: the model expects {model.vocabulary_size} words but vocab.json has "

@@ -80,14 +80,13 @@ class TrainConfig:
             c.backbone = _absolute(c.backbone)
         if c.backbone_weights not in (None, "imagenet", "none", "file"):
             c.backbone_weights = _absolute(c.backbone_weights)
+            check_weights_file(c.backbone_weights)  # now, not after the data check
         spec = get_backbone_spec(c.backbone, c.image_size)
         if c.backbone_weights is None:
-            if c.backbone.endswith(".keras"):
+            if is_backbone_file(c.backbone):
                 c.backbone_weights = "file"
             else:
                 c.backbone_weights = "imagenet" if spec.pretrained else "none"
-        elif c.backbone_weights not in ("imagenet", "none", "file"):
-            check_weights_file(c.backbone_weights)  # now, not after the data check
         if c.image_size is None:
             c.image_size = c.synthetic_image_size if (c.is_synthetic and c.backbone == "small_cnn") else spec.image_size
         if c.preprocessing is None:

@@ -266,10 +266,8 @@ def _check_monitor_without_validation(config: TrainConfig, source: str) -> None:
             f"(--val-fraction {config.val_fraction:g}, or split lists without a val split). "
             f"Give --val-fraction above 0, or --monitor val_loss."
         )
-    log.warning(
-        "No validation images: best.keras%s follow%s the training loss.",
-        " and early stopping" if config.early_stopping else "", "" if config.early_stopping else "s",
-    )
+    followers = "best.keras and early stopping follow" if config.early_stopping else "best.keras follows"
+    log.warning("No validation images: %s the training loss.", followers)
 
 
 def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) -> dict:
