@@ -166,7 +166,7 @@ def write_synthetic_dataset(
     if not 64 <= image_size <= 512:
         raise ValueError(f"image_size must be between 64 and 512, got {image_size}.")
     # The new set replaces the folder whole: only an empty one or an earlier set may go.
-    if output.exists() and not (output.is_dir() and (not any(output.iterdir()) or (output / "synthetic.json").is_file())):
+    if output.exists() and not _replaceable(output):
         raise FileExistsError(
             f"{output} exists and is not an earlier synthetic set (no synthetic.json); writing the set "
             "there would delete what it holds. Give a new or empty folder as --output."
@@ -184,6 +184,12 @@ def write_synthetic_dataset(
                     writer.writerow([name, caption])
         (tmp / "synthetic.json").write_text(json.dumps(_params(num_images, seed, image_size, captions_per_image)))
     return output / "captions.csv"
+
+
+def _replaceable(folder: Path) -> bool:
+    if not folder.is_dir():
+        return False
+    return not any(folder.iterdir()) or (folder / "synthetic.json").is_file()
 
 
 def _params(num_images, seed, image_size, captions_per_image) -> dict:
