@@ -251,6 +251,40 @@ def test_a_run_resumes_from_another_directory_with_another_spelling_of_its_paths
     assert saved.data == str(tmp_path / "shapes" / "captions.csv") and saved.cache_dir == str(tmp_path / "features")
 
 
+def test_a_resumed_run_keeps_its_splits_and_refuses_data_that_changed(tmp_path):
+    import dataclasses
+
+    from kcap.data.synthetic import write_synthetic_dataset
+    from kcap.training.trainer import train
+
+    csv_path = write_synthetic_dataset(tmp_path / "shapes", num_images=30, seed=0, image_size=64)
+    header, *rows = csv_path.read_text().splitlines(keepends=True)
+    csv_path.write_text(header + "".join(rows[:100]))  # the first 20 images
+    config = TrainConfig(
+        data=str(csv_path), backbone="small_cnn", image_size=64, epochs=1, batch_size=8,
+        embedding_dim=8, units=8, val_captions=0, val_fraction=0.2, test_fraction=0.2,
+    )
+    run = tmp_path / "run"
+    train(config, run, verbose=0)
+
+    def membership():
+        splits = json.loads((run / "splits.json").read_text())["splits"]
+        return {item["image"]: (split, sorted(item["captions"])) for split, items in splits.items() for item in items}
+
+    before = membership()
+    # The same rows in another order would draw other random splits: the run keeps its own.
+    csv_path.write_text(header + "".join(reversed(rows[:100])))
+    train(dataclasses.replace(config, epochs=2), run, verbose=0)
+    assert membership() == before
+    assert [e["epoch"] for e in json.loads((run / "history.json").read_text())["epochs"]] == [1, 2]
+    # Ten more images, and one caption changed: resuming would train on test images. Refused.
+    changed = rows[1].replace(",", ",a changed caption ", 1)
+    csv_path.write_text(header + rows[0] + changed + "".join(rows[2:]))
+    with pytest.raises(ValueError, match=r"no longer holds the data this run started with .*10 images added .*; 1 image with other captions"):
+        train(dataclasses.replace(config, epochs=3), run, verbose=0)
+    assert membership() == before
+
+
 def test_check_accepts_exactly_what_tensorflow_decodes(tmp_path):
     """The check is neither too strict nor too lax: for each kind, accepted <=> tf.io.decode_image reads it."""
     handled = write_handled_images(tmp_path)

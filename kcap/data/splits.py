@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 from kcap.data.dataset import CaptionDataset
@@ -38,4 +41,38 @@ def assign_splits(
         else:
             split = "train"
         unassigned[index].split = split
+    return dataset
+
+
+def restore_splits(dataset: CaptionDataset, manifest: dict, manifest_path: str | Path) -> CaptionDataset:
+    """Gives every image the split a run recorded for it in `splits.json` (`manifest`).
+
+    A resumed run must not draw its splits again: a caption file with its rows in
+    another order would draw other ones and put test images into training. The
+    images and their captions (in any order) must be those of the manifest;
+    anything else is refused, naming what changed.
+    """
+    stored = {
+        os.path.abspath(item["image"]): (split, sorted(item["captions"]))
+        for split, items in manifest["splits"].items() for item in items
+    }
+    current = {str(image.path): sorted(image.captions) for image in dataset.images}
+    changes = [
+        (what, names) for what, names in (
+            ("added", [p for p in current if p not in stored]),
+            ("removed", [p for p in stored if p not in current]),
+            ("with other captions", [p for p in current if p in stored and stored[p][1] != current[p]]),
+        ) if names
+    ]
+    if changes:
+        details = "; ".join(
+            f"{len(names)} image{'s' if len(names) > 1 else ''} {what} (e.g. {names[0]})" for what, names in changes
+        )
+        raise ValueError(
+            f"{dataset.source} no longer holds the data this run started with ({manifest_path}): {details}. "
+            "Resuming would draw new splits and could train on test images; give the data the run "
+            "started with, or start a new --run-dir."
+        )
+    for image in dataset.images:
+        image.split = stored[str(image.path)][0]
     return dataset

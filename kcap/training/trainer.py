@@ -19,6 +19,7 @@ from kcap.data.dataset import CaptionDataset
 from kcap.data.feature_cache import FeatureCache
 from kcap.data.normalization import channel_statistics
 from kcap.data.pipeline import evaluation_dataset, steps_per_epoch, training_dataset
+from kcap.data.splits import restore_splits
 from kcap.model.augmentation import ImageAugmentation
 from kcap.model.backbones import build_backbone
 from kcap.model.captioner import Captioner
@@ -154,6 +155,8 @@ def prepare_data(
     dataset, report = load_checked_dataset(config)
     if skipped is not None:
         skipped.update(report.skipped_json())
+    if run is not None and run.splits.is_file():
+        restore_splits(dataset, run.load_splits(), run.splits)
     train_images = dataset.subset("train")
     if not train_images:
         raise ValueError(f"No training images in {dataset.source}.")
