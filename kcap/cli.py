@@ -17,6 +17,13 @@ def _bool_flag(parser, name: str, help: str) -> None:
     parser.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction, default=None, help=help)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     from kcap.data.caption_files import FORMATS
     from kcap.training.config import MIXED_PRECISION, TrainConfig
@@ -27,7 +34,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", default=None, help="images folder (default: Images/ or images/ beside the caption file)")
     p.add_argument("--format", default="auto", choices=FORMATS, help="caption file format (default: detected)")
     p.add_argument("--synthetic-images", type=int, default=d.synthetic_images, help="images in the synthetic set")
-    p.add_argument("--synthetic-image-size", type=int, default=d.synthetic_image_size, help="side of synthetic images (64-128)")
+    p.add_argument("--synthetic-image-size", type=int, default=d.synthetic_image_size, help="side of synthetic images (64-512)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="images for validation, without split lists")
     p.add_argument("--test-fraction", type=float, default=d.test_fraction, help="images for test, without split lists")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -224,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True)
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP, WebP), or folders of them")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--beam-size", type=int, default=1, help="beam search with this many beams (1: greedy)")
     p.add_argument("--temperature", type=float, default=None, help="sample words at this temperature instead")
     p.add_argument("--attention-plot", metavar="OUT.png", default=None, help="save where the model looked for each word (one image)")
@@ -236,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--beam-size", type=int, default=1, help="beam search with this many beams (1: greedy)")
     p.add_argument("--temperature", type=float, default=None, help="sample words at this temperature instead")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--show", type=int, default=3, help="print this many example captions")
     p.set_defaults(func=cmd_evaluate)
 

@@ -76,6 +76,8 @@ def test_missing_images_folder_says_what_to_do(tmp_path):
     (tmp_path / "captions.csv").write_text("image,caption\na.jpg,x\n")
     with pytest.raises(FileNotFoundError, match="--images"):
         read_captions(tmp_path / "captions.csv")
+    with pytest.raises(NotADirectoryError, match=r"captions.csv is a file; --images takes the folder"):
+        read_captions(tmp_path / "captions.csv", images_dir=tmp_path / "captions.csv")
 
 
 def _dataset(num_images, captions_per_image=5):

@@ -859,6 +859,8 @@ def test_hyperparameter_files_are_validated_on_load(tmp_path):
         path.write_text(content)
         with pytest.raises(ValueError, match=message):
             search.apply_hparams(config, path)
+    with pytest.raises(IsADirectoryError, match=rf"{tmp_path} is a folder; give the JSON file itself"):
+        search.apply_hparams(config, tmp_path)
 
 
 @pytest.mark.slow

@@ -220,3 +220,37 @@ def test_an_unknown_mixed_precision_policy_is_refused(tiny_config):
 
     with pytest.raises(ValueError, match="mixed_precision must be one of"):
         dataclasses.replace(tiny_config, mixed_precision="float16").resolved()
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"val_captions": -5}, "val_captions must be 0 or more"),
+        ({"image_size": 0}, "image_size must be at least 32"),
+        ({"image_size": -5}, "image_size must be at least 32"),
+        ({"clipnorm": -1.0}, "clipnorm must be positive"),
+        ({"seed": -1}, "seed must be 0 or more"),
+        ({"min_word_count": 0}, "min_word_count must be at least 1"),
+        ({"data": ""}, "data is empty"),
+    ],
+)
+def test_out_of_range_settings_are_refused_before_any_work(tmp_path, tiny_config, setting, message):
+    import dataclasses
+
+    with pytest.raises(ValueError, match=f"Invalid configuration: {message}"):
+        train(dataclasses.replace(tiny_config, **setting), tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_vocabulary_with_no_words_is_refused(tmp_path, tiny_config):
+    import dataclasses
+
+    with pytest.raises(ValueError, match=r"No word of the training captions appears 100000 times or more"):
+        train(dataclasses.replace(tiny_config, min_word_count=100000), tmp_path / "run", verbose=0)
+
+
+@pytest.mark.parametrize("command", [["caption", "--run-dir", "x", "a.png"], ["evaluate", "--run-dir", "x"]])
+def test_a_batch_size_of_zero_is_a_usage_error(command):
+    result = subprocess.run(kcap_command(*command, "--batch-size", "0"), capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "argument --batch-size: must be at least 1, got 0" in result.stderr

@@ -69,6 +69,8 @@ class TrainConfig:
         from kcap.model.backbones import check_weights_file, get_backbone_spec, is_backbone_file
 
         c = dataclasses.replace(self)
+        if not c.data.strip():
+            raise ValueError("Invalid configuration: data is empty; give 'synthetic', a caption file or a folder.")
         if c.backbone is None:
             c.backbone = "small_cnn" if c.is_synthetic else "inception_v3"
         # Files by absolute path: the run reads them again from wherever it is resumed or evaluated,
@@ -127,6 +129,11 @@ class TrainConfig:
             (self.embedding_dim >= 1 and self.units >= 1, "embedding_dim and units must be positive"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (self.vocab_size >= 1, "vocab_size must be at least 1"),
+            (self.min_word_count >= 1, "min_word_count must be at least 1"),
+            (self.seed >= 0, "seed must be 0 or more"),
+            (self.image_size is None or self.image_size >= 32, "image_size must be at least 32"),
+            (self.clipnorm is None or self.clipnorm > 0, "clipnorm must be positive"),
+            (self.val_captions >= 0, "val_captions must be 0 or more"),
             (self.max_length is None or self.max_length >= 1, "max_length must be at least 1"),
             (self.synthetic_images >= 10, "synthetic_images must be at least 10"),
             (self.fine_tune_layers >= 0, "fine_tune_layers must be 0 or more"),

@@ -24,7 +24,7 @@ from kcap.model.augmentation import ImageAugmentation
 from kcap.model.backbones import build_backbone
 from kcap.model.captioner import Captioner
 from kcap.model.preprocessing import ImagePreprocessing
-from kcap.text.vocabulary import Vocabulary
+from kcap.text.vocabulary import SPECIAL_TOKENS, Vocabulary
 from kcap.training.callbacks import (
     BestModelCheckpoint,
     HistoryLog,
@@ -169,6 +169,11 @@ def prepare_data(
             max_length=config.max_length,
             min_count=config.min_word_count,
         )
+        if len(vocabulary) == len(SPECIAL_TOKENS):
+            raise ValueError(
+                f"No word of the training captions appears {config.min_word_count} times or more, so the "
+                "vocabulary would hold no words; lower --min-word-count."
+            )
     normalization = None
     if config.normalize == "dataset":
         if run is not None and run.config.is_file():

@@ -156,6 +156,8 @@ def read_json(path: str | Path, what: str = "File") -> Any:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} {path} does not exist.") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{what} {path} is a folder; give the JSON file itself.") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:

@@ -70,6 +70,8 @@ def find_images_dir(caption_file: Path, images_dir: str | Path | None = None) ->
     """
     if images_dir is not None:
         path = Path(images_dir)
+        if path.is_file():
+            raise NotADirectoryError(f"Images folder {path} is a file; --images takes the folder that holds the images.")
         if not path.is_dir():
             raise FileNotFoundError(f"Images folder {path} does not exist.")
         return path
