@@ -135,8 +135,13 @@ def cmd_preview_augmentation(args: argparse.Namespace) -> int:
 def cmd_caption(args: argparse.Namespace) -> int:
     from kcap.data.images import expand_image_paths
     from kcap.inference import load_run
+    from kcap.utils.figures import check_figure_path
 
     images = expand_image_paths(args.images)
+    if args.attention_plot:
+        check_figure_path(args.attention_plot)
+        if len(images) != 1:
+            raise ValueError("--attention-plot draws one image: give exactly one IMAGE.")
     trained = load_run(args.run_dir, args.checkpoint)
     results = trained.caption_files(
         images, batch_size=args.batch_size, beam_size=args.beam_size, temperature=args.temperature,
@@ -150,8 +155,6 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
         from kcap.evaluation.attention_plot import plot_attention
 
-        if len(results) != 1:
-            raise ValueError("--attention-plot draws one image: give exactly one IMAGE.")
         result = results[0]
         with Image.open(result["image"]) as image:
             pixels = np.asarray(image.convert("RGB"))

@@ -44,3 +44,25 @@ def test_preview_augmentation_writes_a_png_with_every_version(tmp_path):
     with Image.open(out) as picture:
         # original + normalised + 6 augmented, four to a row: two rows of 300-px panels.
         assert picture.size == (1200, 600)
+
+
+def test_preview_augmentation_refuses_a_name_without_a_figure_suffix_and_a_broken_image(tmp_path):
+    import subprocess
+
+    from conftest import kcap_command
+
+    image = tmp_path / "in.png"
+    Image.fromarray(np.zeros((60, 80, 3), dtype=np.uint8)).save(image)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"garbage")
+    for source, output, message in [
+        (image, tmp_path / "preview", "file name must end in one of .png, .jpg, .jpeg, .pdf, .svg"),
+        (broken, tmp_path / "preview.png", f"{broken}: not an image"),
+    ]:
+        result = subprocess.run(
+            kcap_command("preview-augmentation", str(source), "--output", str(output), "--image-size", "64"),
+            capture_output=True, text=True,
+        )
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert message in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.jpg", "in.png"]

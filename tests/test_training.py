@@ -68,6 +68,20 @@ def test_caption_command_prints_one_caption_per_image(trained_run):
         assert set(line.split("\t")[1].split()) <= vocab
 
 
+def test_a_wrong_attention_plot_request_is_refused_before_any_captioning(trained_run, tmp_path):
+    paths = [i["image"] for i in json.loads((trained_run / "splits.json").read_text())["splits"]["test"][:2]]
+    for images, plot, message in [
+        (paths, "att.png", "--attention-plot draws one image: give exactly one IMAGE"),
+        (paths[:1], "att.txt", "must end in one of .png"),
+    ]:
+        result = subprocess.run(
+            kcap_command("caption", "--run-dir", str(trained_run), "--attention-plot", str(tmp_path / plot), *images),
+            capture_output=True, text=True,
+        )
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert result.stdout == ""  # refused up front, not after the captions
+
+
 def test_caption_command_captions_every_image_in_a_folder(trained_run, tmp_path):
     splits = json.loads((trained_run / "splits.json").read_text())["splits"]
     paths = [Path(i["image"]) for i in splits["test"][:3]]

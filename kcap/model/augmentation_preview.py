@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from kcap.data.check import check_images
 from kcap.data.images import load_image
 from kcap.model.augmentation import ImageAugmentation
 from kcap.model.preprocessing import ImagePreprocessing
+from kcap.utils.figures import check_figure_path
 
 
 def _displayable(image: np.ndarray) -> np.ndarray:
@@ -43,6 +45,10 @@ def preview_augmentation(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    output = check_figure_path(output)
+    bad = [p for p in check_images([str(image_path)], progress=False) if p.severity == "error"]
+    if bad:
+        raise ValueError(f"Cannot preview {bad[0]}")
     pixels = load_image(str(image_path), image_size).numpy().astype("float32")
     normalised = np.asarray(preprocessing(pixels[None]))[0]
     augmented = [
@@ -60,7 +66,6 @@ def preview_augmentation(
         ax.imshow(image)
         ax.set_title(title, fontsize=9)
     figure.tight_layout()
-    output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=100)
     plt.close(figure)
