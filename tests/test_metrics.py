@@ -259,6 +259,11 @@ def test_kcap_evaluate_without_java_still_scores_and_notes_why_meteor_is_missing
     assert report["cider"] >= 0 and report["bleu4"] >= 0
 
 
-def test_clashing_image_ids_are_refused():
-    with pytest.raises(ValueError, match="same file name stem 'a'"):
-        image_ids(["x/a.jpg", "y/a.png"])
+def test_image_ids_are_file_name_stems_unless_two_share_one():
+    assert image_ids(["/d/Images/1000268201_693b08cb0e.jpg", "/d/Images/b.png"]) == ["1000268201_693b08cb0e", "b"]
+    # cats/000.jpg and dogs/000.jpg: the paths below their common folder tell them apart.
+    assert image_ids(["/d/images/cats/000.jpg", "/d/images/dogs/000.jpg", "/d/images/dogs/001.jpg"]) == [
+        "cats/000", "dogs/000", "dogs/001",
+    ]
+    # Only the extension differs: it stays.
+    assert image_ids(["/d/x/a.jpg", "/d/x/a.png"]) == ["a.jpg", "a.png"]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import os
 import warnings
-from pathlib import Path
+from collections.abc import Iterator
+from pathlib import Path, PurePath, PurePosixPath
 
 from kcap.evaluation.metrics import MeteorError, MeteorScorer, MeteorUnavailableWarning, caption_metrics
 from kcap.inference import load_run
@@ -19,26 +21,32 @@ def blind_baseline(train_captions: list[str]) -> str:
 
 
 def image_ids(paths: list[str]) -> list[str]:
-    """COCO `image_id`s of image files: the file name without its extension.
+    """COCO `image_id`s of image files: the file name without its extension, unless two share one.
 
     Flickr8k's `1000268201_693b08cb0e.jpg` becomes `"1000268201_693b08cb0e"`
     (a string, not COCO's integer ids; pycocoevalcap's scorers accept any
-    hashable id). Two files with the same stem would share an id, so they
-    are refused.
+    hashable id). Where two files share a stem (`cats/000.jpg`, `dogs/000.jpg`),
+    every id is the path below the files' common folder instead, without the
+    extension where that is enough to tell them apart.
 
     >>> image_ids(["Images/1000268201_693b08cb0e.jpg", "shapes/00001.png"])
     ['1000268201_693b08cb0e', '00001']
+    >>> image_ids(["images/cats/000.jpg", "images/dogs/000.jpg"])
+    ['cats/000', 'dogs/000']
     """
-    ids = [Path(p).stem for p in paths]
-    seen: dict[str, str] = {}
-    for path, image_id in zip(paths, ids):
-        if image_id in seen:
-            raise ValueError(
-                f"{seen[image_id]} and {path} have the same file name stem {image_id!r}, "
-                f"which would be one image_id in the COCO results file."
-            )
-        seen[image_id] = path
-    return ids
+    for candidate in _id_candidates(paths):
+        if len(set(candidate)) == len(candidate):
+            return candidate
+    raise ValueError(f"Two of the images are one file: {sorted(paths)}.")
+
+
+def _id_candidates(paths: list[str]) -> Iterator[list[str]]:
+    yield [PurePath(p).stem for p in paths]
+    absolute = [os.path.abspath(p) for p in paths]
+    common = os.path.commonpath(absolute) if len(absolute) > 1 else os.path.dirname(absolute[0])
+    relative = [PurePath(os.path.relpath(p, common)).as_posix() for p in absolute]
+    yield [str(PurePosixPath(r).with_suffix("")) for r in relative]
+    yield relative
 
 
 def results_path(run_dir: str | Path, split: str) -> Path:
@@ -66,7 +74,7 @@ def evaluate_run(
 
     Also writes `RUN/results_<split>.json`, the COCO caption results format
     `[{"image_id": ..., "caption": ...}]`, with `image_id` the image's file
-    name stem (see `image_ids`).
+    name stem, or its path where two stems clash (see `image_ids`).
 
     `beam_size` and `temperature` go to `model.generate` through
     `TrainedRun.caption_files`; the defaults are greedy decoding.
