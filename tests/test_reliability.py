@@ -425,6 +425,28 @@ def _assert_no_half_written_file(run: Path):
             assert load_run(run, checkpoint).model is not None
 
 
+def test_a_second_train_on_a_run_in_progress_is_refused_and_leaves_it_alone(tmp_path):
+    run = tmp_path / "run"
+    args = kcap_command("train", "--run-dir", str(run), "--epochs", "50", *SYNTHETIC_FLAGS)
+    first = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while _completed(run) < 1 and time.time() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended before the second could start"
+        second = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f"kcap train: error: {run} is in use by another kcap process" in second.stderr
+        done = _completed(run)
+        deadline = time.time() + 300
+        while _completed(run) == done and time.time() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert first.poll() is None and _completed(run) == done + 1  # the first run goes on
+    finally:
+        first.kill()
+        first.wait()
+
+
 def test_ctrl_c_during_training_says_how_to_resume_without_a_traceback(tmp_path):
     run = tmp_path / "run"
     args = kcap_command("train", "--run-dir", str(run), "--epochs", "50", *SYNTHETIC_FLAGS)
@@ -573,6 +595,17 @@ def test_process_killed_the_moment_its_staging_folder_appears_is_swept(tmp_path)
         (tmp / "file").write_text("done")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["file"]
+
+
+def test_a_folder_in_exclusive_use_is_refused_to_a_second_user_until_released(tmp_path):
+    from kcap.utils.files import exclusive_use
+
+    with exclusive_use(tmp_path, "kcap tune"):
+        with pytest.raises(RuntimeError, match=rf"{tmp_path} is in use by another kcap tune"):
+            with exclusive_use(tmp_path, "kcap tune"):
+                pass
+    with exclusive_use(tmp_path):  # released with the block
+        pass
 
 
 def test_staging_folders_of_live_processes_and_other_hosts_are_left_alone(tmp_path):

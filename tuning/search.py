@@ -32,7 +32,7 @@ from keras_tuner.src.engine.tuner import maybe_distribute
 import kcap
 from kcap.training.config import TrainConfig
 from kcap.training.distribute import barrier, is_chief, make_strategy, writable_directory
-from kcap.utils.files import atomic_write_json, atomic_write_text, read_json
+from kcap.utils.files import atomic_write_json, atomic_write_text, exclusive_use, read_json
 from tuning.hypermodel import (
     DEFAULT_SEARCH_SPACE,
     CaptionerHyperModel,
@@ -417,9 +417,11 @@ def search(
     # The others copy the search, so that they resume it as the chief does.
     with writable_directory(search_dir.path, strategy, copy_existing=True) as write_path:
         barrier(strategy)  # every copy made before the chief changes anything
-        result = _search(
-            config, SearchDir(write_path), strategy, settings, space, tuner, max_trials, objective, verbose
-        )
+        write_path.mkdir(parents=True, exist_ok=True)
+        with exclusive_use(write_path, "kcap tune (two searches would write the same trials)"):
+            result = _search(
+                config, SearchDir(write_path), strategy, settings, space, tuner, max_trials, objective, verbose
+            )
         barrier(strategy)  # the chief's summary written before the others read it (--retrain-best)
     # On the other workers: the same search as the chief's, whose files are the ones that stay.
     return dataclasses.replace(result, search_dir=search_dir)
@@ -430,7 +432,6 @@ def _search(
     tuner: str, max_trials: int, objective: str, verbose: int | str,
 ) -> SearchResult:
     """The search itself, writing into `search_dir`."""
-    search_dir.path.mkdir(parents=True, exist_ok=True)
     data = prepare_tuning_data(config, progress=verbose not in (0, "0"), build_cache=is_chief(strategy))
     hypermodel = CaptionerHyperModel(config, data, space, objective=objective)
     atomic_write_json(search_dir.settings, settings)

@@ -36,7 +36,7 @@ from kcap.training.config import TrainConfig
 from kcap.training.distribute import make_strategy, writable_directory
 from kcap.training.run_dir import RunDir, ensure_dirs
 from kcap.training.validation_captioning import ValidationCaptioning, subset
-from kcap.utils.files import atomic_path, atomic_write_json
+from kcap.utils.files import atomic_path, atomic_write_json, exclusive_use
 
 log = logging.getLogger("kcap")
 
@@ -248,7 +248,22 @@ def train(config: TrainConfig, run_dir: str | Path, verbose: int | str = "auto")
     config = config.resolved()
     strategy = make_strategy(config.strategy)  # before any other TF op (multi-worker needs that)
     with writable_directory(run_dir, strategy) as write_dir:
-        return _train(config, RunDir(Path(run_dir)), RunDir(write_dir), strategy, verbose)
+        run = RunDir(write_dir)
+        created = not run.path.exists()
+        run.check_writable()
+        try:
+            with exclusive_use(run.path, "kcap process (two runs would write the same checkpoints)"):
+                return _train(config, RunDir(Path(run_dir)), run, strategy, verbose)
+        except BaseException:
+            if created:
+                _remove_if_empty(run)  # a run refused at the start leaves no folder behind
+            raise
+
+
+def _remove_if_empty(run: RunDir) -> None:
+    for folder in (run.checkpoints, run.logs, run.path):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only succeeds on an empty folder
 
 
 def _remove_partial_files(run: RunDir) -> None:
@@ -280,7 +295,6 @@ def _check_monitor_without_validation(config: TrainConfig, source: str) -> None:
 
 def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) -> dict:
     """`source` is the run directory read to resume; `run` is where this process writes."""
-    run.check_writable()
     resuming = source.exists()
     if resuming:
         _check_resume(source, config)

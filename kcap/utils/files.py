@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -83,6 +84,31 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def exclusive_use(folder: str | Path, what: str = "kcap process") -> Iterator[None]:
+    """Holds an exclusive lock on `folder` for the block; a second holder is refused at once.
+
+    The lock is the operating system's (`flock` on the folder itself), so it ends with
+    its process however that ends: a killed run never leaves a stale lock. Where the
+    file system has no such locks (some network file systems), the block runs unlocked.
+
+    Example: `with exclusive_use("runs/a"): ...` while `kcap train` writes `runs/a`.
+    """
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"{folder} is in use by another {what}; wait for it to finish, or choose another folder."
+            ) from None
+        except OSError:
+            pass  # no locks on this file system
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 def _host_tag() -> str:
