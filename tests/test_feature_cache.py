@@ -73,6 +73,20 @@ def test_cache_holds_the_backbone_features_as_float16(cached_config):
     assert cache.size_bytes <= 1.05 * array.size * 2
 
 
+def test_a_cache_being_built_by_another_process_is_not_built_twice(cached_config, tmp_path):
+    import dataclasses
+
+    from kcap.utils.files import exclusive_use
+
+    cache, model, _ = _cache_for(dataclasses.replace(cached_config, cache_dir=str(tmp_path / "features")))
+    cache.directory.mkdir(parents=True)
+    with exclusive_use(cache.directory):  # what a kcap features in another terminal holds
+        with pytest.raises(RuntimeError, match=rf"{cache.directory} is in use by another kcap process building"):
+            cache.build(model, batch_size=16, progress=False)
+    assert cache.num_done == 0
+    assert cache.build(model, batch_size=16, progress=False)["computed"] == 80
+
+
 def test_changing_the_backbone_or_an_image_invalidates_the_cache(cached_config):
     cache, model, paths = _cache_for(cached_config)
     other_seed, _, _ = _cache_for(dataclasses.replace(cached_config, seed=1))  # other random weights

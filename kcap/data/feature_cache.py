@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from kcap.data.images import DECODING
 from kcap.data.pipeline import image_dataset
-from kcap.utils.files import atomic_write_json
+from kcap.utils.files import atomic_write_json, exclusive_use
 
 CACHE_FORMAT = 1
 
@@ -130,13 +130,21 @@ class FeatureCache:
     def build(self, model, batch_size: int = 32, progress: bool = True) -> dict:
         """Runs the backbone over every image not yet cached; resumes a killed build.
 
-        Returns build statistics: images computed, seconds, images/s.
+        Returns build statistics: images computed, seconds, images/s. A build
+        that another process is running on the same cache is refused: two
+        writers of one array could record rows that the other one had cleared.
         """
-        total = len(self.image_paths)
-        done = self.num_done
-        if done == total:
+        if self.num_done == len(self.image_paths):
             return {"computed": 0, "seconds": 0.0, "images_per_s": None, "reused": True}
         self.directory.mkdir(parents=True, exist_ok=True)
+        with exclusive_use(self.directory, "kcap process building this feature cache"):
+            return self._build(model, batch_size, progress)
+
+    def _build(self, model, batch_size: int, progress: bool) -> dict:
+        total = len(self.image_paths)
+        done = self.num_done  # again: the process that held the lock may have finished it
+        if done == total:
+            return {"computed": 0, "seconds": 0.0, "images_per_s": None, "reused": True}
         row_bytes = int(np.prod(self.feature_shape)) * np.dtype(np.float16).itemsize
         # The array file is sparse until written: a disk too small would fail only
         # after minutes of backbone work.
