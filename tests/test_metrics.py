@@ -267,3 +267,20 @@ def test_image_ids_are_file_name_stems_unless_two_share_one():
     ]
     # Only the extension differs: it stays.
     assert image_ids(["/d/x/a.jpg", "/d/x/a.png"]) == ["a.jpg", "a.png"]
+
+
+def test_evaluating_a_run_whose_images_moved_says_where_they_were_expected(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    manifest = json.loads((run / "splits.json").read_text())
+    for item in manifest["splits"]["test"]:
+        item["image"] = str(tmp_path / "moved" / Path(item["image"]).name)
+    (run / "splits.json").write_text(json.dumps(manifest))
+    with pytest.raises(FileNotFoundError) as caught:
+        evaluate_run(run, "test", progress=False)
+    message = str(caught.value)
+    assert message.startswith(f"8 of the 8 images of the 'test' split are missing, e.g. {tmp_path / 'moved'}")
+    assert f"{run / 'splits.json'} names each image by the path it had at training" in message
+    assert message.count("\n") == 0  # one line, not one per image

@@ -92,7 +92,14 @@ def evaluate_run(
     if not images:
         raise ValueError(f"The {split!r} split of {trained.run.path} has no images.")
     paths = [i["image"] for i in images]
-    ids = image_ids(paths)  # before captioning: a clash fails fast
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(paths)} images of the {split!r} split are missing, e.g. {missing[0]}. "
+            f"{trained.run.splits} names each image by the path it had at training; put the images back "
+            "there (or a link to their folder)."
+        )
+    ids = image_ids(paths)
     decoding = {}
     if beam_size != 1:
         decoding["beam_size"] = beam_size
