@@ -450,7 +450,12 @@ def test_a_second_train_on_a_run_in_progress_is_refused_and_leaves_it_alone(tmp_
 def test_ctrl_c_during_training_says_how_to_resume_without_a_traceback(tmp_path):
     run = tmp_path / "run"
     args = kcap_command("train", "--run-dir", str(run), "--epochs", "50", *SYNTHETIC_FLAGS)
-    process = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell runs background jobs with SIGINT ignored, and Python keeps an inherited SIG_IGN:
+    # give kcap the default disposition a terminal's foreground command has.
+    process = subprocess.Popen(
+        args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 300
     while _completed(run) < 1 and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
