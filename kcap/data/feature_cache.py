@@ -134,15 +134,13 @@ class FeatureCache:
         that another process is running on the same cache is refused: two
         writers of one array could record rows that the other one had cleared.
         """
-        if self.num_done == len(self.image_paths):
-            return {"computed": 0, "seconds": 0.0, "images_per_s": None, "reused": True}
         self.directory.mkdir(parents=True, exist_ok=True)
         with exclusive_use(self.directory, "kcap process building this feature cache"):
             return self._build(model, batch_size, progress)
 
     def _build(self, model, batch_size: int, progress: bool) -> dict:
         total = len(self.image_paths)
-        done = self.num_done  # again: the process that held the lock may have finished it
+        done = self.num_done  # under the lock: a process that held it before may have finished the cache
         if done == total:
             return {"computed": 0, "seconds": 0.0, "images_per_s": None, "reused": True}
         row_bytes = int(np.prod(self.feature_shape)) * np.dtype(np.float16).itemsize

@@ -136,8 +136,6 @@ def build_backbone(name: str, weights: str | None = "imagenet", image_size: int 
     if weights == "imagenet" and not spec.pretrained:
         raise ValueError(f"Backbone {name!r} has no ImageNet weights; use --backbone-weights none.")
     path_weights = weights if weights not in (None, "imagenet") else None
-    if path_weights:
-        check_weights_file(path_weights)
     try:
         model = spec.build(weights=None if path_weights else weights, image_size=size)
     except Exception as error:  # noqa: BLE001 - keras raises many kinds for a failed download
