@@ -173,7 +173,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     report = evaluate_run(
         args.run_dir, args.split, args.batch_size, args.checkpoint,
-        beam_size=args.beam_size, temperature=args.temperature,
+        beam_size=args.beam_size, temperature=args.temperature, images_dir=args.images,
     )
     base = report["baseline"]
 
@@ -248,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=None, help="sample words at this temperature instead")
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--show", type=int, default=3, help="print this many example captions")
+    p.add_argument(
+        "--images", default=None, metavar="DIR",
+        help="the run's images folder, where it is now if it moved since training",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("data", help="data sets: check a caption file and its images, or generate the synthetic set")

@@ -275,12 +275,27 @@ def test_evaluating_a_run_whose_images_moved_says_where_they_were_expected(train
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     manifest = json.loads((run / "splits.json").read_text())
-    for item in manifest["splits"]["test"]:
-        item["image"] = str(tmp_path / "moved" / Path(item["image"]).name)
+    trained_at = manifest["images_dir"]
+    # The run was copied to a machine whose images folder is somewhere else.
+    manifest["images_dir"] = str(tmp_path / "gone")
+    for items in manifest["splits"].values():
+        for item in items:
+            item["image"] = str(tmp_path / "gone" / Path(item["image"]).relative_to(trained_at))
     (run / "splits.json").write_text(json.dumps(manifest))
     with pytest.raises(FileNotFoundError) as caught:
-        evaluate_run(run, "test", progress=False)
+        evaluate_run(run, "test", progress=False, meteor=False)
     message = str(caught.value)
-    assert message.startswith(f"8 of the 8 images of the 'test' split are missing, e.g. {tmp_path / 'moved'}")
+    assert message.startswith(f"8 of the 8 images of the 'test' split are missing, e.g. {tmp_path / 'gone'}")
     assert f"{run / 'splits.json'} names each image by the path it had at training" in message
+    assert "kcap evaluate --images DIR" in message
     assert message.count("\n") == 0  # one line, not one per image
+
+    with pytest.raises(NotADirectoryError, match="--images takes the folder"):
+        evaluate_run(run, "test", progress=False, meteor=False, images_dir=run / "splits.json")
+    with pytest.raises(FileNotFoundError, match=f"{run} does not hold them below the paths they had below"):
+        evaluate_run(run, "test", progress=False, meteor=False, images_dir=run)
+    # Given the folder they are in now, the run scores the images it was trained and split with.
+    moved = evaluate_run(run, "test", progress=False, meteor=False, images_dir=trained_at)
+    original = evaluate_run(shutil.copytree(trained_run, tmp_path / "original"), "test", progress=False, meteor=False)
+    assert [c["caption"] for c in moved["captions"]] == [c["caption"] for c in original["captions"]]
+    assert moved["bleu4"] == original["bleu4"] and moved["cider"] == original["cider"]

@@ -283,6 +283,13 @@ def test_a_resumed_run_keeps_its_splits_and_refuses_data_that_changed(tmp_path):
     with pytest.raises(ValueError, match=r"no longer holds the data this run started with .*10 images added .*; 1 image with other captions"):
         train(dataclasses.replace(config, epochs=3), run, verbose=0)
     assert membership() == before
+    # The data folder moved, images and all (another disk, another machine): the same data, resumed.
+    csv_path.write_text(header + "".join(rows[:100]))
+    moved = (tmp_path / "shapes").rename(tmp_path / "elsewhere")
+    train(dataclasses.replace(config, data=str(moved / csv_path.name), epochs=3), run, verbose=0)
+    old_dir = tmp_path / "shapes"
+    assert membership() == {str(moved / Path(image).relative_to(old_dir)): value for image, value in before.items()}
+    assert [e["epoch"] for e in json.loads((run / "history.json").read_text())["epochs"]] == [1, 2, 3]
 
 
 def test_check_accepts_exactly_what_tensorflow_decodes(tmp_path):

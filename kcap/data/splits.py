@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
 from kcap.data.dataset import CaptionDataset
+
+log = logging.getLogger("kcap")
 
 
 def assign_splits(
@@ -50,20 +53,22 @@ def restore_splits(dataset: CaptionDataset, manifest: dict, manifest_path: str |
     A resumed run must not draw its splits again: a caption file with its rows in
     another order would draw other ones and put test images into training. The
     images and their captions (in any order) must be those of the manifest;
-    anything else is refused, naming what changed.
+    anything else is refused, naming what changed. Images that moved together
+    (the same files below another images folder) are the same data.
     """
     stored = {
         os.path.abspath(item["image"]): (split, sorted(item["captions"]))
         for split, items in manifest["splits"].items() for item in items
     }
     current = {str(image.path): sorted(image.captions) for image in dataset.images}
-    changes = [
-        (what, names) for what, names in (
-            ("added", [p for p in current if p not in stored]),
-            ("removed", [p for p in stored if p not in current]),
-            ("with other captions", [p for p in current if p in stored and stored[p][1] != current[p]]),
-        ) if names
-    ]
+    changes = _changes(stored, current)
+    if changes and manifest.get("images_dir"):
+        old_dir, new_dir = os.path.abspath(manifest["images_dir"]), os.path.abspath(dataset.images_dir)
+        below_old = {os.path.relpath(path, old_dir): value for path, value in stored.items()}
+        below_new = {os.path.relpath(path, new_dir): path for path in current}
+        if old_dir != new_dir and not _changes(below_old, {r: current[p] for r, p in below_new.items()}):
+            log.info("The images of this run moved from %s to %s; resuming with them there.", old_dir, new_dir)
+            stored, changes = {path: below_old[r] for r, path in below_new.items()}, []
     if changes:
         details = "; ".join(
             f"{len(names)} image{'s' if len(names) > 1 else ''} {what} (e.g. {names[0]})" for what, names in changes
@@ -76,3 +81,14 @@ def restore_splits(dataset: CaptionDataset, manifest: dict, manifest_path: str |
     for image in dataset.images:
         image.split = stored[str(image.path)][0]
     return dataset
+
+
+def _changes(stored: dict, current: dict) -> list[tuple[str, list[str]]]:
+    """What differs between `{image: (split, captions)}` and `{image: captions}`, by kind of change."""
+    return [
+        (what, names) for what, names in (
+            ("added", [p for p in current if p not in stored]),
+            ("removed", [p for p in stored if p not in current]),
+            ("with other captions", [p for p in current if p in stored and stored[p][1] != current[p]]),
+        ) if names
+    ]

@@ -63,6 +63,7 @@ def evaluate_run(
     beam_size: int = 1,
     temperature: float | None = None,
     meteor: bool = True,
+    images_dir: str | Path | None = None,
 ) -> dict:
     """Captions every image of `split` and scores them against all their references.
 
@@ -79,6 +80,10 @@ def evaluate_run(
     `beam_size` and `temperature` go to `model.generate` through
     `TrainedRun.caption_files`; the defaults are greedy decoding.
 
+    `images_dir` is where the images are now when they moved since training
+    (another machine, a copied run): each is read from the path it had below
+    the run's images folder (`images_dir` in `splits.json`), below this one.
+
     Example:
 
     ```python
@@ -92,12 +97,21 @@ def evaluate_run(
     if not images:
         raise ValueError(f"The {split!r} split of {trained.run.path} has no images.")
     paths = [i["image"] for i in images]
+    if images_dir is not None:
+        if not os.path.isdir(images_dir):
+            raise NotADirectoryError(f"{images_dir} is not a folder; --images takes the folder the run's images are in now.")
+        paths = [os.path.join(images_dir, os.path.relpath(p, manifest["images_dir"])) for p in paths]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
+        where = (
+            f"{images_dir} does not hold them below the paths they had below {manifest['images_dir']}"
+            if images_dir is not None else
+            f"{trained.run.splits} names each image by the path it had at training; put the images back "
+            "there, or give the folder they are in now (kcap evaluate --images DIR)"
+        )
         raise FileNotFoundError(
             f"{len(missing)} of the {len(paths)} images of the {split!r} split are missing, e.g. {missing[0]}. "
-            f"{trained.run.splits} names each image by the path it had at training; put the images back "
-            "there (or a link to their folder)."
+            f"{where}."
         )
     ids = image_ids(paths)
     decoding = {}

@@ -45,8 +45,9 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite and `TerminateOnNaN` stopped training; no final model is saved."""
 
 
-# Settings that may change between a run and its resumption.
-RESUMABLE_CHANGES = ("epochs", "strategy")
+# Settings that may change between a run and its resumption. The data and images may be
+# moved: `restore_splits` then checks that they still hold the run's images and captions.
+RESUMABLE_CHANGES = ("epochs", "strategy", "data", "images", "cache_dir")
 
 
 def build_captioner(
