@@ -56,6 +56,10 @@ def test_images_that_are_symbolic_links_to_another_folder_are_read(tmp_path):
         ("image,caption\n,a dog\n", r"captions.csv:2: the image field is empty"),
         ("image,caption\na.jpg,a,dog\n", r"captions.csv:2: expected 2 fields, found 3"),
         ("image,caption\n../secret.jpg,a dog\n", r"captions.csv:2: image path '../secret.jpg' resolves outside"),
+        # An unclosed quote would swallow every later row into one caption: named where it opened.
+        ("image,caption\na.jpg,ok\nb.jpg,\"a dog\nc.jpg,a cat\nd.jpg,a bird\n",
+         r"captions.csv:3: a quote \(\"\) opened on this line is not closed on it, so lines 3-5 read as one caption"),
+        ("image,caption\na.jpg,\"a dog\nb.jpg,a cat\"\nc.jpg,ok\n", r"captions.csv:2: .* so lines 2-3 read as one caption"),
         ("", r"captions.csv: the file is empty"),
     ],
 )

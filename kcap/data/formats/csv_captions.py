@@ -62,6 +62,7 @@ def read_csv_captions(
     first_line: dict[str, int] = {}
     seen_rows: dict[tuple, int] = {}
     while True:
+        line = reader.line_num + 1  # where the row starts; `line_num` is where it ends
         try:
             row = next(reader, None)
         except csv.Error as error:  # e.g. a NUL byte; the reader cannot go on past it
@@ -69,10 +70,15 @@ def read_csv_captions(
             break
         if row is None:
             break
-        line = reader.line_num
         if not row or all(not cell.strip() for cell in row):
             continue
         try:
+            if reader.line_num > line:
+                # An unclosed quote swallows the rows after it into one caption.
+                raise CaptionFileError(
+                    f"{path}:{line}: a quote (\") opened on this line is not closed on it, so lines "
+                    f"{line}-{reader.line_num} read as one caption; close the quote (a caption is one line)."
+                )
             _add_row(row, line, path, images_root, columns, image_col, caption_col, split_col, by_name, first_line)
         except CaptionFileError as error:
             record(errors, error, path, line)
