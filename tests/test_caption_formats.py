@@ -252,6 +252,8 @@ def _with(base, path, value):
         (_with(COCO, ["images", 1, "id"], True), r"captions.json: images\[1\]: 'id' must be int or str, found a boolean"),
         (_with(COCO, ["images", 2, "id"], 7), r"captions.json: images\[2\]: image id 7 is already used by images\[0\]"),
         (_with(COCO, ["images", 2, "file_name"], "a.jpg"), r"images\[2\]: file_name 'a.jpg' is already used by images\[0\]"),
+        # Another spelling of the same file is the same image: it could otherwise be in two splits.
+        (_with(COCO, ["images", 2, "file_name"], "./x/../a.jpg"), r"images\[2\]: file_name 'a.jpg' is already used by images\[0\]"),
         (_with(COCO, ["images", 0, "file_name"], "../a.jpg"), r"captions.json: images\[0\]: image path '../a.jpg' resolves outside"),
         (_with(COCO, ["annotations", 2, "caption"], ...), r"captions.json: annotations\[2\]: no 'caption' key"),
         (_with(COCO, ["annotations", 1, "caption"], " "), r"captions.json: annotations\[1\]: 'caption' is empty"),
@@ -278,12 +280,37 @@ def test_bad_coco_files_name_file_entry_and_reason(tmp_path, content, message):
         (_with(KARPATHY, ["images", 0, "sentences", 0, "raw"], ["A", "dog"]), r"images\[0\].sentences\[0\]: 'raw' must be str, found a list"),
         (_with(KARPATHY, ["images", 0, "sentences", 0, "raw"], " ."), r"images\[0\].sentences\[0\]: the caption has no words, only punctuation: '\.'"),
         (_with(KARPATHY, ["images", 1, "filename"], "a.jpg"), r"images\[1\]: image 'a.jpg' already appears at images\[0\]"),
+        (_with(KARPATHY, ["images", 1, "filename"], "./a.jpg"), r"images\[1\]: image 'a.jpg' already appears at images\[0\]"),
         (_with(KARPATHY, ["images", 1, "filepath"], ".."), r"dataset.json: images\[1\]: image path '../b.jpg' resolves outside"),
         (_with(KARPATHY, ["images", 1, "filepath"], 3), r"images\[1\]: 'filepath' must be str, found a number"),
     ],
 )
 def test_bad_karpathy_files_name_file_entry_and_reason(tmp_path, content, message):
     _assert_refused(tmp_path / "dataset.json", "karpathy", content, message)
+
+
+def test_skipping_bad_json_entries_leaves_out_what_they_name_and_no_more(tmp_path):
+    from PIL import Image
+
+    from kcap.data.check import check_data
+
+    for name in _images(tmp_path).iterdir():
+        Image.new("RGB", (32, 32), "red").save(name, format="JPEG")
+    # Karpathy: one sentence without words costs that sentence, as a bad CSV row does, not its image.
+    _write(tmp_path / "dataset.json", _with(KARPATHY, ["images", 0, "sentences", 0, "raw"], "..."))
+    report = check_data(tmp_path / "dataset.json", progress=False)
+    assert [str(p) for p in report.errors] == [
+        f"{tmp_path / 'dataset.json'}: images[0].sentences[0]: the caption has no words, only punctuation: '...'."
+    ]
+    assert [(i.name, i.captions) for i in report.dataset] == [("a.jpg", ["A brown dog ."]), ("b.jpg", ["A cat sleeps ."])]
+    (tmp_path / "dataset.json").unlink()
+    # COCO: an image entry refused takes its annotations with it, without an error for each.
+    _write(tmp_path / "captions.json", _with(COCO, ["images", 0, "file_name"], "../a.jpg"))
+    report = check_data(tmp_path / "captions.json", progress=False)
+    assert [str(p) for p in report.errors] == [
+        f"{tmp_path / 'captions.json'}: images[0]: image path '../a.jpg' resolves outside {tmp_path / 'Images'}."
+    ]
+    assert [(i.name, i.captions) for i in report.dataset] == [("b.jpg", ["A cat sleeps ."])]
 
 
 def test_non_utf8_json_is_reported_with_its_line(tmp_path):

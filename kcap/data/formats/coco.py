@@ -22,7 +22,7 @@ from typing import Any
 from kcap.data.dataset import CaptionDataset, CaptionedImage
 from kcap.data.formats.common import (
     CaptionFileError, DataProblem, caption_fault, find_images_dir, json_field, json_list, load_json, record,
-    resolve_image,
+    resolve_image, same_image_name,
 )
 
 
@@ -52,11 +52,13 @@ def coco_dataset(data: Any, path: Path, images_root: Path, errors: list[DataProb
     by_id: dict[int | str, CaptionedImage] = {}
     id_where: dict[int | str, str] = {}
     name_where: dict[str, str] = {}
+    left_out: dict[int | str, str] = {}  # ids of entries refused above: their annotations go with them
     for index, entry in enumerate(entries):
         where = f"{path}: images[{index}]"
+        image_id = entry.get("id") if isinstance(entry, dict) else None
         try:
             image_id = json_field(entry, "id", (int, str), where)
-            file_name = json_field(entry, "file_name", str, where)
+            file_name = same_image_name(json_field(entry, "file_name", str, where))
             if image_id in by_id:
                 raise CaptionFileError(f"{where}: image id {image_id!r} is already used by {id_where[image_id]}.")
             if file_name in name_where:
@@ -64,6 +66,8 @@ def coco_dataset(data: Any, path: Path, images_root: Path, errors: list[DataProb
             by_id[image_id] = CaptionedImage(resolve_image(images_root, file_name, where), [])
         except CaptionFileError as error:
             record(errors, error, path)
+            if isinstance(image_id, (int, str)) and image_id not in by_id:
+                left_out.setdefault(image_id, f"images[{index}]")
             continue
         id_where[image_id], name_where[file_name] = f"images[{index}]", f"images[{index}]"
     for index, annotation in enumerate(annotations):
@@ -74,6 +78,8 @@ def coco_dataset(data: Any, path: Path, images_root: Path, errors: list[DataProb
             fault = caption_fault(caption)
             if fault:
                 raise CaptionFileError(f"{where}: the caption {fault}.")
+            if image_id in left_out:
+                continue  # its image entry is reported above; its captions are left out with it
             if image_id not in by_id:
                 raise CaptionFileError(f"{where}: image_id {image_id!r} is not the id of any entry of 'images'.")
         except CaptionFileError as error:

@@ -21,7 +21,7 @@ from typing import Any
 from kcap.data.dataset import SPLITS, CaptionDataset, CaptionedImage
 from kcap.data.formats.common import (
     SPLIT_ALIASES, CaptionFileError, DataProblem, caption_fault, find_images_dir, json_field, json_list, load_json,
-    record, resolve_image,
+    record, resolve_image, same_image_name,
 )
 
 
@@ -31,7 +31,8 @@ def read_karpathy_captions(
     """Reads a Karpathy split JSON file; its splits are kept.
 
     With an `errors` list, a bad entry of `images` is recorded there and
-    skipped (with all its sentences) instead of raising.
+    skipped (with all its sentences) instead of raising; a bad sentence is
+    recorded and skipped alone, as a bad row of a CSV file is.
 
     Example:
 
@@ -49,7 +50,7 @@ def karpathy_dataset(data: Any, path: Path, images_root: Path, errors: list[Data
     seen: dict[str, int] = {}
     for index, entry in enumerate(json_list(data, "images", path)):
         try:
-            name, image = _entry_image(entry, f"{path}: images[{index}]", images_root, seen)
+            name, image = _entry_image(entry, f"{path}: images[{index}]", images_root, seen, errors, path)
         except CaptionFileError as error:
             record(errors, error, path)
             continue
@@ -60,7 +61,9 @@ def karpathy_dataset(data: Any, path: Path, images_root: Path, errors: list[Data
     return CaptionDataset(images, images_root, source=str(path))
 
 
-def _entry_image(entry: Any, where: str, images_root: Path, seen: dict[str, int]) -> tuple[str, CaptionedImage]:
+def _entry_image(
+    entry: Any, where: str, images_root: Path, seen: dict[str, int], errors: list[DataProblem] | None, path: Path
+) -> tuple[str, CaptionedImage]:
     """The image name and `CaptionedImage` of one entry of 'images', or a `CaptionFileError`."""
     filename = json_field(entry, "filename", str, where)
     filepath = json_field(entry, "filepath", str, where, optional=True)
@@ -70,15 +73,23 @@ def _entry_image(entry: Any, where: str, images_root: Path, seen: dict[str, int]
     sentences = json_field(entry, "sentences", list, where)
     if not sentences:
         raise CaptionFileError(f"{where}: 'sentences' is empty; every image needs a caption.")
-    captions = []
-    for number, sentence in enumerate(sentences):
-        caption = json_field(sentence, "raw", str, f"{where}.sentences[{number}]")
-        fault = caption_fault(caption)
-        if fault:
-            raise CaptionFileError(f"{where}.sentences[{number}]: the caption {fault}.")
-        captions.append(caption.strip())
     # Posix joining: the file names the path with '/', whatever the platform.
     name = str(PurePosixPath(filepath.strip(), filename)) if filepath and filepath.strip() else filename
+    name = same_image_name(name)
     if name in seen:
         raise CaptionFileError(f"{where}: image {name!r} already appears at images[{seen[name]}].")
-    return name, CaptionedImage(resolve_image(images_root, name, where), captions, SPLIT_ALIASES[split])
+    image_path = resolve_image(images_root, name, where)
+    captions = []
+    for number, sentence in enumerate(sentences):
+        try:
+            caption = json_field(sentence, "raw", str, f"{where}.sentences[{number}]")
+            fault = caption_fault(caption)
+            if fault:
+                raise CaptionFileError(f"{where}.sentences[{number}]: the caption {fault}.")
+        except CaptionFileError as error:
+            record(errors, error, path)
+            continue
+        captions.append(caption.strip())
+    if not captions:
+        raise CaptionFileError(f"{where}: none of its {len(sentences)} sentences is a caption (see above).")
+    return name, CaptionedImage(image_path, captions, SPLIT_ALIASES[split])
