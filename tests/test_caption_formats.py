@@ -75,6 +75,9 @@ def test_flickr8k_token_file_reads_the_official_splits(flickr):
     assert all(image.split is None for image in flickr.excluded)
     # The same captions as the Kaggle-style CSV of the same images.
     assert {i.name: i.captions for i in flickr.images + flickr.excluded} == {i.name: i.captions for i in kaggle}
+    # Kaggle's folder holds captions.txt and the token file; with the split lists beside them,
+    # the folder reads as the token file, so its official splits apply.
+    assert read_captions(FLICKR).source == str(FLICKR / "Flickr8k.token.txt")
 
 
 def test_images_in_no_split_list_never_get_a_random_split(flickr):
@@ -311,6 +314,35 @@ def test_skipping_bad_json_entries_leaves_out_what_they_name_and_no_more(tmp_pat
         f"{tmp_path / 'captions.json'}: images[0]: image path '../a.jpg' resolves outside {tmp_path / 'Images'}."
     ]
     assert [(i.name, i.captions) for i in report.dataset] == [("b.jpg", ["A cat sleeps ."])]
+
+
+def test_a_folder_with_split_lists_reads_its_token_file_and_says_where_splits_come_from(tmp_path, caplog):
+    import dataclasses
+
+    from PIL import Image
+
+    from kcap.data.check import load_checked_dataset
+    from kcap.training.config import TrainConfig
+
+    for name in _images(tmp_path, names=[f"{i}.jpg" for i in range(6)]).iterdir():
+        Image.new("RGB", (32, 32), "red").save(name, format="JPEG")
+    _write(tmp_path / "captions.txt", "image,caption\n" + "".join(f"{i}.jpg,A dog number {i} .\n" for i in range(6)))
+    _write(tmp_path / "Flickr8k.token.txt", "".join(f"{i}.jpg#0\tA dog number {i} .\n" for i in range(6)))
+    config = TrainConfig(data=str(tmp_path), backbone="small_cnn")
+    with caplog.at_level("INFO", logger="kcap"):
+        dataset, _ = load_checked_dataset(config, progress=False)
+    assert dataset.source == str(tmp_path / "captions.txt")
+    assert "splits drawn at random by image (--seed 0, --val-fraction 0.1, --test-fraction 0.1)" in caplog.text
+
+    _write(tmp_path / "Flickr_8k.trainImages.txt", "0.jpg\n1.jpg\n2.jpg\n3.jpg\n")
+    _write(tmp_path / "Flickr_8k.testImages.txt", "4.jpg\n")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="kcap"):
+        dataset, _ = load_checked_dataset(dataclasses.replace(config, val_fraction=0.3), progress=False)
+    assert dataset.source == str(tmp_path / "Flickr8k.token.txt")
+    assert dataset.split_sizes() == {"train": 4, "val": 0, "test": 1}
+    assert f"Data: {tmp_path / 'Flickr8k.token.txt'}, 5 images (train 4, val 0, test 1; 1 in no split list, left out); splits as the data gives them" in caplog.text
+    assert "--val-fraction and --test-fraction do not apply" in caplog.text
 
 
 def test_non_utf8_json_is_reported_with_its_line(tmp_path):

@@ -26,7 +26,7 @@ from kcap.data.dataset import CaptionDataset
 from kcap.data.formats.coco import coco_dataset, read_coco_captions
 from kcap.data.formats.common import CaptionFileError, DataProblem, find_images_dir, load_json, resolve_image
 from kcap.data.formats.csv_captions import read_csv_captions
-from kcap.data.formats.flickr8k import read_flickr8k_captions
+from kcap.data.formats.flickr8k import SPLIT_LISTS, read_flickr8k_captions
 from kcap.data.formats.karpathy import karpathy_dataset, read_karpathy_captions
 
 __all__ = [
@@ -69,7 +69,10 @@ def find_caption_file(folder: str | Path, format: str = "auto") -> Path:
 
     Looks for `captions.csv`, `captions.txt` (csv), `Flickr8k.token.txt`,
     `*.token.txt`, `*.token` (flickr8k) and a single `*.json` (coco, karpathy);
-    `auto` tries them all in that order.
+    `auto` tries them all in that order, except that a token file comes first
+    when Flickr8k's official split lists lie beside it (Kaggle's Flickr8k folder
+    holds both `captions.txt` and the token file; only the latter has the splits
+    results are compared by).
 
     Example: `find_caption_file("flickr8k")` → `flickr8k/captions.txt`.
     """
@@ -77,6 +80,8 @@ def find_caption_file(folder: str | Path, format: str = "auto") -> Path:
         raise ValueError(f"Unknown caption format {format!r}; expected one of {FORMATS}.")
     folder = Path(folder)
     patterns = _FOLDER_CANDIDATES[format]
+    if format == "auto" and any((folder / name).is_file() for name, _ in SPLIT_LISTS):
+        patterns = _FOLDER_CANDIDATES["flickr8k"] + tuple(p for p in patterns if p not in _FOLDER_CANDIDATES["flickr8k"])
     for pattern in patterns:
         matches = sorted(p for p in folder.glob(pattern) if p.is_file())
         if len(matches) == 1:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import json
 import logging
 import os
 import warnings
@@ -344,14 +345,18 @@ def apply_on_bad_image(report: DataReport, on_bad_image: str) -> CaptionDataset:
     return dataset
 
 
-def load_checked_dataset(config, progress: bool = True) -> tuple[CaptionDataset, DataReport]:
+def load_checked_dataset(
+    config, progress: bool = True, run_splits: str | Path | None = None
+) -> tuple[CaptionDataset, DataReport]:
     """`kcap.data.sources.load_dataset`, with the data check in front: what training reads.
 
     Splits are drawn over every readable image before bad ones are left out,
-    so the split of a good image never depends on which others are bad.
-    `config` is a `kcap.training.config.TrainConfig`.
+    so the split of a good image never depends on which others are bad. A run
+    being resumed gives its `splits.json` as `run_splits` and keeps those
+    splits (`kcap.data.splits.restore_splits`). `config` is a
+    `kcap.training.config.TrainConfig`.
     """
-    from kcap.data.splits import assign_splits
+    from kcap.data.splits import assign_splits, restore_splits
     from kcap.data.synthetic import cached_synthetic_dataset
 
     if config.is_synthetic:
@@ -364,8 +369,20 @@ def load_checked_dataset(config, progress: bool = True) -> tuple[CaptionDataset,
         # resumed run) finds from any working directory.
         images = os.path.abspath(config.images) if config.images else None
         report = check_data(os.path.abspath(config.data), images, config.format, progress=progress)
+    given = sum(image.split is not None for image in report.dataset.images)
     assign_splits(report.dataset, config.val_fraction, config.test_fraction, seed=config.seed)
     dataset = apply_on_bad_image(report, config.on_bad_image)
+    if run_splits is not None:
+        restore_splits(dataset, json.loads(Path(run_splits).read_text(encoding="utf-8")), run_splits)
+        origin = f"kept from {run_splits}"
+    else:
+        origin = _split_origin(config, given, len(report.dataset.images))
+    sizes = dataset.split_sizes()
+    excluded = f"; {len(dataset.excluded)} in no split list, left out" if dataset.excluded else ""
+    log.info(
+        "Data: %s, %d images (train %d, val %d, test %d%s); splits %s.",
+        dataset.source, len(dataset.images), sizes["train"], sizes["val"], sizes["test"], excluded, origin,
+    )
     # The synthetic set draws each image's five captions with replacement, so it repeats
     # some word for word by design: nothing its user could act on.
     if report.warnings and not config.is_synthetic:
@@ -382,6 +399,23 @@ def load_checked_dataset(config, progress: bool = True) -> tuple[CaptionDataset,
             "\n".join(f"  {p}" for p in report.errors),
         )
     return dataset, report
+
+
+def _split_origin(config, given: int, total: int) -> str:
+    """Where the splits of `total` images came from, `given` of them by the data itself."""
+    drawn = f"drawn at random by image (--seed {config.seed}, --val-fraction {config.val_fraction:g}, " \
+            f"--test-fraction {config.test_fraction:g})"
+    if given == 0:
+        return drawn
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    if given == total and (config.val_fraction, config.test_fraction) != (defaults["val_fraction"], defaults["test_fraction"]):
+        log.warning(
+            "--val-fraction and --test-fraction do not apply: the data gives every image its split "
+            "(split lists, a split column or a split field)."
+        )
+    if given == total:
+        return "as the data gives them (split lists, a split column or a split field)"
+    return f"of {given} images as the data gives them, the other {total - given} {drawn}"
 
 
 # -- `kcap data check` ---------------------------------------------------------

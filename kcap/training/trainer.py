@@ -19,7 +19,6 @@ from kcap.data.dataset import CaptionDataset
 from kcap.data.feature_cache import FeatureCache
 from kcap.data.normalization import channel_statistics
 from kcap.data.pipeline import evaluation_dataset, steps_per_epoch, training_dataset
-from kcap.data.splits import restore_splits
 from kcap.model.augmentation import ImageAugmentation
 from kcap.model.backbones import build_backbone
 from kcap.model.captioner import Captioner
@@ -153,11 +152,10 @@ def prepare_data(
     and, when `skipped` is a dict, listed in it (`{"images": [...], "rows": [...]}`).
     """
     # Data check (issue #8): every problem is reported before any training.
-    dataset, report = load_checked_dataset(config)
+    resumed_splits = run.splits if run is not None and run.splits.is_file() else None
+    dataset, report = load_checked_dataset(config, run_splits=resumed_splits)
     if skipped is not None:
         skipped.update(report.skipped_json())
-    if run is not None and run.splits.is_file():
-        restore_splits(dataset, run.load_splits(), run.splits)
     train_images = dataset.subset("train")
     if not train_images:
         raise ValueError(f"No training images in {dataset.source}.")
