@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from conftest import SHARED
@@ -343,6 +344,18 @@ def test_a_folder_with_split_lists_reads_its_token_file_and_says_where_splits_co
     assert dataset.split_sizes() == {"train": 4, "val": 0, "test": 1}
     assert f"Data: {tmp_path / 'Flickr8k.token.txt'}, 5 images (train 4, val 0, test 1; 1 in no split list, left out); splits as the data gives them" in caplog.text
     assert "--val-fraction and --test-fraction do not apply" in caplog.text
+
+
+def test_coco_and_karpathy_ids_travel_to_the_runs_manifest(tmp_path):
+    _images(tmp_path)
+    _write(tmp_path / "captions.json", COCO)
+    manifest = read_captions(tmp_path / "captions.json").to_manifest(splits=[None])
+    assert [(Path(i["image"]).name, i["id"]) for i in manifest["splits"][None]] == [("a.jpg", 7), ("b.jpg", 3)]
+    (tmp_path / "captions.json").unlink()
+    with_cocoid = _with(KARPATHY, ["images", 0, "cocoid"], 391895)
+    dataset = read_captions(_write(tmp_path / "dataset.json", with_cocoid))
+    assert [i.source_id for i in dataset] == [391895, None]  # the Flickr files have no cocoid
+    assert "id" not in dataset.to_manifest()["splits"]["train"][0]
 
 
 def test_non_utf8_json_is_reported_with_its_line(tmp_path):

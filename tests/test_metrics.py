@@ -259,6 +259,21 @@ def test_kcap_evaluate_without_java_still_scores_and_notes_why_meteor_is_missing
     assert report["cider"] >= 0 and report["bleu4"] >= 0
 
 
+def test_results_name_images_by_their_coco_ids_where_the_data_has_them(trained_run, tmp_path):
+    import shutil
+
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    manifest = json.loads((run / "splits.json").read_text())
+    # What a run trained on a COCO captions file records: each image's COCO id.
+    for number, item in enumerate(manifest["splits"]["test"]):
+        item["id"] = 1000 + number
+    (run / "splits.json").write_text(json.dumps(manifest))
+    report = evaluate_run(run, "test", progress=False, meteor=False)
+    results = json.loads((run / "results_test.json").read_text())
+    assert [r["image_id"] for r in results] == list(range(1000, 1000 + len(manifest["splits"]["test"])))
+    assert [r["caption"] for r in results] == [c["caption"] for c in report["captions"]]
+
+
 def test_image_ids_are_file_name_stems_unless_two_share_one():
     assert image_ids(["/d/Images/1000268201_693b08cb0e.jpg", "/d/Images/b.png"]) == ["1000268201_693b08cb0e", "b"]
     # cats/000.jpg and dogs/000.jpg: the paths below their common folder tell them apart.

@@ -11,11 +11,16 @@ SPLITS = ("train", "val", "test")
 
 @dataclasses.dataclass
 class CaptionedImage:
-    """One image and all of its reference captions."""
+    """One image and all of its reference captions.
+
+    `source_id` is the image's id in its caption file where the format has one
+    (COCO's `id`, Karpathy's `cocoid`): COCO results files name images by it.
+    """
 
     path: Path
     captions: list[str]
     split: str | None = None
+    source_id: int | str | None = None
 
     @property
     def name(self) -> str:
@@ -62,6 +67,7 @@ class CaptionDataset:
             "splits": {
                 split: [
                     {"image": str(image.path), "captions": list(image.captions)}
+                    | ({"id": image.source_id} if image.source_id is not None else {})
                     for image in self.subset(split)
                 ]
                 for split in splits

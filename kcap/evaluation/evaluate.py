@@ -74,8 +74,9 @@ def evaluate_run(
     baseline (the most frequent training caption, said for every image).
 
     Also writes `RUN/results_<split>.json`, the COCO caption results format
-    `[{"image_id": ..., "caption": ...}]`, with `image_id` the image's file
-    name stem, or its path where two stems clash (see `image_ids`).
+    `[{"image_id": ..., "caption": ...}]`, with `image_id` the image's id in
+    its caption file where it has one (COCO's `id`, Karpathy's `cocoid`), else
+    its file name stem, or its path where two stems clash (see `image_ids`).
 
     `beam_size` and `temperature` go to `model.generate` through
     `TrainedRun.caption_files`; the defaults are greedy decoding.
@@ -113,7 +114,7 @@ def evaluate_run(
             f"{len(missing)} of the {len(paths)} images of the {split!r} split are missing, e.g. {missing[0]}. "
             f"{where}."
         )
-    ids = image_ids(paths)
+    ids = [i["id"] for i in images] if all("id" in i for i in images) else image_ids(paths)
     decoding = {}
     if beam_size != 1:
         decoding["beam_size"] = beam_size

@@ -63,7 +63,7 @@ def coco_dataset(data: Any, path: Path, images_root: Path, errors: list[DataProb
                 raise CaptionFileError(f"{where}: image id {image_id!r} is already used by {id_where[image_id]}.")
             if file_name in name_where:
                 raise CaptionFileError(f"{where}: file_name {file_name!r} is already used by {name_where[file_name]}.")
-            by_id[image_id] = CaptionedImage(resolve_image(images_root, file_name, where), [])
+            by_id[image_id] = CaptionedImage(resolve_image(images_root, file_name, where), [], source_id=image_id)
         except CaptionFileError as error:
             record(errors, error, path)
             if isinstance(image_id, (int, str)) and image_id not in by_id:

@@ -92,4 +92,6 @@ def _entry_image(
         captions.append(caption.strip())
     if not captions:
         raise CaptionFileError(f"{where}: none of its {len(sentences)} sentences is a caption (see above).")
-    return name, CaptionedImage(image_path, captions, SPLIT_ALIASES[split])
+    cocoid = entry.get("cocoid")  # COCO's own id; the Flickr files have none
+    source_id = cocoid if isinstance(cocoid, (int, str)) and not isinstance(cocoid, bool) else None
+    return name, CaptionedImage(image_path, captions, SPLIT_ALIASES[split], source_id)
