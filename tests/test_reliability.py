@@ -196,6 +196,24 @@ def test_check_reports_every_bad_image_and_row_with_file_line_and_reason(messy):
         assert load_image(path, (64, 64)).shape == (64, 64, 3)
 
 
+def test_an_image_problem_names_the_line_that_names_that_image(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "images" / "dog1.jpg")
+    (tmp_path / "captions.csv").write_text("image,caption\ndog1.jpg,a dog\ndog1.jpg,a black dog\ng1.jpg,a missing picture\n")
+    [problem] = check_data(tmp_path / "captions.csv", progress=False).errors
+    assert problem.reason == "image file is missing (named at captions.csv:4)."  # not line 2, where dog1.jpg is
+    # A JSON file often names every image on one line: no line there, the path names the image.
+    (tmp_path / "captions.csv").unlink()
+    (tmp_path / "captions.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "dog1.jpg"}, {"id": 2, "file_name": "g1.jpg"}],
+        "annotations": [{"image_id": 1, "caption": "a dog"}, {"image_id": 2, "caption": "a cat"}],
+    }))
+    [problem] = check_data(tmp_path / "captions.json", progress=False).errors
+    assert (problem.file, problem.reason) == (str(tmp_path / "images" / "g1.jpg"), "image file is missing.")
+
+
 def test_repeated_captions_are_a_warning_for_a_caption_file_but_not_for_the_embedded_set(tmp_path, caplog):
     from kcap.data.check import load_checked_dataset
     from kcap.data.synthetic import write_synthetic_dataset

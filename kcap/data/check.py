@@ -48,6 +48,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -296,8 +297,12 @@ def _tf_decode_error(path: Path) -> str | None:
 
 
 def _add_mentions(problems: list[DataProblem], caption_file: Path, images_dir: Path, limit: int = 1000) -> None:
-    """Appends "(named at captions.csv:7)" to image problems: the line that names the image."""
-    if not problems or not caption_file.is_file():
+    """Appends "(named at captions.csv:7)" to image problems: the line that names the image.
+
+    Only for files of lines (CSV, token files): a JSON file names its images in
+    entries, often all on one line, and the problem's path already names the image.
+    """
+    if not problems or not caption_file.is_file() or caption_file.suffix.lower() == ".json":
         return
     wanted: dict[str, int] = {}
     for index, problem in enumerate(problems[:limit]):
@@ -307,8 +312,10 @@ def _add_mentions(problems: list[DataProblem], caption_file: Path, images_dir: P
             continue
     names = {name: [] for name in wanted}
     text = caption_file.read_bytes().decode("utf-8", errors="replace")
+    # A whole name, not the end of a longer one: g1.jpg is not named by dog1.jpg.
+    patterns = {name: re.compile(rf"(?<![\w.\-/\\]){re.escape(name)}(?![\w.\-])") for name in names}
     for number, line in enumerate(text.split("\n"), start=1):
-        for name in [n for n in names if not names[n] and n in line]:
+        for name in [n for n in names if not names[n] and n in line and patterns[n].search(line)]:
             names[name].append(number)
         if all(names.values()):
             break
