@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("preview-augmentation", help="save original, normalised and augmented versions of an image")
     p.add_argument("image")
-    p.add_argument("--output", required=True, help="PNG file to write")
+    p.add_argument("--output", required=True, help="figure to write (.png, .jpg, .pdf or .svg)")
     p.add_argument("--run-dir", default=None, help="take augmentation and normalisation from this run")
     p.add_argument("--count", type=int, default=6, help="augmented versions to draw")
     p.add_argument("--data", default="real", help=argparse.SUPPRESS)
@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--beam-size", type=int, default=1, help="beam search with this many beams (1: greedy)")
     p.add_argument("--temperature", type=float, default=None, help="sample words at this temperature instead")
-    p.add_argument("--attention-plot", metavar="OUT.png", default=None, help="save where the model looked for each word (one image)")
+    p.add_argument("--attention-plot", metavar="OUT.png", default=None, help="save where the model looked for each word (one image; .png, .jpg, .pdf or .svg)")
     p.set_defaults(func=cmd_caption)
 
     p = sub.add_parser("evaluate", help="score a trained run on a split (BLEU, METEOR, ROUGE-L, CIDEr-D)")

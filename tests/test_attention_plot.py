@@ -90,6 +90,19 @@ def test_bad_input_is_refused_with_the_reason(tmp_path):
         plot_attention(image, [], attention, (2, 2))
     with pytest.raises(ValueError, match=r"RGB image of shape \(height, width, 3\)"):
         plot_attention(np.zeros((32, 32), np.uint8), ["a"], attention, (2, 2))
-    with pytest.raises(ValueError, match="name the file"):
-        plot_attention(image, ["a"], attention, (2, 2), path=tmp_path / "plot.jpg")
-    assert not (tmp_path / "plot.jpg").exists()
+    with pytest.raises(ValueError, match=r"plot.txt: a figure's file name must end in one of .png, .jpg"):
+        plot_attention(image, ["a"], attention, (2, 2), path=tmp_path / "plot.txt")
+    assert not (tmp_path / "plot.txt").exists()
+
+
+def test_the_plot_is_written_in_the_format_its_name_says(tmp_path):
+    image = np.zeros((32, 32, 3), np.uint8)
+    attention = np.full((2, 4), 0.25, np.float32)
+    for name, format in [("plot.jpg", "JPEG"), ("plot.JPEG", "JPEG"), ("plot.png", "PNG")]:
+        plot_attention(image, ["a"], attention, (2, 2), path=tmp_path / name)
+        with Image.open(tmp_path / name) as written:
+            assert written.format == format
+    plot_attention(image, ["a"], attention, (2, 2), path=tmp_path / "plot.svg")
+    assert (tmp_path / "plot.svg").read_text().lstrip().startswith("<?xml")
+    plot_attention(image, ["a"], attention, (2, 2), path=tmp_path / "plot.pdf")
+    assert (tmp_path / "plot.pdf").read_bytes().startswith(b"%PDF")

@@ -31,6 +31,7 @@ import tensorflow as tf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from kcap.utils.figures import check_figure_path
 from kcap.utils.files import atomic_path
 
 PANEL_INCHES = 2.4
@@ -148,7 +149,7 @@ def plot_attention(
     path: str | Path | None = None,
     columns: int = 4,
 ) -> np.ndarray:
-    """Draws one attention panel per word; writes a PNG to `path` if given; returns its pixels.
+    """Draws one attention panel per word; writes it to `path` if given; returns its pixels.
 
     Returns uint8 RGB (height, width, 3). See `attention_figure` for the
     arguments and the module docstring for the layout.
@@ -163,11 +164,11 @@ def plot_attention(
                    trained.model.feature_shape, path="cat_attention.png")
     ```
     """
-    if path is not None and Path(path).suffix.lower() != ".png":
-        raise ValueError(f"{path}: attention plots are written as PNG; name the file *.png.")
+    if path is not None:
+        path = check_figure_path(path)
     fig = attention_figure(image, words, attention, feature_shape, columns=columns)
     pixels = figure_to_array(fig)
     if path is not None:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI)
+            fig.savefig(tmp, format=path.suffix[1:].lower(), dpi=DPI)
     return pixels
