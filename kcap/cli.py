@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 import kcap
+from kcap.utils import count
 
 
 def _bool_flag(parser, name: str, help: str) -> None:
@@ -92,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     history = train(_train_config(args), args.run_dir, verbose=args.verbose)
     last = history["epochs"][-1] if history["epochs"] else {}
     summary = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "epoch")
-    print(f"Trained {len(history['epochs'])} epochs ({summary}). Run directory: {args.run_dir}")
+    print(f"Trained {count(len(history['epochs']), 'epoch')} ({summary}). Run directory: {args.run_dir}")
     return 0
 
 

@@ -358,6 +358,15 @@ def test_coco_and_karpathy_ids_travel_to_the_runs_manifest(tmp_path):
     assert "id" not in dataset.to_manifest()["splits"]["train"][0]
 
 
+def test_a_csv_read_as_a_token_file_is_one_error_not_one_per_line(tmp_path):
+    from kcap.data.check import check_data
+
+    _images(tmp_path)
+    path = _write(tmp_path / "captions.txt", "image,caption\n" + "a.jpg,A dog runs .\n" * 5000)
+    with pytest.raises(CaptionFileError, match=r"captions.txt: not a Flickr8k token file: none of its first 10 caption lines is NAME#N<TAB>caption \(the first is 'image,caption'\). Check --format"):
+        check_data(path, format="flickr8k", progress=False)
+
+
 def test_non_utf8_json_is_reported_with_its_line(tmp_path):
     _images(tmp_path)
     path = tmp_path / "captions.json"

@@ -202,8 +202,10 @@ def test_an_image_problem_names_the_line_that_names_that_image(tmp_path):
     (tmp_path / "images").mkdir()
     Image.new("RGB", (32, 32)).save(tmp_path / "images" / "dog1.jpg")
     (tmp_path / "captions.csv").write_text("image,caption\ndog1.jpg,a dog\ndog1.jpg,a black dog\ng1.jpg,a missing picture\n")
-    [problem] = check_data(tmp_path / "captions.csv", progress=False).errors
+    report = check_data(tmp_path / "captions.csv", progress=False)
+    [problem] = report.errors
     assert problem.reason == "image file is missing (named at captions.csv:4)."  # not line 2, where dog1.jpg is
+    assert report.summary().endswith(": 2 images, 3 captions; 1 bad image, 0 bad caption rows, 0 warnings.")
     # A JSON file often names every image on one line: no line there, the path names the image.
     (tmp_path / "captions.csv").unlink()
     (tmp_path / "captions.json").write_text(json.dumps({

@@ -337,14 +337,17 @@ def test_default_search_space_is_valid():
     assert {"embedding_dim", "units", "learning_rate", "dropout"} <= set(space)
 
 
-def test_apply_hparams_overrides_settings_and_rejects_bad_files(tmp_path):
+def test_apply_hparams_overrides_settings_and_rejects_bad_files(tmp_path, caplog):
     from tuning.search import apply_hparams
 
     base = TrainConfig(data="synthetic", units=32)
     good = tmp_path / "best.json"
     good.write_text(json.dumps({"units": 64, "learning_rate": 0.002}))
-    config = apply_hparams(base, good)
+    with caplog.at_level("WARNING", logger="kcap"):
+        config = apply_hparams(base, good)
     assert (config.units, config.learning_rate, config.data) == (64, 0.002, "synthetic")
+    # units=32 was asked for along with the file: the user hears that the file's 64 wins.
+    assert caplog.messages == [f"{good} overrides units=32 given with it: training with units=64."]
 
     for content, message in [
         ({"units": 64, "colour": "red", "size": 3}, r"unknown setting\(s\) \['colour', 'size'\]"),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -40,6 +41,8 @@ from tuning.hypermodel import (
     prepare_tuning_data,
     validate_search_space,
 )
+
+log = logging.getLogger("kcap")
 
 TUNERS = ("random", "hyperband", "bayesian")
 OBJECTIVES = {"val_loss": "min", "val_bleu4": "max"}
@@ -70,8 +73,9 @@ def apply_hparams(config: TrainConfig, path: str | Path) -> TrainConfig:
     """`config` with the settings of a JSON file (e.g. a search's `best_hyperparameters.json`).
 
     The file is an object of `TrainConfig` settings; its values win over
-    `config`'s. Unknown keys and values of the wrong type are errors naming
-    the file and the key.
+    `config`'s, with a warning for each setting `config` had changed from its
+    default (a flag given with `--hparams`). Unknown keys and values of the
+    wrong type are errors naming the file and the key.
 
     Example:
 
@@ -90,6 +94,14 @@ def apply_hparams(config: TrainConfig, path: str | Path) -> TrainConfig:
         raise ValueError(f"{path}: unknown setting(s) {unknown}; settings are TrainConfig fields: {fields}.")
     # from_json checks every value's type and names the key that is wrong.
     merged = TrainConfig.from_json({**config.to_json(), **data}, source=str(path))
+    defaults, given = TrainConfig(data=config.data).to_json(), config.to_json()
+    overridden = [k for k in data if given[k] != defaults[k] and given[k] != merged.to_json()[k]]
+    if overridden:
+        log.warning(
+            "%s overrides %s given with it: training with %s.", path,
+            ", ".join(f"{k}={given[k]!r}" for k in overridden),
+            ", ".join(f"{k}={merged.to_json()[k]!r}" for k in overridden),
+        )
     try:
         merged.validate()
     except ValueError as error:

@@ -57,6 +57,7 @@ from typing import Any
 from kcap.data.caption_files import read_captions
 from kcap.data.dataset import CaptionDataset
 from kcap.data.formats.common import CaptionFileError, DataProblem
+from kcap.utils import count
 
 log = logging.getLogger("kcap")
 
@@ -138,9 +139,9 @@ class DataReport:
 
     def summary(self) -> str:
         return (
-            f"{self.source}: {len(self.image_paths)} images, {self.dataset.num_captions} captions; "
-            f"{len(self.bad_images)} bad images, {len(self.bad_rows)} bad caption rows, "
-            f"{len(self.warnings)} warnings."
+            f"{self.source}: {count(len(self.image_paths), 'image')}, {count(self.dataset.num_captions, 'caption')}; "
+            f"{count(len(self.bad_images), 'bad image')}, {count(len(self.bad_rows), 'bad caption row')}, "
+            f"{count(len(self.warnings), 'warning')}."
         )
 
     def format(self) -> str:
@@ -397,12 +398,12 @@ def load_checked_dataset(
         shown = [f"  {p}" for p in report.warnings[:3]]
         if len(report.warnings) > 3:
             shown.append(f"  ... and {len(report.warnings) - 3} more (`kcap data check` lists them all)")
-        log.warning("Data check: %d warnings (nothing left out):\n%s", len(report.warnings), "\n".join(shown))
+        log.warning("Data check: %s (nothing left out):\n%s", count(len(report.warnings), "warning"), "\n".join(shown))
     if not report.ok:
         skipped = report.skipped_json()
         log.warning(
-            "--on-bad-image skip: leaving out %d images and %d caption rows:\n%s",
-            len(skipped["images"]), len(skipped["rows"]),
+            "--on-bad-image skip: leaving out %s and %s:\n%s",
+            count(len(skipped["images"]), "image"), count(len(skipped["rows"]), "caption row"),
             "\n".join(f"  {p}" for p in report.errors),
         )
     return dataset, report

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from kcap.data.dataset import CaptionDataset
+from kcap.utils import count
 
 log = logging.getLogger("kcap")
 
@@ -71,7 +72,7 @@ def restore_splits(dataset: CaptionDataset, manifest: dict, manifest_path: str |
             stored, changes = {path: below_old[r] for r, path in below_new.items()}, []
     if changes:
         details = "; ".join(
-            f"{len(names)} image{'s' if len(names) > 1 else ''} {what} (e.g. {names[0]})" for what, names in changes
+            f"{count(len(names), 'image')} {what} (e.g. {names[0]})" for what, names in changes
         )
         raise ValueError(
             f"{dataset.source} no longer holds the data this run started with ({manifest_path}): {details}. "

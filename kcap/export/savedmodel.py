@@ -276,7 +276,7 @@ def _check_output(output: Path, run_dir: Path, force: bool) -> None:
     if output.is_dir() and any(output.iterdir()):
         if not force:
             raise FileExistsError(
-                f"{output} is not empty; pass force=True (kcap export --force) to replace it."
+                f"{output} is not empty; to replace it, use kcap export --force (force=True from Python)."
             )
         if not (output / "saved_model.pb").is_file():
             # --force replaces an earlier export, never an arbitrary folder.

@@ -104,7 +104,7 @@ class TrainConfig:
             if asked:
                 raise ValueError(
                     f"Augmentation ({', '.join(asked)}) needs pixels, but --cache-features feeds the model "
-                    "cached backbone features. Drop the augmentation flags or --cache-features."
+                    "cached backbone features. Drop the augmentation flags (or, for kcap train, --cache-features)."
                 )
             if c.train_backbone or c.fine_tune_layers:
                 raise ValueError(

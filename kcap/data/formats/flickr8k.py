@@ -101,12 +101,22 @@ def read_flickr8k_captions(
     by_name: dict[str, CaptionedImage] = {}
     numbered: dict[tuple[str, str], int] = {}
     texts: dict[tuple[str, str], int] = {}
-    for line_number, line in enumerate(text_lines(read_text(path, errors)), start=1):
+    failed = 0
+    lines = text_lines(read_text(path, errors))
+    for line_number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             name, caption = _add_line(line, line_number, path, images_root, by_name, numbered)
         except CaptionFileError as error:
+            failed += 1
+            if failed == _NOT_A_TOKEN_FILE and not by_name:
+                # Another format read as a token file would give one error per line, by the thousand.
+                first = next(line for line in lines if line.strip())
+                raise CaptionFileError(
+                    f"{path}: not a Flickr8k token file: none of its first {failed} caption lines is "
+                    f"NAME#N<TAB>caption (the first is {first[:80]!r}). Check --format (auto tells the formats apart)."
+                ) from None
             record(errors, error, path, line_number)
             continue
         if errors is not None:
@@ -126,6 +136,10 @@ def read_flickr8k_captions(
         image.split = splits.get(name)
         (kept if image.split is not None else excluded).append(image)
     return CaptionDataset(kept, images_root, source=str(path), excluded=excluded)
+
+
+# This many bad lines before a good one: the file is not a token file at all.
+_NOT_A_TOKEN_FILE = 10
 
 
 def _add_line(line: str, line_number: int, path: Path, images_root: Path, by_name: dict, numbered: dict) -> tuple[str, str]:
