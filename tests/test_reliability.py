@@ -312,6 +312,40 @@ def test_a_resumed_run_keeps_its_splits_and_refuses_data_that_changed(tmp_path):
     assert [e["epoch"] for e in json.loads((run / "history.json").read_text())["epochs"]] == [1, 2, 3]
 
 
+def test_a_run_never_deletes_files_it_did_not_write(tmp_path):
+    import dataclasses
+
+    from kcap.data.synthetic import write_synthetic_dataset
+    from kcap.training.trainer import train
+
+    csv_path = write_synthetic_dataset(tmp_path / "shapes", num_images=20, seed=0, image_size=64)
+    config = TrainConfig(
+        data=str(csv_path), backbone="small_cnn", image_size=64, epochs=1, batch_size=8,
+        embedding_dim=8, units=8, val_captions=0,
+    )
+    # A folder of the user's is not a run directory: refused, and left as it was.
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in (".history", ".config", ".model_notes.txt", "notes.txt"):
+        (home / name).write_text(name)
+    with pytest.raises(ValueError, match=r"home is not empty \(.config, .history, .model_notes.txt and 1 more\) and holds no kcap run"):
+        train(config, home, verbose=0)
+    assert sorted(p.name for p in home.iterdir()) == [".config", ".history", ".model_notes.txt", "notes.txt"]
+
+    run = tmp_path / "run"
+    train(config, run, verbose=0)
+    # Files of the user's put into the run later, beside what a killed write leaves behind.
+    for name in (".history", ".model_notes.txt", ".config.json.bak", "checkpoints/.bestfriends"):
+        (run / name).write_text("mine")
+    for name in (".model.k3x_9q2a.keras", ".history.a1b2c3d4.json", "checkpoints/.resume-0002.weights.zz0_qq1w.weights.h5"):
+        (run / name).write_text("partial")
+    train(dataclasses.replace(config, epochs=2), run, verbose=0)
+    for name in (".history", ".model_notes.txt", ".config.json.bak", "checkpoints/.bestfriends"):
+        assert (run / name).read_text() == "mine"
+    for name in (".model.k3x_9q2a.keras", ".history.a1b2c3d4.json", "checkpoints/.resume-0002.weights.zz0_qq1w.weights.h5"):
+        assert not (run / name).exists()
+
+
 def test_check_accepts_exactly_what_tensorflow_decodes(tmp_path):
     """The check is neither too strict nor too lax: for each kind, accepted <=> tf.io.decode_image reads it."""
     handled = write_handled_images(tmp_path)

@@ -35,7 +35,7 @@ from kcap.training.config import TrainConfig
 from kcap.training.distribute import make_strategy, writable_directory
 from kcap.training.run_dir import RunDir, ensure_dirs
 from kcap.training.validation_captioning import ValidationCaptioning, subset
-from kcap.utils.files import atomic_path, atomic_write_json, exclusive_use
+from kcap.utils.files import atomic_temporary_name, atomic_path, atomic_write_json, exclusive_use
 
 log = logging.getLogger("kcap")
 
@@ -265,19 +265,38 @@ def _remove_if_empty(run: RunDir) -> None:
             folder.rmdir()  # only succeeds on an empty folder
 
 
+# The files a run writes (`RunDir`), by folder: `*` is an epoch number or a split.
+_RUN_FILES = ("config.json", "vocab.json", "splits.json", "history.json", "model.keras", "eval_*.json", "results_*.json")
+_CHECKPOINT_FILES = ("best.keras", "resume.json", "resume-*.weights.h5")
+
+
 def _remove_partial_files(run: RunDir) -> None:
     """Deletes the temporary files a killed run left beside its real ones (issue #8).
 
     `atomic_path` writes `.<stem>.<random><suffix>` and renames it into place; a
     process killed mid-write leaves that temporary behind (the real file is
-    intact). Only names of that form, for the files a run writes, are removed.
+    intact). Only names of exactly that form, for the files a run writes, are removed.
     """
-    stems = [p.stem for p in (run.config, run.vocabulary, run.splits, run.history, run.final_model,
-                              run.best_model, run.resume_state)] + ["resume-"]
-    for folder in (run.path, run.checkpoints):
+    for folder, names in ((run.path, _RUN_FILES), (run.checkpoints, _CHECKPOINT_FILES)):
+        patterns = [atomic_temporary_name(name) for name in names]
         for path in folder.glob(".*"):
-            if path.is_file() and path.name.startswith(tuple(f".{stem}" for stem in stems)):
+            if path.is_file() and any(pattern.match(path.name) for pattern in patterns):
                 path.unlink(missing_ok=True)
+
+
+def _check_new_run_folder(run: RunDir) -> None:
+    """A new run goes into a new or empty folder (or one a run killed before its config.json left)."""
+    kcap_made = [atomic_temporary_name(name) for name in _RUN_FILES]
+    others = sorted(
+        path.name for path in run.path.iterdir()
+        if path.name not in (run.checkpoints.name, run.logs.name) and not any(p.match(path.name) for p in kcap_made)
+    )
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise ValueError(
+            f"{run.path} is not empty ({shown}) and holds no kcap run (no config.json); a run writes and "
+            "cleans up files there. Choose a new or empty --run-dir."
+        )
 
 
 def _check_monitor_without_validation(config: TrainConfig, source: str) -> None:
@@ -297,6 +316,8 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
     resuming = source.exists()
     if resuming:
         _check_resume(source, config)
+    else:
+        _check_new_run_folder(run)
     _remove_partial_files(run)
 
     skipped: dict = {}  # what the data check left out (--on-bad-image skip), for config.json

@@ -13,7 +13,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 
@@ -48,6 +48,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def atomic_temporary_name(name_pattern: str) -> re.Pattern:
+    """What `atomic_path` names its temporary files for final names matching `name_pattern`.
+
+    `*` in the pattern stands for any characters. A killed writer leaves such a
+    file behind; nothing else matches, so a cleanup never touches a user's files.
+
+    Example: `atomic_temporary_name("model.keras").match(".model.k3x_9q2a.keras")` matches;
+    `.model_notes.txt` does not.
+    """
+    name = PurePath(name_pattern)
+    suffixes = "".join(name.suffixes)
+    stem = name.name[: len(name.name) - len(name.suffix)]
+    # mkstemp's random part: eight of [a-z0-9_].
+    return re.compile(rf"^\.{_glob(stem)}\.[a-z0-9_]{{8}}{_glob(suffixes)}$")
+
+
+def _glob(text: str) -> str:
+    return re.escape(text).replace(r"\*", "[^/]*")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
