@@ -346,6 +346,28 @@ def test_a_run_never_deletes_files_it_did_not_write(tmp_path):
         assert not (run / name).exists()
 
 
+def test_a_run_killed_while_saving_its_final_model_writes_it_when_run_again(tmp_path, caplog):
+    from kcap.data.synthetic import write_synthetic_dataset
+    from kcap.inference import load_run
+    from kcap.training.trainer import train
+
+    csv_path = write_synthetic_dataset(tmp_path / "shapes", num_images=20, seed=0, image_size=64)
+    config = TrainConfig(
+        data=str(csv_path), backbone="small_cnn", image_size=64, epochs=1, batch_size=8,
+        embedding_dim=8, units=8, val_captions=0,
+    )
+    run = tmp_path / "run"
+    train(config, run, verbose=0)
+    images = [i["image"] for i in json.loads((run / "splits.json").read_text())["splits"]["test"]]
+    expected = [r["caption"] for r in load_run(run, "last").caption_files(images, progress=False)]
+    (run / "model.keras").unlink()  # what a kill during its save leaves: the old name absent
+    with caplog.at_level("INFO", logger="kcap"):
+        train(config, run, verbose=0)
+    assert f"Saved {run / 'model.keras'}, which the run had not finished writing." in caplog.text
+    assert load_run(run, "last").model_file == run / "model.keras"
+    assert [r["caption"] for r in load_run(run, "last").caption_files(images, progress=False)] == expected
+
+
 def test_check_accepts_exactly_what_tensorflow_decodes(tmp_path):
     """The check is neither too strict nor too lax: for each kind, accepted <=> tf.io.decode_image reads it."""
     handled = write_handled_images(tmp_path)

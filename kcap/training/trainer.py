@@ -362,6 +362,11 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
     if initial_epoch:
         log.info("Resuming %s after epoch %d of %d.", source.path, initial_epoch, config.epochs)
     if initial_epoch >= config.epochs or ResumeCheckpoint.stopped_early(source.resume_state):
+        if not source.final_model.is_file():
+            # Killed while saving it: the resume checkpoint holds the same weights.
+            with atomic_path(run.final_model) as tmp:
+                model.save(tmp)
+            log.info("Saved %s, which the run had not finished writing.", run.final_model)
         log.info("%s already finished (%d epochs).", source.path, initial_epoch)
         return {"epochs": previous}
 
