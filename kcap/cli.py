@@ -73,6 +73,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clipnorm", type=float, default=None, help="clip gradients to this global norm")
     p.add_argument("--on-bad-image", default="error", choices=["error", "skip"],
                    help="data check: 'error' stops before training on any bad image or caption row; 'skip' leaves them out")
+    p.add_argument("--full-decode", action="store_true",
+                   help="data check: decode every image in full, to find damage inside a file (slower)")
 
 
 def _train_config(args: argparse.Namespace):
@@ -280,6 +282,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("KCAP_DEBUG"):
             raise
         print(f"kcap {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if os.environ.get("KCAP_DEBUG") or not type(error).__module__.startswith("tensorflow"):
+            raise
+        # A TensorFlow op failed (tf.errors.OpError): its message, without the graph dump.
+        message = getattr(error, "message", str(error)).split("\n")[0]
+        print(f"kcap {args.command}: error: {type(error).__name__}: {message} (KCAP_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if os.environ.get("KCAP_DEBUG"):

@@ -50,7 +50,8 @@ class TrainedRun:
 
         Example: `run.caption_files(["a.jpg", "b.jpg"], beam_size=3)[0]["caption"]`
         """
-        bad = [p for p in check_images([str(p) for p in paths], progress=False) if p.severity == "error"]
+        # In full: decoding is the work anyway, and damage inside a file would otherwise stop a batch unnamed.
+        bad = [p for p in check_images([str(p) for p in paths], full_decode=True, progress=False) if p.severity == "error"]
         if bad:
             raise ValueError("Cannot caption: " + "; ".join(str(p) for p in bad))
         results = []

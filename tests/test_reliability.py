@@ -368,6 +368,55 @@ def test_a_run_killed_while_saving_its_final_model_writes_it_when_run_again(tmp_
     assert [r["caption"] for r in load_run(run, "last").caption_files(images, progress=False)] == expected
 
 
+def _damaged_inside_jpeg(path):
+    """A JPEG whose header and end are intact and whose data is not: only a full decode sees it."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+    data = bytearray(buffer.getvalue())
+    data[len(data) // 2: len(data) // 2 + 2] = b"\xff\x3d"
+    path.write_bytes(bytes(data))
+    assert check_image(path) == (None, None) and check_image(path, full_decode=True)[0].startswith("cannot be decoded")
+    return path
+
+
+def test_an_image_damaged_inside_stops_training_with_its_name_then_is_skipped(tmp_path):
+    import dataclasses
+
+    from kcap.data.check import DataCheckError
+    from kcap.data.synthetic import write_synthetic_dataset
+    from kcap.inference import load_run
+    from kcap.training.trainer import train
+
+    csv_path = write_synthetic_dataset(tmp_path / "shapes", num_images=20, seed=0, image_size=64)
+    damaged = _damaged_inside_jpeg(csv_path.parent / "images" / "damaged.jpg")
+    header, *rows = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join([header + ",split", *(row + "," for row in rows), "damaged.jpg,a red circle,train"]) + "\n")
+    config = TrainConfig(
+        data=str(csv_path), backbone="small_cnn", image_size=64, epochs=1, batch_size=8,
+        embedding_dim=8, units=8, val_captions=0,
+    )
+    run = tmp_path / "run"
+    with pytest.raises(DataCheckError) as caught:
+        train(config, run, verbose=0)
+    message = str(caught.value)
+    assert message.startswith("1 image cannot be decoded, damage inside the file")
+    assert f"  {damaged}: cannot be decoded (jpeg::Uncompress failed" in message
+    assert "add --full-decode --on-bad-image skip" in message
+    splits = json.loads((run / "splits.json").read_text())["splits"]
+    # As told: the same command with a full check that skips what it finds goes on, and the
+    # other images keep the splits they had.
+    train(dataclasses.replace(config, full_decode=True, on_bad_image="skip"), run, verbose=0)
+    resumed = json.loads((run / "splits.json").read_text())["splits"]
+    assert {s: [i for i in items if i["image"] != str(damaged)] for s, items in splits.items()} == resumed
+    assert [i["path"] for i in json.loads((run / "config.json").read_text())["data"]["skipped"]["images"]] == [str(damaged)]
+    with pytest.raises(ValueError, match=rf"Cannot caption: {damaged}: cannot be decoded"):
+        load_run(run).caption_files([damaged])
+
+
 def test_check_accepts_exactly_what_tensorflow_decodes(tmp_path):
     """The check is neither too strict nor too lax: for each kind, accepted <=> tf.io.decode_image reads it."""
     handled = write_handled_images(tmp_path)

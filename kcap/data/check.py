@@ -44,13 +44,13 @@ report.ok                       # False when any image or row is bad
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
-import json
 import logging
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ from kcap.data.caption_files import read_captions
 from kcap.data.dataset import CaptionDataset
 from kcap.data.formats.common import CaptionFileError, DataProblem
 from kcap.utils import count
+from kcap.utils.files import read_json
 
 log = logging.getLogger("kcap")
 
@@ -278,6 +279,36 @@ def check_image(path: str | Path, full_decode: bool = False) -> tuple[str | None
     return None, None
 
 
+@contextlib.contextmanager
+def explain_decode_failures(images: Sequence, on_bad_image: str = "error") -> Iterator[None]:
+    """Turns an image that TensorFlow cannot decode, mid-run, into a `DataCheckError` naming it.
+
+    The data check reads each image's header and end, not all of it (that is
+    `full_decode`), so damage inside a file shows only when a batch decodes it.
+    Then every image of `images` (paths or `CaptionedImage`s) is decoded to
+    find which, and the error says what to do. Other errors pass unchanged.
+    """
+    import tensorflow as tf
+
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        if "decode" not in str(error).lower():
+            raise
+        log.warning("An image could not be decoded; decoding all %d images to find which.", len(images))
+        paths = [str(getattr(image, "path", image)) for image in images]
+        bad = [problem for problem in check_images(paths, full_decode=True) if problem.severity == "error"]
+        if not bad:
+            raise
+        skip = "" if on_bad_image == "skip" else " --on-bad-image skip"
+        raise DataCheckError(
+            f"{count(len(bad), 'image')} cannot be decoded, damage inside the file that the data check at the "
+            f"start does not read:\n" + "\n".join(f"  {problem}" for problem in bad) + "\n"
+            f"Fix or remove them, or add --full-decode{skip} to find and leave out such images before training. "
+            "Run the same command again to go on where it stopped."
+        ) from None
+
+
 def _known_signature(head: bytes) -> bool:
     return (
         head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM"))
@@ -376,15 +407,16 @@ def load_checked_dataset(
         # Absolute: the run's splits.json then names images that `kcap evaluate` (and a
         # resumed run) finds from any working directory.
         images = os.path.abspath(config.images) if config.images else None
-        report = check_data(os.path.abspath(config.data), images, config.format, progress=progress)
+        report = check_data(os.path.abspath(config.data), images, config.format, config.full_decode, progress=progress)
     given = sum(image.split is not None for image in report.dataset.images)
     assign_splits(report.dataset, config.val_fraction, config.test_fraction, seed=config.seed)
-    dataset = apply_on_bad_image(report, config.on_bad_image)
     if run_splits is not None:
-        restore_splits(dataset, json.loads(Path(run_splits).read_text(encoding="utf-8")), run_splits)
+        # Before bad images are left out: one found bad since the run began is not a change of data.
+        restore_splits(report.dataset, read_json(run_splits, "The run's split file"), run_splits)
         origin = f"kept from {run_splits}"
     else:
         origin = _split_origin(config, given, len(report.dataset.images))
+    dataset = apply_on_bad_image(report, config.on_bad_image)
     sizes = dataset.split_sizes()
     excluded = f"; {len(dataset.excluded)} in no split list, left out" if dataset.excluded else ""
     log.info(

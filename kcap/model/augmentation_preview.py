@@ -46,7 +46,7 @@ def preview_augmentation(
     import matplotlib.pyplot as plt
 
     output = check_figure_path(output)
-    bad = [p for p in check_images([str(image_path)], progress=False) if p.severity == "error"]
+    bad = [p for p in check_images([str(image_path)], full_decode=True, progress=False) if p.severity == "error"]
     if bad:
         raise ValueError(f"Cannot preview {bad[0]}")
     pixels = load_image(str(image_path), image_size).numpy().astype("float32")

@@ -56,6 +56,7 @@ class TrainConfig:
     strategy: str = "default"  # see kcap.training.distribute.STRATEGIES
     mixed_precision: str = "off"  # "mixed_float16" (GPUs) or "mixed_bfloat16" (CPUs with AVX512-BF16/AMX, TPUs): training only
     on_bad_image: str = "error"  # data check (kcap.data.check): "error" stops before training, "skip" leaves bad images/rows out
+    full_decode: bool = False  # data check: decode every image, not only its header and end (slower; finds damage inside)
     val_captions: int = 200  # validation images captioned each epoch for val_bleu4/val_cider (0: off)
     monitor: str = "val_loss"  # what picks the best checkpoint: val_loss, val_bleu4 or val_cider
     early_stopping: int | None = None  # stop after this many epochs without improvement

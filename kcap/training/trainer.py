@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 
 import kcap
-from kcap.data.check import load_checked_dataset
+from kcap.data.check import explain_decode_failures, load_checked_dataset
 from kcap.data.dataset import CaptionDataset
 from kcap.data.feature_cache import FeatureCache
 from kcap.data.normalization import channel_statistics
@@ -46,7 +46,8 @@ class TrainingDiverged(RuntimeError):
 
 # Settings that may change between a run and its resumption. The data and images may be
 # moved: `restore_splits` then checks that they still hold the run's images and captions.
-RESUMABLE_CHANGES = ("epochs", "strategy", "data", "images", "cache_dir")
+# A stricter data check (or skipping what it finds) leaves the splits of the others as they were.
+RESUMABLE_CHANGES = ("epochs", "strategy", "data", "images", "cache_dir", "on_bad_image", "full_decode")
 
 
 def build_captioner(
@@ -200,7 +201,8 @@ def build_feature_cache(
             config.backbone,
         )
     cache = FeatureCache.for_model(model, cached_images(dataset), config.cache_dir)
-    stats = cache.build(model, batch_size=config.batch_size, progress=progress)
+    with explain_decode_failures(cache.image_paths, config.on_bad_image):
+        stats = cache.build(model, batch_size=config.batch_size, progress=progress)
     if stats["reused"]:
         log.info("Reusing the feature cache %s.", cache.directory)
     else:
@@ -399,16 +401,17 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
         ResumeCheckpoint(run.resume_state),
         keras.callbacks.TensorBoard(log_dir=str(run.logs)),
     ]
-    fitted = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=config.epochs,
-        initial_epoch=initial_epoch,
-        steps_per_epoch=steps_per_epoch(train_images, config.batch_size),
-        callbacks=callbacks,
-        verbose=verbose,
-        shuffle=False,  # the dataset shuffles, by (seed, epoch)
-    )
+    with explain_decode_failures(train_images + val_images, config.on_bad_image):
+        fitted = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch(train_images, config.batch_size),
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,  # the dataset shuffles, by (seed, epoch)
+        )
     # NaN guard (issue #8): TerminateOnNaN ends `fit` quietly; saving now would ship NaN weights.
     losses = fitted.history.get("loss", [])
     if losses and not math.isfinite(losses[-1]):
