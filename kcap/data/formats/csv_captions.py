@@ -73,7 +73,7 @@ def read_csv_captions(
         if not row or all(not cell.strip() for cell in row):
             continue
         try:
-            if reader.line_num > line:
+            if reader.line_num > line and _swallows_rows(row):
                 # An unclosed quote swallows the rows after it into one caption.
                 raise CaptionFileError(
                     f"{path}:{line}: a quote (\") opened on this line is not closed on it, so lines "
@@ -92,6 +92,22 @@ def read_csv_captions(
     if not by_name and not errors:
         raise CaptionFileError(f"{path}: no caption rows after the header.")
     return CaptionDataset(list(by_name.values()), images_root, source=str(path))
+
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+
+
+def _swallows_rows(row: list[str]) -> bool:
+    """Whether a quoted field holds lines that are rows of their own (`NAME.jpg,...`).
+
+    A quoted caption may hold a line break; one that holds rows is a quote left open.
+    """
+    for cell in row:
+        for text in cell.split("\n")[1:]:
+            name, comma, _ = text.partition(",")
+            if comma and name.strip().strip('"').lower().endswith(_IMAGE_SUFFIXES):
+                return True
+    return False
 
 
 def _add_row(row, line, path, images_root, columns, image_col, caption_col, split_col, by_name, first_line) -> None:
