@@ -417,6 +417,38 @@ def test_an_image_damaged_inside_stops_training_with_its_name_then_is_skipped(tm
         load_run(run).caption_files([damaged])
 
 
+def test_a_damaged_resume_checkpoint_is_named_never_silently_restarted(tmp_path):
+    import dataclasses
+    import shutil
+
+    from kcap.data.synthetic import write_synthetic_dataset
+    from kcap.training.trainer import train
+
+    csv_path = write_synthetic_dataset(tmp_path / "shapes", num_images=20, seed=0, image_size=64)
+    config = TrainConfig(
+        data=str(csv_path), backbone="small_cnn", image_size=64, epochs=1, batch_size=8,
+        embedding_dim=8, units=8, val_captions=0,
+    )
+    train(config, tmp_path / "run", verbose=0)
+    more = dataclasses.replace(config, epochs=2)
+
+    def damaged(name, damage):
+        run = shutil.copytree(tmp_path / "run", tmp_path / name)
+        damage(run)
+        return run
+
+    run = damaged("missing", lambda r: (r / "checkpoints" / "resume-0001.weights.h5").unlink())
+    with pytest.raises(FileNotFoundError, match=r"resume.json names .*resume-0001.weights.h5, which is missing. To train this run again from its start, delete .*resume.json"):
+        train(more, run, verbose=0)
+    assert [e["epoch"] for e in json.loads((run / "history.json").read_text())["epochs"]] == [1]  # untouched
+    run = damaged("cut", lambda r: (r / "checkpoints" / "resume-0001.weights.h5").write_bytes(b"\x89HDF\r\n" + b"\0" * 994))
+    with pytest.raises(ValueError, match=r"Cannot load the resume checkpoint .*cut/checkpoints/resume-0001.weights.h5 \("):
+        train(more, run, verbose=0)
+    run = damaged("history", lambda r: (r / "history.json").write_text(""))
+    with pytest.raises(ValueError, match=r"history.json, line 1: not valid JSON"):
+        train(more, run, verbose=0)
+
+
 def test_check_accepts_exactly_what_tensorflow_decodes(tmp_path):
     """The check is neither too strict nor too lax: for each kind, accepted <=> tf.io.decode_image reads it."""
     handled = write_handled_images(tmp_path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import keras
 import numpy as np
 
 from kcap.text.vocabulary import Vocabulary
-from kcap.utils.files import atomic_path, atomic_write_json
+from kcap.utils.files import atomic_path, atomic_write_json, read_json
 
 
 class VocabularyExport(keras.callbacks.Callback):
@@ -76,18 +75,28 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         state_path = Path(state_path)
         if not state_path.is_file():
             return None
-        return state_path.parent / json.loads(state_path.read_text())["weights"]
+        return state_path.parent / read_json(state_path, "The resume checkpoint")["weights"]
 
     @staticmethod
     def restore(model: keras.Model, state_path: str | Path) -> int:
-        """Loads the last checkpoint into `model`; returns the number of finished epochs."""
+        """Loads the last checkpoint into `model`; returns the number of finished epochs.
+
+        A state that names a missing or unreadable weights file is an error: going on from
+        epoch 0 in silence would overwrite the run's history and best model.
+        """
         weights_path = ResumeCheckpoint.weights_path(state_path)
-        if weights_path is None or not weights_path.is_file():
+        if weights_path is None:
             return 0
-        state = json.loads(Path(state_path).read_text())
+        start_over = f"To train this run again from its start, delete {state_path}; or choose a new --run-dir."
+        if not weights_path.is_file():
+            raise FileNotFoundError(f"{state_path} names {weights_path}, which is missing. {start_over}")
+        state = read_json(state_path, "The resume checkpoint")
         # Optimizer slots are created lazily; make them exist so their state loads too.
         model.optimizer.build(model.trainable_variables)
-        model.load_weights(weights_path)
+        try:
+            model.load_weights(weights_path)
+        except Exception as error:  # h5py and Keras raise several kinds for a damaged file
+            raise ValueError(f"Cannot load the resume checkpoint {weights_path} ({error}). {start_over}") from None
         saved_seeds = state.get("seed_states", {})
         for variable in _seed_states(model):
             if variable.path in saved_seeds:
@@ -97,7 +106,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     @staticmethod
     def stopped_early(state_path: str | Path) -> bool:
         state_path = Path(state_path)
-        return state_path.is_file() and bool(json.loads(state_path.read_text()).get("stopped_early"))
+        return state_path.is_file() and bool(read_json(state_path, "The resume checkpoint").get("stopped_early"))
 
 
 def _seed_states(model: keras.Model) -> list:
@@ -181,5 +190,5 @@ class HistoryLog(keras.callbacks.Callback):
         path = Path(path)
         if not path.is_file():
             return []
-        epochs = json.loads(path.read_text())["epochs"]
+        epochs = read_json(path, "The run's history")["epochs"]
         return [e for e in epochs if e["epoch"] <= completed_epochs]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from kcap.utils.files import read_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +72,9 @@ class RunDir:
         )
 
     def load_splits(self) -> dict:
-        try:
-            return json.loads(self.splits.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{self.splits} is missing; is {self.path} a kcap run directory?") from None
+        if not self.splits.is_file():
+            raise FileNotFoundError(f"{self.splits} is missing; is {self.path} a kcap run directory?")
+        return read_json(self.splits, "The run's split file")
 
     def check_writable(self, min_free_bytes: int = 50 * 2**20) -> None:
         """Fails early, naming the path, when the run directory cannot be written."""
