@@ -167,6 +167,10 @@ def test_export_carries_vocabulary_config_and_version_as_assets(exported, traine
     assert info["beam_size"] == 1 and info["checkpoint"] == "best"
     assert info["image_size"] == [64, 64] and info["kcap_version"] == kcap.__version__
     assert set(info["signatures"]) == {SERVING_DEFAULT, SERVING_IMAGES}
+    # A model server running as another user reads it: the modes a plain mkdir would give.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (exported.stat().st_mode & 0o777) == 0o777 & ~umask
 
 
 def test_export_stores_each_weight_once(exported, trained_run):

@@ -1,4 +1,5 @@
 import csv
+import os
 import filecmp
 
 import numpy as np
@@ -39,6 +40,9 @@ def test_written_set_reads_back_with_five_captions_per_image(tmp_path):
     path = write_synthetic_dataset(tmp_path / "shapes", num_images=20, seed=0, image_size=96)
     dataset = read_captions(path)
     assert len(dataset) == 20 and all(len(i.captions) == 5 for i in dataset)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert ((tmp_path / "shapes").stat().st_mode & 0o777) == 0o777 & ~umask  # not mkdtemp's 0700
     with Image.open(dataset.images[0].path) as image:
         assert image.size == (96, 96) and image.mode == "RGB"
     with open(path, newline="") as f:

@@ -140,7 +140,11 @@ def _make_staging(path: Path, kind: str) -> Path:
     # mkdtemp creates the folder under its final name in one step, owner included: no window
     # in which a kill leaves a folder that names nobody.
     owner = f".kcap-{os.getpid()}-{_host_tag()}"
-    return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{kind}", suffix=owner))
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{kind}", suffix=owner))
+    # mkdtemp creates 0700; the folder it becomes gets what a plain mkdir would give (a model
+    # server running as another user must be able to read an export).
+    os.chmod(staging, 0o777 & ~_umask())
+    return staging
 
 
 def remove_abandoned_staging(path: str | Path) -> list[Path]:
