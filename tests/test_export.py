@@ -248,6 +248,23 @@ def test_export_command_refuses_a_non_empty_output_unless_forced(trained_run, tm
     assert (other / "todo.txt").read_text() == "keep me"
 
 
+def test_an_output_written_meanwhile_by_another_export_is_not_replaced_without_force(tmp_path):
+    from kcap.utils.files import atomic_directory
+
+    output = tmp_path / "exported"
+    # Two exports to one new --output, the other one finishing first: this one must not win in silence.
+    with pytest.raises(FileExistsError, match=r"exported was written by another process while this one worked; it is left as it is"):
+        with atomic_directory(output, replace=False) as staging:
+            (staging / "saved_model.pb").write_text("mine")
+            output.mkdir()
+            (output / "saved_model.pb").write_text("theirs")
+    assert (output / "saved_model.pb").read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["exported"]  # no staging folder left
+    with atomic_directory(output, replace=True) as staging:  # --force
+        (staging / "saved_model.pb").write_text("mine")
+    assert (output / "saved_model.pb").read_text() == "mine"
+
+
 def test_failed_export_leaves_the_previous_export_untouched(exported, trained_run, tmp_path):
     output = tmp_path / "model"
     shutil.copytree(exported, output)

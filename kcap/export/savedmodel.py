@@ -245,7 +245,7 @@ def export_run(
                 "assets to; kcap's export needs updating for this Keras version."
             )
         root.kcap_assets = assets
-        with atomic_directory(output) as tmp, _quiet_tensorflow_logger():
+        with atomic_directory(output, replace=force) as tmp, _quiet_tensorflow_logger():
             archive.write_out(str(tmp), verbose=False)
     return output
 

@@ -80,9 +80,11 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
+def atomic_directory(path: str | Path, replace: bool = True) -> Iterator[Path]:
     """Yields a temporary directory that replaces `path` once the block succeeds.
 
+    With `replace=False`, a `path` that holds files by then (another process wrote
+    it meanwhile) is left as it is, and the block's work is dropped with an error.
     The temporary folders (`.NAME.xxxx`, and `.NAME.old.xxxx` while an old `path` is
     swapped out) name their process and host in their own name, so a folder is never
     without its owner, even for a process killed the instant it made the folder; the
@@ -94,6 +96,11 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     tmp = _make_staging(path, "")
     try:
         yield tmp
+        if not replace and path.is_dir() and any(path.iterdir()):
+            raise FileExistsError(
+                f"{path} was written by another process while this one worked; it is left as it is. "
+                "Run again with --force to replace it."
+            )
         if path.exists():
             old = _make_staging(path, "old.")
             os.replace(path, old / path.name)
