@@ -198,7 +198,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_data_synthetic(args: argparse.Namespace) -> int:
     from kcap.data.synthetic import write_synthetic_dataset
 
-    path = write_synthetic_dataset(args.output, args.num_images, args.seed, args.image_size)
+    path = write_synthetic_dataset(args.output, args.num_images, args.seed, args.image_size, force=args.force)
     print(f"Wrote {args.num_images} images and their captions to {path}")
     return 0
 
@@ -261,9 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     q = data_sub.add_parser("synthetic", help="write the embedded synthetic set to disk")
     q.add_argument("--output", required=True, help="folder for images/ and captions.csv")
-    q.add_argument("--num-images", type=int, default=3000)
+    q.add_argument("--num-images", type=_positive_int, default=3000)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--image-size", type=int, default=96)
+    q.add_argument("--force", action="store_true", help="replace an earlier synthetic set of other settings at --output")
     q.set_defaults(func=cmd_data_synthetic)
     from kcap.data.check import add_check_command; add_check_command(data_sub)  # noqa: E702
     from kcap.export.command import add_export_command; add_export_command(sub)  # noqa: E702

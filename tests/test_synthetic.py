@@ -29,11 +29,19 @@ def test_writing_the_set_never_deletes_a_users_files(tmp_path):
         with pytest.raises(FileExistsError, match=f"{output} exists and is not an earlier synthetic set"):
             write_synthetic_dataset(output, num_images=4, seed=0, image_size=64)
     assert (mine / "images" / "photo.jpg").read_bytes() == b"my photo" and a_file.read_text() == "precious"
-    # An empty folder, and an earlier set (say with other settings), may be written over.
+    # An empty folder may be written; an earlier set is kept when the settings are the same, and
+    # replaced only with force when they are not (runs trained on it read its images).
     (tmp_path / "empty").mkdir()
-    write_synthetic_dataset(tmp_path / "empty", num_images=4, seed=0, image_size=64)
-    rewritten = write_synthetic_dataset(tmp_path / "empty", num_images=6, seed=1, image_size=64)
+    first = write_synthetic_dataset(tmp_path / "empty", num_images=4, seed=0, image_size=64)
+    written_at = first.stat().st_mtime_ns
+    assert write_synthetic_dataset(tmp_path / "empty", num_images=4, seed=0, image_size=64).stat().st_mtime_ns == written_at
+    with pytest.raises(FileExistsError, match=r"holds a synthetic set of other settings \(num_images 4 → 6, seed 0 → 1\).*--force"):
+        write_synthetic_dataset(tmp_path / "empty", num_images=6, seed=1, image_size=64)
+    assert len(read_captions(first)) == 4
+    rewritten = write_synthetic_dataset(tmp_path / "empty", num_images=6, seed=1, image_size=64, force=True)
     assert len(read_captions(rewritten)) == 6
+    with pytest.raises(ValueError, match="num_images must be at least 1"):
+        write_synthetic_dataset(tmp_path / "none", num_images=0)
 
 
 def test_written_set_reads_back_with_five_captions_per_image(tmp_path):

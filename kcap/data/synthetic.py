@@ -156,21 +156,38 @@ def write_synthetic_dataset(
     seed: int = 0,
     image_size: int = 96,
     captions_per_image: int = 5,
+    force: bool = False,
 ) -> Path:
     """Writes `images/NNNNN.png` and `captions.csv` (`image,caption`) to `output`.
 
-    The same arguments always give byte-identical files. The folder appears
-    whole or not at all. Returns the path of `captions.csv`.
+    The same arguments always give byte-identical files, so an earlier set
+    written with them is kept as it is. An earlier set of other settings is
+    replaced only with `force` (runs trained on it read its images). The
+    folder appears whole or not at all. Returns the path of `captions.csv`.
     """
     output = Path(output)
     if not 64 <= image_size <= 512:
         raise ValueError(f"image_size must be between 64 and 512, got {image_size}.")
+    if num_images < 1 or seed < 0:
+        raise ValueError(f"num_images must be at least 1 and seed at least 0, got {num_images} and {seed}.")
+    params = _params(num_images, seed, image_size, captions_per_image)
     # The new set replaces the folder whole: only an empty one or an earlier set may go.
     if output.exists() and not _replaceable(output):
         raise FileExistsError(
             f"{output} exists and is not an earlier synthetic set (no synthetic.json); writing the set "
             "there would delete what it holds. Give a new or empty folder as --output."
         )
+    marker = output / "synthetic.json"
+    if marker.is_file():
+        earlier = json.loads(marker.read_text())
+        if earlier == params:
+            return output / "captions.csv"
+        if not force:
+            changed = ", ".join(f"{k} {earlier.get(k)} → {v}" for k, v in params.items() if earlier.get(k) != v)
+            raise FileExistsError(
+                f"{output} holds a synthetic set of other settings ({changed}), and runs trained on it read "
+                "its images. Give another --output, or --force to replace it."
+            )
     with atomic_directory(output) as tmp:
         (tmp / "images").mkdir()
         with open(tmp / "captions.csv", "w", newline="", encoding="utf-8") as f:
@@ -182,7 +199,7 @@ def write_synthetic_dataset(
                 Image.fromarray(image).save(tmp / "images" / name, optimize=False)
                 for caption in captions:
                     writer.writerow([name, caption])
-        (tmp / "synthetic.json").write_text(json.dumps(_params(num_images, seed, image_size, captions_per_image)))
+        (tmp / "synthetic.json").write_text(json.dumps(params))
     return output / "captions.csv"
 
 
@@ -214,7 +231,7 @@ def cached_synthetic_dataset(
     folder = cache_dir() / "datasets" / f"synthetic-{key}"
     marker = folder / "synthetic.json"
     if not (marker.is_file() and json.loads(marker.read_text()) == params):
-        write_synthetic_dataset(folder, num_images, seed, image_size, captions_per_image)
+        write_synthetic_dataset(folder, num_images, seed, image_size, captions_per_image, force=True)
     return folder / "captions.csv"
 
 
