@@ -272,8 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _expand_home(args: argparse.Namespace) -> None:
+    """`~/x` → `/home/me/x` in every argument: a shell leaves `--run-dir=~/x` as it is."""
+    for key, value in vars(args).items():
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, key, os.path.expanduser(value))
+        elif isinstance(value, list):
+            setattr(args, key, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _expand_home(args)
     if getattr(args, "verbose", 0) is None:
         args.verbose = "auto"
     logging.basicConfig(level=logging.INFO, format="kcap: %(message)s")

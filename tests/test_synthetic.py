@@ -92,3 +92,16 @@ def test_objects_have_their_colour_where_drawn():
         for obj in objects:
             target = np.asarray(COLORS[obj.color], float)
             assert (np.linalg.norm(pixels - target, axis=1) < 40).sum() > 20
+
+
+def test_a_path_given_as_flag_equals_tilde_is_under_home(tmp_path, monkeypatch, capsys):
+    from kcap.cli import main
+
+    # `--output=~/shapes` reaches kcap unexpanded (a shell expands ~ only at a word's start).
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert main(["data", "synthetic", "--output=~/shapes", "--num-images", "12", "--image-size", "64"]) == 0
+    assert (tmp_path / "home" / "shapes" / "captions.csv").is_file()
+    assert not (tmp_path / "work" / "~").exists()
+    assert f"to {tmp_path / 'home' / 'shapes' / 'captions.csv'}" in capsys.readouterr().out
