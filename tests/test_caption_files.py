@@ -61,6 +61,7 @@ def test_images_that_are_symbolic_links_to_another_folder_are_read(tmp_path):
          r"captions.csv:3: a quote \(\"\) opened on this line is not closed on it, so lines 3-5 read as one caption"),
         ("image,caption\na.jpg,\"a dog\nb.jpg,a cat\"\nc.jpg,ok\n", r"captions.csv:2: .* so lines 2-3 read as one caption"),
         ("", r"captions.csv: the file is empty"),
+        ("image,caption,caption\na.jpg,a dog,a cat\n", r"captions.csv:1: the header \['image', 'caption', 'caption'\] names 'caption' twice"),
     ],
 )
 def test_bad_rows_name_file_and_line(tmp_path, text, message):
@@ -73,6 +74,13 @@ def test_non_utf8_text_is_reported_with_its_line(tmp_path):
     path = _write(tmp_path, "")
     path.write_bytes(b"image,caption\na.jpg,a dog\nb.jpg,caf\xe9\n")
     with pytest.raises(CaptionFileError, match=r"captions.csv:3: text is not UTF-8"):
+        read_captions(path)
+
+
+def test_utf16_text_is_named_as_such(tmp_path):
+    path = _write(tmp_path, "")
+    path.write_bytes("image,caption\na.jpg,a dog\n".encode("utf-16"))
+    with pytest.raises(CaptionFileError, match=r"captions.csv: the file is UTF-16 text; save it as UTF-8"):
         read_captions(path)
 
 

@@ -118,6 +118,8 @@ def read_text(path: Path, errors: list[DataProblem] | None = None) -> str:
     read as an empty line (readers skip those), so line numbers stay right.
     """
     data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # Excel's "Unicode text" and Windows tools write these
+        raise CaptionFileError(f"{path}: the file is UTF-16 text; save it as UTF-8.")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:

@@ -49,6 +49,9 @@ def read_csv_captions(
     if header is None:
         raise CaptionFileError(f"{path}: the file is empty; expected a header 'image,caption'.")
     columns = [name.strip().lower() for name in header]
+    for required in ("image", "caption", "split"):
+        if columns.count(required) > 1:
+            raise CaptionFileError(f"{path}:1: the header {header} names {required!r} twice; which one is meant?")
     for required in ("image", "caption"):
         if required not in columns:
             raise CaptionFileError(
