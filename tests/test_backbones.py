@@ -48,6 +48,11 @@ def test_keras_file_backbone_must_output_a_feature_map(tmp_path):
         build_backbone(str(path), weights="file", image_size=64)
 
 
+def test_a_runs_captioner_given_as_backbone_is_called_that(trained_run):
+    with pytest.raises(ValueError, match=r"model.keras is a whole kcap captioner, not a feature extractor"):
+        build_backbone(str(trained_run / "model.keras"), weights="file", image_size=64)
+
+
 def test_shared_pretrained_backbone_file_loads():
     path = SHARED / "weights" / "mobilenet_v2_imagenet_features.keras"
     if not path.is_file():

@@ -96,7 +96,18 @@ def get_backbone_spec(name: str, image_size: int | None = None) -> BackboneSpec:
 
 def _load_backbone_file(weights: str | None, image_size: int, path: str = "") -> keras.Model:
     model = load_keras_file(path, "Save the feature extractor again with `model.save(PATH.keras)`.")
-    shape = model.compute_output_shape((None, image_size, image_size, 3))
+    if type(model).__name__ == "Captioner":  # a kcap run's own model.keras / best.keras
+        raise ValueError(
+            f"Backbone file {path} is a whole kcap captioner, not a feature extractor; give a CNN that "
+            "maps images to a feature map (e.g. a keras.applications model with include_top=False)."
+        )
+    try:
+        shape = model.compute_output_shape((None, image_size, image_size, 3))
+    except Exception as error:  # a model Keras cannot infer shapes for
+        raise ValueError(
+            f"Backbone file {path}: cannot tell its output shape for {image_size}x{image_size} RGB images "
+            f"({error}); kcap needs a CNN that maps images to a 4-D feature map."
+        ) from None
     if len(shape) != 4:
         raise ValueError(
             f"Backbone file {path}: its output has shape {shape}; kcap needs a 4-D feature map "
