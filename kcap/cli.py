@@ -153,17 +153,13 @@ def cmd_caption(args: argparse.Namespace) -> int:
     for result in results:
         print(f"{result['image']}\t{result['caption']}")
     if args.attention_plot:
-        import numpy as np
-        from PIL import Image
-
-        from kcap.evaluation.attention_plot import plot_attention
+        from kcap.evaluation.attention_plot import image_pixels, plot_attention
 
         result = results[0]
-        with Image.open(result["image"]) as image:
-            pixels = np.asarray(image.convert("RGB"))
+        pixels = image_pixels(result["image"])
         words = result["caption"].split() or ["<end>"]
         plot_attention(pixels, words, result["attention"], trained.model.feature_shape, path=args.attention_plot)
-        print(f"Wrote {args.attention_plot}")
+        print(f"Wrote {args.attention_plot}", file=sys.stderr)  # stdout is the captions, often redirected
     return 0
 
 

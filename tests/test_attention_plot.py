@@ -106,3 +106,13 @@ def test_the_plot_is_written_in_the_format_its_name_says(tmp_path):
     assert (tmp_path / "plot.svg").read_text().lstrip().startswith("<?xml")
     plot_attention(image, ["a"], attention, (2, 2), path=tmp_path / "plot.pdf")
     assert (tmp_path / "plot.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_the_picture_behind_the_heat_is_what_the_model_saw_even_for_16_bit_png(tmp_path):
+    from kcap.evaluation.attention_plot import image_pixels
+
+    gradient = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(gradient).save(tmp_path / "deep.png")
+    pixels = image_pixels(tmp_path / "deep.png")
+    assert pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8
+    np.testing.assert_array_equal(pixels[..., 0], (gradient >> 8).astype(np.uint8))  # not clipped to white

@@ -79,6 +79,12 @@ def test_a_wrong_attention_plot_request_is_refused_before_any_captioning(trained
         assert main(["caption", "--run-dir", str(trained_run), "--attention-plot", str(tmp_path / plot), *images]) == 2
         out, err = capsys.readouterr()
         assert message in err and out == ""  # refused up front, not after the captions
+    # Right, it writes the plot after the caption line.
+    assert main(["caption", "--run-dir", str(trained_run), "--attention-plot", str(tmp_path / "att.jpg"), paths[0]]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1 and out.startswith(f"{paths[0]}\t")  # stdout: the captions alone
+    assert f"Wrote {tmp_path / 'att.jpg'}" in err
+    assert (tmp_path / "att.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
 
 
 def test_caption_command_captions_every_image_in_a_folder(trained_run, tmp_path):

@@ -141,6 +141,16 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def image_pixels(path: str | Path) -> np.ndarray:
+    """An image file as the uint8 RGB pixels kcap's pipeline decodes it to, to draw behind the heat.
+
+    TensorFlow's decoder, as training and captioning use: PIL's `convert("RGB")`
+    would clip a 16-bit PNG to white.
+    """
+    data = tf.io.read_file(str(path))
+    return tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8).numpy()
+
+
 def plot_attention(
     image: np.ndarray,
     words: Sequence[str],
