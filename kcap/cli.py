@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("--output", required=True, help="figure to write (.png, .jpg, .pdf or .svg)")
     p.add_argument("--run-dir", default=None, help="take augmentation and normalisation from this run")
-    p.add_argument("--count", type=int, default=6, help="augmented versions to draw")
+    p.add_argument("--count", type=_positive_int, default=6, help="augmented versions to draw")
     p.add_argument("--data", default="real", help=argparse.SUPPRESS)
     for flag, kind in (("--backbone", str), ("--image-size", int), ("--preprocessing", str),
                        ("--zoom", float), ("--translate", float), ("--brightness", float)):

@@ -372,3 +372,13 @@ def test_tune_command_reports_a_bad_search_space(tmp_path):
     assert out.returncode == 2
     assert "kcap tune: error:" in out.stderr and "'image_size' cannot be tuned" in out.stderr
     assert not (tmp_path / "tune").exists()
+
+
+
+def test_tune_directory_that_is_a_file_is_refused_by_name(tmp_path, capsys):
+    from kcap.cli import main
+
+    (tmp_path / "captions.csv").write_text("image,caption\n")
+    assert main(["tune", "--data", "synthetic", "--directory", str(tmp_path / "captions.csv")]) == 2
+    assert f"--directory {tmp_path / 'captions.csv'} is a file; give the folder for the search" in capsys.readouterr().err
+    assert (tmp_path / "captions.csv").read_text() == "image,caption\n"

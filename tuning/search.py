@@ -413,6 +413,8 @@ def search(
     strategy = make_strategy(config.strategy)  # before any other TF op (multi-worker needs that)
     space = validate_search_space(search_space) if isinstance(search_space, dict) else load_search_space(search_space)
     search_dir = SearchDir(directory)
+    if search_dir.path.exists() and not search_dir.path.is_dir():
+        raise NotADirectoryError(f"--directory {directory} is a file; give the folder for the search (new, or one to resume).")
     settings = {
         "kcap_version": kcap.__version__,
         "settings": config.to_json(),
