@@ -333,6 +333,8 @@ def test_a_run_never_deletes_files_it_did_not_write(tmp_path):
     assert sorted(p.name for p in home.iterdir()) == [".config", ".history", ".model_notes.txt", "notes.txt"]
 
     run = tmp_path / "run"
+    run.mkdir()
+    (run / "splits.json").write_text("{}")  # a run killed before its config.json: kcap's own file
     train(config, run, verbose=0)
     # Files of the user's put into the run later, beside what a killed write leaves behind.
     for name in (".history", ".model_notes.txt", ".config.json.bak", "checkpoints/.bestfriends"):
@@ -415,6 +417,10 @@ def test_an_image_damaged_inside_stops_training_with_its_name_then_is_skipped(tm
     assert [i["path"] for i in json.loads((run / "config.json").read_text())["data"]["skipped"]["images"]] == [str(damaged)]
     with pytest.raises(ValueError, match=rf"Cannot caption: {damaged}: cannot be decoded"):
         load_run(run).caption_files([damaged])
+    # Resumed with the same flags: the image it left out is not new data.
+    train(dataclasses.replace(config, epochs=2, full_decode=True, on_bad_image="skip"), run, verbose=0)
+    assert json.loads((run / "splits.json").read_text())["splits"] == resumed
+    assert [e["epoch"] for e in json.loads((run / "history.json").read_text())["epochs"]] == [1, 2]
 
 
 def test_a_damaged_resume_checkpoint_is_named_never_silently_restarted(tmp_path):

@@ -412,7 +412,7 @@ def load_checked_dataset(
     assign_splits(report.dataset, config.val_fraction, config.test_fraction, seed=config.seed)
     if run_splits is not None:
         # Before bad images are left out: one found bad since the run began is not a change of data.
-        restore_splits(report.dataset, read_json(run_splits, "The run's split file"), run_splits)
+        restore_splits(report.dataset, read_json(run_splits, "The run's split file"), run_splits, report.bad_images)
         origin = f"kept from {run_splits}"
     else:
         origin = _split_origin(config, given, len(report.dataset.images))

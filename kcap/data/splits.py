@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -48,20 +49,27 @@ def assign_splits(
     return dataset
 
 
-def restore_splits(dataset: CaptionDataset, manifest: dict, manifest_path: str | Path) -> CaptionDataset:
+def restore_splits(
+    dataset: CaptionDataset, manifest: dict, manifest_path: str | Path, left_out: Collection[str] = ()
+) -> CaptionDataset:
     """Gives every image the split a run recorded for it in `splits.json` (`manifest`).
 
     A resumed run must not draw its splits again: a caption file with its rows in
     another order would draw other ones and put test images into training. The
     images and their captions (in any order) must be those of the manifest;
     anything else is refused, naming what changed. Images that moved together
-    (the same files below another images folder) are the same data.
+    (the same files below another images folder) are the same data. Images in
+    `left_out` (bad files the data check leaves out) may be missing from the
+    manifest: the run left them out before.
     """
     stored = {
         os.path.abspath(item["image"]): (split, sorted(item["captions"]))
         for split, items in manifest["splits"].items() for item in items
     }
-    current = {str(image.path): sorted(image.captions) for image in dataset.images}
+    current = {
+        str(image.path): sorted(image.captions) for image in dataset.images
+        if str(image.path) in stored or str(image.path) not in left_out
+    }
     changes = _changes(stored, current)
     if changes and manifest.get("images_dir"):
         old_dir, new_dir = os.path.abspath(manifest["images_dir"]), os.path.abspath(dataset.images_dir)
@@ -80,7 +88,8 @@ def restore_splits(dataset: CaptionDataset, manifest: dict, manifest_path: str |
             "started with, or start a new --run-dir."
         )
     for image in dataset.images:
-        image.split = stored[str(image.path)][0]
+        if str(image.path) in current:
+            image.split = stored[str(image.path)][0]
     return dataset
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import json
 import logging
 import math
@@ -288,10 +289,12 @@ def _remove_partial_files(run: RunDir) -> None:
 
 def _check_new_run_folder(run: RunDir) -> None:
     """A new run goes into a new or empty folder (or one a run killed before its config.json left)."""
-    kcap_made = [atomic_temporary_name(name) for name in _RUN_FILES]
+    temporaries = [atomic_temporary_name(name) for name in _RUN_FILES]
     others = sorted(
         path.name for path in run.path.iterdir()
-        if path.name not in (run.checkpoints.name, run.logs.name) and not any(p.match(path.name) for p in kcap_made)
+        if path.name not in (run.checkpoints.name, run.logs.name)
+        and not any(fnmatch.fnmatch(path.name, name) for name in _RUN_FILES)
+        and not any(pattern.match(path.name) for pattern in temporaries)
     )
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
