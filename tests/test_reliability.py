@@ -226,8 +226,14 @@ def test_repeated_captions_are_a_warning_for_a_caption_file_but_not_for_the_embe
         dataset, report = load_checked_dataset(TrainConfig(data="synthetic", **settings), progress=False)
     assert any("word for word" in p.reason for p in report.warnings) and len(dataset.images) == 40
     assert "Data check" not in caplog.text
-    # The same rows in a user's caption file: the first few repeats are shown, with their lines.
+    # Nor the same set written out by `kcap data synthetic` (README's second train command).
     csv_path = write_synthetic_dataset(tmp_path / "shapes", num_images=40, seed=0, image_size=64)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_checked_dataset(TrainConfig(data=str(csv_path), seed=0), progress=False)
+    assert "Data check" not in caplog.text
+    # The same rows in a user's caption file: the first few repeats are shown, with their lines.
+    (csv_path.parent / "synthetic.json").unlink()
     caplog.clear()
     with caplog.at_level("WARNING"):
         load_checked_dataset(TrainConfig(data=str(csv_path), seed=0), progress=False)

@@ -423,9 +423,11 @@ def load_checked_dataset(
         "Data: %s, %d images (train %d, val %d, test %d%s); splits %s.",
         dataset.source, len(dataset.images), sizes["train"], sizes["val"], sizes["test"], excluded, origin,
     )
-    # The synthetic set draws each image's five captions with replacement, so it repeats
-    # some word for word by design: nothing its user could act on.
-    if report.warnings and not config.is_synthetic:
+    # The synthetic set (embedded, or written out by `kcap data synthetic`, which leaves its
+    # synthetic.json beside the captions) draws each image's five captions with replacement,
+    # so it repeats some word for word by design: nothing its user could act on.
+    ours = config.is_synthetic or (Path(dataset.source).parent / "synthetic.json").is_file()
+    if report.warnings and not ours:
         # Only a few: a caption file can repeat rows by the thousand.
         shown = [f"  {p}" for p in report.warnings[:3]]
         if len(report.warnings) > 3:
