@@ -135,6 +135,11 @@ def cmd_preview_augmentation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tsv_field(text: str) -> str:
+    """`text` as one field of a tab-separated line: backslash, tab and line breaks escaped (`\\t`, `\\n`)."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
 def cmd_caption(args: argparse.Namespace) -> int:
     from kcap.data.images import expand_image_paths
     from kcap.inference import load_run
@@ -151,7 +156,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
         progress=len(images) > args.batch_size,
     )
     for result in results:
-        print(f"{result['image']}\t{result['caption']}")
+        print(f"{_tsv_field(str(result['image']))}\t{result['caption']}")
     if args.attention_plot:
         from kcap.evaluation.attention_plot import image_pixels, plot_attention
 

@@ -87,6 +87,18 @@ def test_a_wrong_attention_plot_request_is_refused_before_any_captioning(trained
     assert (tmp_path / "att.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
 
 
+def test_caption_output_is_one_line_per_image_whatever_the_file_name(trained_run, tmp_path, capsys):
+    from kcap.cli import main
+
+    source = json.loads((trained_run / "splits.json").read_text())["splits"]["test"][0]["image"]
+    odd = tmp_path / "a\tb\nc\\d.png"
+    shutil.copy(source, odd)
+    assert main(["caption", "--run-dir", str(trained_run), str(odd)]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    path, caption = line.split("\t")
+    assert path == f"{tmp_path}/a\\tb\\nc\\\\d.png"  # tab, newline and backslash escaped
+
+
 def test_caption_command_captions_every_image_in_a_folder(trained_run, tmp_path):
     splits = json.loads((trained_run / "splits.json").read_text())["splits"]
     paths = [Path(i["image"]) for i in splits["test"][:3]]
