@@ -27,8 +27,7 @@ def _positive_int(text: str) -> int:
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     from kcap.data.caption_files import FORMATS
-    from kcap.training.config import MIXED_PRECISION, TrainConfig
-    from kcap.training.distribute import STRATEGIES
+    from kcap.training.config import MIXED_PRECISION, STRATEGIES, TrainConfig
 
     d = TrainConfig(data="")
     p.add_argument("--data", required=True, help="'synthetic' (the embedded set) or a caption file / folder")

@@ -3,6 +3,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -288,3 +289,17 @@ def test_a_batch_size_of_zero_is_a_usage_error(command, capsys):
         main([*command, "--batch-size", "0"])
     assert exited.value.code == 2
     assert "argument --batch-size: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_help_and_version_do_not_load_tensorflow():
+    # Loading it takes seconds and prints TensorFlow's start-up lines; `kcap --help` needs neither.
+    code = (
+        "import sys, contextlib, io\n"
+        "from kcap.cli import main\n"
+        "for argv in (['--help'], ['--version'], ['train', '--help'], ['tune', '--help'], ['export', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main(argv)\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False"], done.stderr[-2000:]

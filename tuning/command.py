@@ -18,8 +18,7 @@ def add_tune_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     ```
     """
     from kcap.cli import _add_train_arguments
-    from tuning.hypermodel import DEFAULT_SEARCH_SPACE
-    from tuning.search import OBJECTIVES, TUNERS
+    from tuning.options import DEFAULT_SEARCH_SPACE, OBJECTIVES, TUNERS
 
     p = subparsers.add_parser(
         "tune",

@@ -34,18 +34,11 @@ import kcap
 from kcap.training.config import TrainConfig
 from kcap.training.distribute import barrier, is_chief, make_strategy, writable_directory
 from kcap.utils.files import atomic_write_json, atomic_write_text, exclusive_use, read_json
-from tuning.hypermodel import (
-    DEFAULT_SEARCH_SPACE,
-    CaptionerHyperModel,
-    load_search_space,
-    prepare_tuning_data,
-    validate_search_space,
-)
+from tuning.hypermodel import CaptionerHyperModel, load_search_space, prepare_tuning_data, validate_search_space
+from tuning.options import DEFAULT_SEARCH_SPACE, OBJECTIVES, TUNERS
 
 log = logging.getLogger("kcap")
 
-TUNERS = ("random", "hyperband", "bayesian")
-OBJECTIVES = {"val_loss": "min", "val_bleu4": "max"}
 PROJECT = "trials"  # keras-tuner's project folder inside the search directory
 TRIAL_INFO = "kcap_trial.json"  # epochs and seconds of a trial, beside keras-tuner's trial.json
 

@@ -1,11 +1,13 @@
 """Exporting a trained run for serving: `export_run(run_dir, output)` writes a SavedModel."""
 
-from kcap.export.savedmodel import (
-    SERVING_DEFAULT,
-    SERVING_IMAGES,
-    build_export_archive,
-    captions_from_ids,
-    export_run,
-)
-
 __all__ = ["SERVING_DEFAULT", "SERVING_IMAGES", "build_export_archive", "captions_from_ids", "export_run"]
+
+
+def __getattr__(name: str):
+    # On first use: `kcap --help` reaches `kcap.export.command` through this package and
+    # should not wait for TensorFlow.
+    if name in __all__:
+        from kcap.export import savedmodel
+
+        return getattr(savedmodel, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

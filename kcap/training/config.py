@@ -10,8 +10,10 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from kcap.training.distribute import STRATEGIES
 from kcap.utils.files import atomic_write_json
+
+# tf.distribute strategies `--strategy` names (`kcap.training.distribute.make_strategy`).
+STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
 
 SYNTHETIC = "synthetic"
 MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16")
@@ -53,7 +55,7 @@ class TrainConfig:
     brightness: float | None = None
     position_embedding: bool = True
     clipnorm: float | None = None
-    strategy: str = "default"  # see kcap.training.distribute.STRATEGIES
+    strategy: str = "default"  # one of STRATEGIES
     mixed_precision: str = "off"  # "mixed_float16" (GPUs) or "mixed_bfloat16" (CPUs with AVX512-BF16/AMX, TPUs): training only
     on_bad_image: str = "error"  # data check (kcap.data.check): "error" stops before training, "skip" leaves bad images/rows out
     full_decode: bool = False  # data check: decode every image, not only its header and end (slower; finds damage inside)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
-STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
+from kcap.training.config import STRATEGIES
+
 
 
 def make_strategy(name: str = "default") -> tf.distribute.Strategy:
