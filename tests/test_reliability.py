@@ -312,7 +312,8 @@ def test_a_resumed_run_keeps_its_splits_and_refuses_data_that_changed(tmp_path):
     # The data folder moved, images and all (another disk, another machine): the same data, resumed.
     csv_path.write_text(header + "".join(rows[:100]))
     moved = (tmp_path / "shapes").rename(tmp_path / "elsewhere")
-    train(dataclasses.replace(config, data=str(moved / csv_path.name), epochs=3), run, verbose=0)
+    # Named as the folder, with its format given: the same data still.
+    train(dataclasses.replace(config, data=str(moved), format="csv", epochs=3), run, verbose=0)
     old_dir = tmp_path / "shapes"
     assert membership() == {str(moved / Path(image).relative_to(old_dir)): value for image, value in before.items()}
     assert [e["epoch"] for e in json.loads((run / "history.json").read_text())["epochs"]] == [1, 2, 3]

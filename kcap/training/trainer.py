@@ -46,9 +46,10 @@ class TrainingDiverged(RuntimeError):
 
 
 # Settings that may change between a run and its resumption. The data and images may be
-# moved: `restore_splits` then checks that they still hold the run's images and captions.
+# moved or named otherwise: `restore_splits` then checks that they still hold the run's
+# images and captions.
 # A stricter data check (or skipping what it finds) leaves the splits of the others as they were.
-RESUMABLE_CHANGES = ("epochs", "strategy", "data", "images", "cache_dir", "on_bad_image", "full_decode")
+RESUMABLE_CHANGES = ("epochs", "strategy", "data", "images", "format", "cache_dir", "on_bad_image", "full_decode")
 
 
 def build_captioner(
