@@ -338,20 +338,32 @@ def test_a_run_never_deletes_files_it_did_not_write(tmp_path):
     with pytest.raises(ValueError, match=r"home is not empty \(.config, .history, .model_notes.txt and 1 more\) and holds no kcap run"):
         train(config, home, verbose=0)
     assert sorted(p.name for p in home.iterdir()) == [".config", ".history", ".model_notes.txt", "notes.txt"]
+    # Nor is one holding files named as a run's, without the config.json that makes it a run.
+    theirs = tmp_path / "theirs"
+    (theirs / "checkpoints").mkdir(parents=True)
+    (theirs / "model.keras").write_text("a model of the user's")
+    (theirs / "checkpoints" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"theirs is not empty \(checkpoints, model.keras\) and holds no kcap run"):
+        train(config, theirs, verbose=0)
+    assert (theirs / "model.keras").read_text() == "a model of the user's"
 
     run = tmp_path / "run"
     run.mkdir()
     (run / "splits.json").write_text("{}")  # a run killed before its config.json: kcap's own file
     train(config, run, verbose=0)
     # Files of the user's put into the run later, beside what a killed write leaves behind.
-    for name in (".history", ".model_notes.txt", ".config.json.bak", "checkpoints/.bestfriends"):
+    mine = (".history", ".model_notes.txt", ".config.json.bak", "checkpoints/.bestfriends",
+            ".history.20241128.json", ".model.backup_1.keras")  # the last two: eight characters where a random part goes
+    for name in mine:
         (run / name).write_text("mine")
-    for name in (".model.k3x_9q2a.keras", ".history.a1b2c3d4.json", "checkpoints/.resume-0002.weights.zz0_qq1w.weights.h5"):
+    partial = (".model.kcap-tmp-k3x_9q2a.keras", ".history.kcap-tmp-a1b2c3d4.json",
+               "checkpoints/.resume-0002.weights.kcap-tmp-zz0_qq1w.weights.h5")
+    for name in partial:
         (run / name).write_text("partial")
     train(dataclasses.replace(config, epochs=2), run, verbose=0)
-    for name in (".history", ".model_notes.txt", ".config.json.bak", "checkpoints/.bestfriends"):
+    for name in mine:
         assert (run / name).read_text() == "mine"
-    for name in (".model.k3x_9q2a.keras", ".history.a1b2c3d4.json", "checkpoints/.resume-0002.weights.zz0_qq1w.weights.h5"):
+    for name in partial:
         assert not (run / name).exists()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fnmatch
 import json
 import logging
 import math
@@ -277,7 +276,7 @@ _CHECKPOINT_FILES = ("best.keras", "resume.json", "resume-*.weights.h5")
 def _remove_partial_files(run: RunDir) -> None:
     """Deletes the temporary files a killed run left beside its real ones (issue #8).
 
-    `atomic_path` writes `.<stem>.<random><suffix>` and renames it into place; a
+    `atomic_path` writes `.<stem>.kcap-tmp-<random><suffix>` and renames it into place; a
     process killed mid-write leaves that temporary behind (the real file is
     intact). Only names of exactly that form, for the files a run writes, are removed.
     """
@@ -289,12 +288,16 @@ def _remove_partial_files(run: RunDir) -> None:
 
 
 def _check_new_run_folder(run: RunDir) -> None:
-    """A new run goes into a new or empty folder (or one a run killed before its config.json left)."""
-    temporaries = [atomic_temporary_name(name) for name in _RUN_FILES]
+    """A new run goes into a new or empty folder, or one a run killed before its config.json left.
+
+    Such a run has written its (empty) `checkpoints/` and `logs/` and perhaps `splits.json`:
+    anything else is someone else's, and a run would overwrite or delete it.
+    """
+    temporaries = [atomic_temporary_name(name) for name in ("splits.json", "config.json")]
     others = sorted(
         path.name for path in run.path.iterdir()
-        if path.name not in (run.checkpoints.name, run.logs.name)
-        and not any(fnmatch.fnmatch(path.name, name) for name in _RUN_FILES)
+        if not (path.name in (run.checkpoints.name, run.logs.name) and path.is_dir() and not any(path.iterdir()))
+        and path.name != run.splits.name
         and not any(pattern.match(path.name) for pattern in temporaries)
     )
     if others:

@@ -17,6 +17,10 @@ from pathlib import Path, PurePath
 from typing import Any
 
 
+# In every temporary file name: a cleanup must never take a user's `.history.20241128.json`.
+_TEMPORARY_MARK = "kcap-tmp-"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yields a temporary path beside `path`; renames it onto `path` on success.
@@ -26,7 +30,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix="".join(path.suffixes))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.{_TEMPORARY_MARK}", suffix="".join(path.suffixes))
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -56,14 +60,14 @@ def atomic_temporary_name(name_pattern: str) -> re.Pattern:
     `*` in the pattern stands for any characters. A killed writer leaves such a
     file behind; nothing else matches, so a cleanup never touches a user's files.
 
-    Example: `atomic_temporary_name("model.keras").match(".model.k3x_9q2a.keras")` matches;
-    `.model_notes.txt` does not.
+    Example: `atomic_temporary_name("model.keras").match(".model.kcap-tmp-k3x_9q2a.keras")`
+    matches; `.model_notes.txt` and `.model.backup_1.keras` do not.
     """
     name = PurePath(name_pattern)
     suffixes = "".join(name.suffixes)
     stem = name.name[: len(name.name) - len(name.suffix)]
     # mkstemp's random part: eight of [a-z0-9_].
-    return re.compile(rf"^\.{_glob(stem)}\.[a-z0-9_]{{8}}{_glob(suffixes)}$")
+    return re.compile(rf"^\.{_glob(stem)}\.{_TEMPORARY_MARK}[a-z0-9_]{{8}}{_glob(suffixes)}$")
 
 
 def _glob(text: str) -> str:
