@@ -312,6 +312,11 @@ def test_a_resumed_run_keeps_its_splits_and_refuses_data_that_changed(tmp_path):
     # The data folder moved, images and all (another disk, another machine): the same data, resumed.
     csv_path.write_text(header + "".join(rows[:100]))
     moved = (tmp_path / "shapes").rename(tmp_path / "elsewhere")
+    # Moved and changed: the change is named by the images' names below their folder.
+    (moved / csv_path.name).write_text(header + rows[0] + changed + "".join(rows[2:100]))
+    with pytest.raises(ValueError, match=r"1 image with other captions \(e.g. 00000.png\) \(names below .*elsewhere/images, which the run had at .*shapes/images\)"):
+        train(dataclasses.replace(config, data=str(moved / csv_path.name), epochs=3), run, verbose=0)
+    (moved / csv_path.name).write_text(header + "".join(rows[:100]))
     # Named as the folder, with its format given: the same data still.
     train(dataclasses.replace(config, data=str(moved), format="csv", epochs=3), run, verbose=0)
     old_dir = tmp_path / "shapes"
@@ -436,10 +441,14 @@ def test_an_image_damaged_inside_stops_training_with_its_name_then_is_skipped(tm
     assert [i["path"] for i in json.loads((run / "config.json").read_text())["data"]["skipped"]["images"]] == [str(damaged)]
     with pytest.raises(ValueError, match=rf"Cannot caption: {damaged}: cannot be decoded"):
         load_run(run).caption_files([damaged])
-    # Resumed with the same flags: the image it left out is not new data.
+    # Resumed with the same flags, then with none (the quick check passes the file): the image
+    # it left out is not new data, and stays out.
     train(dataclasses.replace(config, epochs=2, full_decode=True, on_bad_image="skip"), run, verbose=0)
     assert json.loads((run / "splits.json").read_text())["splits"] == resumed
-    assert [e["epoch"] for e in json.loads((run / "history.json").read_text())["epochs"]] == [1, 2]
+    train(dataclasses.replace(config, epochs=3), run, verbose=0)
+    assert json.loads((run / "splits.json").read_text())["splits"] == resumed
+    assert [e["epoch"] for e in json.loads((run / "history.json").read_text())["epochs"]] == [1, 2, 3]
+    assert [i["path"] for i in json.loads((run / "config.json").read_text())["data"]["skipped"]["images"]] == [str(damaged)]
 
 
 def test_a_damaged_resume_checkpoint_is_named_never_silently_restarted(tmp_path):

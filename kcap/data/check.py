@@ -408,20 +408,24 @@ def load_checked_dataset(
         # resumed run) finds from any working directory.
         images = os.path.abspath(config.images) if config.images else None
         report = check_data(os.path.abspath(config.data), images, config.format, config.full_decode, progress=progress)
-    given = sum(image.split is not None for image in report.dataset.images)
+    given = {id(image) for image in report.dataset.images if image.split is not None}
     assign_splits(report.dataset, config.val_fraction, config.test_fraction, seed=config.seed)
     if run_splits is not None:
-        # Before bad images are left out: one found bad since the run began is not a change of data.
-        restore_splits(report.dataset, read_json(run_splits, "The run's split file"), run_splits, report.bad_images)
-        origin = f"kept from {run_splits}"
-    else:
-        origin = _split_origin(config, given, len(report.dataset.images))
+        # Before bad images are left out: one found bad since the run began, or one the run
+        # left out when it began, is not a change of data.
+        left_out = set(report.bad_images) | _skipped_before(Path(run_splits).parent / "config.json")
+        restore_splits(report.dataset, read_json(run_splits, "The run's split file"), run_splits, left_out)
     dataset = apply_on_bad_image(report, config.on_bad_image)
     sizes = dataset.split_sizes()
+    used = [image for image in dataset.images if image.split is not None]
+    origin = (
+        f"kept from {run_splits}" if run_splits is not None
+        else _split_origin(config, sum(id(image) in given for image in used), len(used))
+    )
     excluded = f"; {len(dataset.excluded)} in no split list, left out" if dataset.excluded else ""
     log.info(
         "Data: %s, %d images (train %d, val %d, test %d%s); splits %s.",
-        dataset.source, len(dataset.images), sizes["train"], sizes["val"], sizes["test"], excluded, origin,
+        dataset.source, len(used), sizes["train"], sizes["val"], sizes["test"], excluded, origin,
     )
     # The synthetic set (embedded, or written out by `kcap data synthetic`, which leaves its
     # synthetic.json beside the captions) draws each image's five captions with replacement,
@@ -441,6 +445,14 @@ def load_checked_dataset(
             "\n".join(f"  {p}" for p in report.errors),
         )
     return dataset, report
+
+
+def _skipped_before(run_config: Path) -> set[str]:
+    """The images a run's `config.json` says `--on-bad-image skip` left out when it began."""
+    if not run_config.is_file():
+        return set()
+    skipped = read_json(run_config, "The run's config").get("data", {}).get("skipped") or {}
+    return {item["path"] for item in skipped.get("images", [])}
 
 
 def _split_origin(config, given: int, total: int) -> str:

@@ -59,37 +59,43 @@ def restore_splits(
     images and their captions (in any order) must be those of the manifest;
     anything else is refused, naming what changed. Images that moved together
     (the same files below another images folder) are the same data. Images in
-    `left_out` (bad files the data check leaves out) may be missing from the
-    manifest: the run left them out before.
+    `left_out` (bad files, now or when the run began) may be missing from the
+    manifest: they get no split, so the run leaves them out as before.
     """
-    stored = {
+    stored_paths = {
         os.path.abspath(item["image"]): (split, sorted(item["captions"]))
         for split, items in manifest["splits"].items() for item in items
     }
+    old_dir = os.path.abspath(manifest.get("images_dir") or "")
+    new_dir = os.path.abspath(dataset.images_dir)
+    # Moved: none of the run's images is where it was, and the images folder is elsewhere.
+    moved = bool(manifest.get("images_dir")) and old_dir != new_dir and not any(
+        str(image.path) in stored_paths for image in dataset.images
+    )
+
+    def key(path: str, folder: str) -> str:
+        return os.path.relpath(path, folder) if moved else path
+
+    stored = {key(path, old_dir): value for path, value in stored_paths.items()}
+    skipped = {key(str(path), new_dir) for path in left_out}
     current = {
-        str(image.path): sorted(image.captions) for image in dataset.images
-        if str(image.path) in stored or str(image.path) not in left_out
+        key(str(image.path), new_dir): sorted(image.captions) for image in dataset.images
+        if key(str(image.path), new_dir) in stored or key(str(image.path), new_dir) not in skipped
     }
     changes = _changes(stored, current)
-    if changes and manifest.get("images_dir"):
-        old_dir, new_dir = os.path.abspath(manifest["images_dir"]), os.path.abspath(dataset.images_dir)
-        below_old = {os.path.relpath(path, old_dir): value for path, value in stored.items()}
-        below_new = {os.path.relpath(path, new_dir): path for path in current}
-        if old_dir != new_dir and not _changes(below_old, {r: current[p] for r, p in below_new.items()}):
-            log.info("The images of this run moved from %s to %s; resuming with them there.", old_dir, new_dir)
-            stored, changes = {path: below_old[r] for r, path in below_new.items()}, []
     if changes:
-        details = "; ".join(
-            f"{count(len(names), 'image')} {what} (e.g. {names[0]})" for what, names in changes
-        )
+        details = "; ".join(f"{count(len(names), 'image')} {what} (e.g. {names[0]})" for what, names in changes)
+        where = f" (names below {new_dir}, which the run had at {old_dir})" if moved else ""
         raise ValueError(
-            f"{dataset.source} no longer holds the data this run started with ({manifest_path}): {details}. "
+            f"{dataset.source} no longer holds the data this run started with ({manifest_path}): {details}{where}. "
             "Resuming would draw new splits and could train on test images; give the data the run "
             "started with, or start a new --run-dir."
         )
+    if moved:
+        log.info("The images of this run moved from %s to %s; resuming with them there.", old_dir, new_dir)
     for image in dataset.images:
-        if str(image.path) in current:
-            image.split = stored[str(image.path)][0]
+        name = key(str(image.path), new_dir)
+        image.split = stored[name][0] if name in current else None
     return dataset
 
 

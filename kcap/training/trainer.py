@@ -158,6 +158,12 @@ def prepare_data(
     dataset, report = load_checked_dataset(config, run_splits=resumed_splits)
     if skipped is not None:
         skipped.update(report.skipped_json())
+        # Images a resumed run keeps out as it did when it began (no split): recorded again.
+        recorded = {item["path"] for item in skipped["images"]}
+        skipped["images"] += [
+            {"path": str(image.path), "reason": "left out when the run began (--on-bad-image skip)."}
+            for image in dataset.images if image.split is None and str(image.path) not in recorded
+        ]
     train_images = dataset.subset("train")
     if not train_images:
         raise ValueError(f"No training images in {dataset.source}.")
