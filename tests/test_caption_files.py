@@ -77,6 +77,21 @@ def test_non_utf8_text_is_reported_with_its_line(tmp_path):
         read_captions(path)
 
 
+def test_a_quote_left_open_costs_its_own_row_only(tmp_path):
+    # Image names without a suffix (kcap decodes by content): the rows swallowed are told by their files.
+    (tmp_path / "Images").mkdir()
+    for name in ("img0", "img1", "img2", "img3"):
+        (tmp_path / "Images" / name).write_bytes(b"")
+    path = _write(tmp_path, 'image,caption\nimg0,one\nimg1,"two, unclosed\nimg2,three\nimg3,\n')
+    problems = []
+    dataset = read_captions(path, errors=problems)
+    assert [(image.name, image.captions) for image in dataset] == [("img0", ["one"]), ("img2", ["three"])]
+    assert [(p.line, p.reason.split(";")[0]) for p in problems] == [
+        (3, 'a quote (") opened on this line is not closed on it, so lines 3-5 read as one caption'),
+        (5, "the caption of 'img3' is empty."),  # read on after the bad row, lines still right
+    ]
+
+
 def test_utf16_text_is_named_as_such(tmp_path):
     path = _write(tmp_path, "")
     path.write_bytes("image,caption\na.jpg,a dog\n".encode("utf-16"))

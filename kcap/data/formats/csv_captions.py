@@ -44,7 +44,8 @@ def read_csv_captions(
     """
     path = Path(path)
     images_root = find_images_dir(path, images_dir)
-    reader = csv.reader(io.StringIO(read_text(path, errors), newline=""))
+    text = read_text(path, errors)
+    reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if header is None:
         raise CaptionFileError(f"{path}: the file is empty; expected a header 'image,caption'.")
@@ -64,24 +65,31 @@ def read_csv_captions(
     by_name: dict[str, CaptionedImage] = {}
     first_line: dict[str, int] = {}
     seen_rows: dict[tuple, int] = {}
+    offset = 0  # lines before the reader's first: it starts again after a quote left open
     while True:
-        line = reader.line_num + 1  # where the row starts; `line_num` is where it ends
+        line = offset + reader.line_num + 1  # where the row starts; `line_num` is where it ends
         try:
             row = next(reader, None)
         except csv.Error as error:  # e.g. a NUL byte; the reader cannot go on past it
-            record(errors, CaptionFileError(f"{path}:{reader.line_num}: not a CSV row ({error})."), path, reader.line_num)
+            where = offset + reader.line_num
+            record(errors, CaptionFileError(f"{path}:{where}: not a CSV row ({error})."), path, where)
             break
         if row is None:
             break
         if not row or all(not cell.strip() for cell in row):
             continue
+        end = offset + reader.line_num
+        if end > line and _swallows_rows(row, images_root):
+            # An unclosed quote swallows the rows after it into one caption. The rows are
+            # read on from the next line, so that only this one is lost (and counted).
+            record(errors, CaptionFileError(
+                f"{path}:{line}: a quote (\") opened on this line is not closed on it, so lines "
+                f"{line}-{end} read as one caption; close the quote (a caption is one line)."
+            ), path, line)
+            offset = line
+            reader = csv.reader(io.StringIO(text.split("\n", line)[-1] if text.count("\n") >= line else "", newline=""))
+            continue
         try:
-            if reader.line_num > line and _swallows_rows(row):
-                # An unclosed quote swallows the rows after it into one caption.
-                raise CaptionFileError(
-                    f"{path}:{line}: a quote (\") opened on this line is not closed on it, so lines "
-                    f"{line}-{reader.line_num} read as one caption; close the quote (a caption is one line)."
-                )
             _add_row(row, line, path, images_root, columns, image_col, caption_col, split_col, by_name, first_line)
         except CaptionFileError as error:
             record(errors, error, path, line)
@@ -100,17 +108,26 @@ def read_csv_captions(
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 
-def _swallows_rows(row: list[str]) -> bool:
+def _swallows_rows(row: list[str], images_root: Path) -> bool:
     """Whether a quoted field holds lines that are rows of their own (`NAME.jpg,...`).
 
-    A quoted caption may hold a line break; one that holds rows is a quote left open.
+    A quoted caption may hold a line break; one that holds rows is a quote left
+    open. A row starts with an image: a name with an image suffix, or a file there.
     """
     for cell in row:
         for text in cell.split("\n")[1:]:
             name, comma, _ = text.partition(",")
-            if comma and name.strip().strip('"').lower().endswith(_IMAGE_SUFFIXES):
+            name = name.strip().strip('"')
+            if comma and name and (name.lower().endswith(_IMAGE_SUFFIXES) or _is_file(images_root / name)):
                 return True
     return False
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long, or with a NUL
+        return False
 
 
 def _add_row(row, line, path, images_root, columns, image_col, caption_col, split_col, by_name, first_line) -> None:
