@@ -199,7 +199,7 @@ def cmd_data_synthetic(args: argparse.Namespace) -> int:
     from kcap.data.synthetic import write_synthetic_dataset
 
     path = write_synthetic_dataset(args.output, args.num_images, args.seed, args.image_size, force=args.force)
-    print(f"Wrote {args.num_images} images and their captions to {path}")
+    print(f"Synthetic set: {count(args.num_images, 'image')} and their captions in {path}")
     return 0
 
 

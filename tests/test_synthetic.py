@@ -40,6 +40,14 @@ def test_writing_the_set_never_deletes_a_users_files(tmp_path):
     assert len(read_captions(first)) == 4
     rewritten = write_synthetic_dataset(tmp_path / "empty", num_images=6, seed=1, image_size=64, force=True)
     assert len(read_captions(rewritten)) == 6
+    # A damaged set of the same settings is written again: files missing, or with force.
+    (tmp_path / "empty" / "images" / "00001.png").unlink()
+    (tmp_path / "empty" / "images" / "00002.png").write_bytes(b"cut")
+    write_synthetic_dataset(tmp_path / "empty", num_images=6, seed=1, image_size=64)
+    assert (tmp_path / "empty" / "images" / "00001.png").is_file()
+    (tmp_path / "empty" / "images" / "00002.png").write_bytes(b"cut")
+    write_synthetic_dataset(tmp_path / "empty", num_images=6, seed=1, image_size=64, force=True)
+    assert (tmp_path / "empty" / "images" / "00002.png").read_bytes().startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="num_images must be at least 1"):
         write_synthetic_dataset(tmp_path / "none", num_images=0)
 
@@ -104,4 +112,4 @@ def test_a_path_given_as_flag_equals_tilde_is_under_home(tmp_path, monkeypatch, 
     assert main(["data", "synthetic", "--output=~/shapes", "--num-images", "12", "--image-size", "64"]) == 0
     assert (tmp_path / "home" / "shapes" / "captions.csv").is_file()
     assert not (tmp_path / "work" / "~").exists()
-    assert f"to {tmp_path / 'home' / 'shapes' / 'captions.csv'}" in capsys.readouterr().out
+    assert f"in {tmp_path / 'home' / 'shapes' / 'captions.csv'}" in capsys.readouterr().out

@@ -71,5 +71,5 @@ def cmd_tune(args: argparse.Namespace) -> int:
         history = retrain_best(config, args.directory, args.retrain_best, verbose=args.verbose)
         last = history["epochs"][-1] if history["epochs"] else {}
         scores = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "epoch")
-        print(f"Trained {args.retrain_best} with the best hyperparameters ({len(history['epochs'])} epochs; {scores}).")
+        print(f"Trained {args.retrain_best} with the best hyperparameters ({count(len(history['epochs']), 'epoch')}; {scores}).")
     return 0

@@ -21,6 +21,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -28,6 +29,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from kcap.utils.files import atomic_directory
+
+log = logging.getLogger("kcap")
 
 COLORS = {
     "red": (215, 35, 35),
@@ -161,9 +164,10 @@ def write_synthetic_dataset(
     """Writes `images/NNNNN.png` and `captions.csv` (`image,caption`) to `output`.
 
     The same arguments always give byte-identical files, so an earlier set
-    written with them is kept as it is. An earlier set of other settings is
-    replaced only with `force` (runs trained on it read its images). The
-    folder appears whole or not at all. Returns the path of `captions.csv`.
+    written with them is kept as it is (written again when files are missing,
+    or with `force`). An earlier set of other settings is replaced only with
+    `force` (runs trained on it read its images). The folder appears whole or
+    not at all. Returns the path of `captions.csv`.
     """
     output = Path(output)
     if not 64 <= image_size <= 512:
@@ -178,11 +182,12 @@ def write_synthetic_dataset(
             "there would delete what it holds. Give a new or empty folder as --output."
         )
     marker = output / "synthetic.json"
-    if marker.is_file():
+    if marker.is_file() and not force:
         earlier = json.loads(marker.read_text())
-        if earlier == params:
+        if earlier == params and _complete(output, num_images):
+            log.info("%s already holds this synthetic set; kept as it is.", output)
             return output / "captions.csv"
-        if not force:
+        if earlier != params:
             changed = ", ".join(f"{k} {earlier.get(k)} → {v}" for k, v in params.items() if earlier.get(k) != v)
             raise FileExistsError(
                 f"{output} holds a synthetic set of other settings ({changed}), and runs trained on it read "
@@ -201,6 +206,14 @@ def write_synthetic_dataset(
                     writer.writerow([name, caption])
         (tmp / "synthetic.json").write_text(json.dumps(params))
     return output / "captions.csv"
+
+
+def _complete(folder: Path, num_images: int) -> bool:
+    """Whether an earlier set's files are all there (a damaged one is written again)."""
+    images = folder / "images"
+    return (folder / "captions.csv").is_file() and all(
+        (images / f"{index:05d}.png").is_file() for index in range(num_images)
+    )
 
 
 def _replaceable(folder: Path) -> bool:
