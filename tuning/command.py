@@ -51,6 +51,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     import dataclasses
 
     from kcap.cli import _train_config
+    from kcap.utils import count
     from tuning.search import format_summary, retrain_best, search
 
     config = _train_config(args)
