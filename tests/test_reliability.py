@@ -1023,6 +1023,13 @@ def test_config_json_is_validated_on_load(tmp_path, change, message):
         TrainConfig.load(path)
 
 
+def test_another_programs_config_json_is_not_read_as_a_run(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"port": 8080, "project": "web"}))
+    with pytest.raises(ValueError, match=rf"{path} is not a kcap configuration \(no 'settings'\); is {tmp_path} a kcap run directory"):
+        TrainConfig.load(path)
+
+
 def test_bad_on_bad_image_value_is_refused():
     with pytest.raises(ValueError, match="on_bad_image must be 'error' or 'skip'"):
         TrainConfig(data="synthetic", on_bad_image="ignore").resolved()

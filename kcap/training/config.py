@@ -185,6 +185,11 @@ class TrainConfig:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: not valid JSON ({error}).") from None
+        if isinstance(data, dict) and "settings" not in data and "data" not in data:
+            # Neither a run's config.json nor bare settings: some other program's file.
+            raise ValueError(
+                f"{path} is not a kcap configuration (no 'settings'); is {path.parent} a kcap run directory?"
+            )
         return cls.from_json(data.get("settings", data) if isinstance(data, dict) else data, source=str(path))
 
 
