@@ -77,7 +77,8 @@ def restore_splits(
         return os.path.relpath(path, folder) if moved else path
 
     stored = {key(path, old_dir): value for path, value in stored_paths.items()}
-    skipped = {key(str(path), new_dir) for path in left_out}
+    # Bad now (under the new folder) or left out when the run began (under the old one).
+    skipped = {key(str(path), folder) for path in left_out for folder in (new_dir, old_dir)}
     current = {
         key(str(image.path), new_dir): sorted(image.captions) for image in dataset.images
         if key(str(image.path), new_dir) in stored or key(str(image.path), new_dir) not in skipped
