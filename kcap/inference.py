@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from kcap.data.check import check_images
+from kcap.data.check import image_errors
 from kcap.data.pipeline import image_dataset
 from kcap.model.captioner import Captioner
 from kcap.model.model_files import load_keras_file
@@ -51,7 +51,7 @@ class TrainedRun:
         Example: `run.caption_files(["a.jpg", "b.jpg"], beam_size=3)[0]["caption"]`
         """
         # In full: decoding is the work anyway, and damage inside a file would otherwise stop a batch unnamed.
-        bad = [p for p in check_images([str(p) for p in paths], full_decode=True, progress=False) if p.severity == "error"]
+        bad = image_errors([str(p) for p in paths], full_decode=True)
         if bad:
             raise ValueError("Cannot caption: " + "; ".join(str(p) for p in bad))
         results = []

@@ -204,6 +204,11 @@ def check_images(
     return found
 
 
+def image_errors(paths: Sequence[str], full_decode: bool = False, progress: bool = False) -> list[DataProblem]:
+    """The problems of `check_images` that keep an image from being used (its warnings left out)."""
+    return [problem for problem in check_images(paths, full_decode, progress) if problem.severity == "error"]
+
+
 def _check_safely(path: str, full_decode: bool) -> tuple[str | None, str | None]:
     try:
         return check_image(path, full_decode)
@@ -297,7 +302,7 @@ def explain_decode_failures(images: Sequence, on_bad_image: str = "error") -> It
             raise
         log.warning("An image could not be decoded; decoding all %d images to find which.", len(images))
         paths = [str(getattr(image, "path", image)) for image in images]
-        bad = [problem for problem in check_images(paths, full_decode=True) if problem.severity == "error"]
+        bad = image_errors(paths, full_decode=True, progress=True)
         if not bad:
             raise
         skip = "" if on_bad_image == "skip" else " --on-bad-image skip"

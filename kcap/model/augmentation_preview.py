@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kcap.data.check import check_images
+from kcap.data.check import image_errors
 from kcap.data.images import load_image
 from kcap.model.augmentation import ImageAugmentation
 from kcap.model.preprocessing import ImagePreprocessing
@@ -46,7 +46,7 @@ def preview_augmentation(
     import matplotlib.pyplot as plt
 
     output = check_figure_path(output)
-    bad = [p for p in check_images([str(image_path)], full_decode=True, progress=False) if p.severity == "error"]
+    bad = image_errors([str(image_path)], full_decode=True)
     if bad:
         raise ValueError(f"Cannot preview {bad[0]}")
     pixels = load_image(str(image_path), image_size).numpy().astype("float32")
