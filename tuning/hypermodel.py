@@ -42,8 +42,7 @@ from kcap.training.config import TrainConfig
 from kcap.training.trainer import build_captioner, build_feature_cache, prepare_data, wait_for_feature_cache
 from kcap.training.validation_captioning import ValidationCaptioning
 from kcap.utils.files import read_json
-from tuning.options import DEFAULT_SEARCH_SPACE  # noqa: F401  (also imported from here)
-
+from tuning.options import DEFAULT_SEARCH_SPACE
 
 # Settings a trial may change. Everything else (data, vocabulary, backbone,
 # image size, normalisation, augmentation, the feature cache) is fixed for

@@ -87,13 +87,12 @@ def apply_hparams(config: TrainConfig, path: str | Path) -> TrainConfig:
         raise ValueError(f"{path}: unknown setting(s) {unknown}; settings are TrainConfig fields: {fields}.")
     # from_json checks every value's type and names the key that is wrong.
     merged = TrainConfig.from_json({**config.to_json(), **data}, source=str(path))
-    defaults, given = TrainConfig(data=config.data).to_json(), config.to_json()
-    overridden = [k for k in data if given[k] != defaults[k] and given[k] != merged.to_json()[k]]
+    defaults, given, used = TrainConfig(data=config.data).to_json(), config.to_json(), merged.to_json()
+    overridden = [k for k in data if given[k] != defaults[k] and given[k] != used[k]]
     if overridden:
         log.warning(
             "%s overrides %s given with it: training with %s.", path,
-            ", ".join(f"{k}={given[k]!r}" for k in overridden),
-            ", ".join(f"{k}={merged.to_json()[k]!r}" for k in overridden),
+            ", ".join(f"{k}={given[k]!r}" for k in overridden), ", ".join(f"{k}={used[k]!r}" for k in overridden),
         )
     try:
         merged.validate()

@@ -84,13 +84,14 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         A state that names a missing or unreadable weights file is an error: going on from
         epoch 0 in silence would overwrite the run's history and best model.
         """
-        weights_path = ResumeCheckpoint.weights_path(state_path)
-        if weights_path is None:
+        state_path = Path(state_path)
+        if not state_path.is_file():
             return 0
+        state = read_json(state_path, "The resume checkpoint")
+        weights_path = state_path.parent / state["weights"]
         start_over = f"To train this run again from its start, delete {state_path}; or choose a new --run-dir."
         if not weights_path.is_file():
             raise FileNotFoundError(f"{state_path} names {weights_path}, which is missing. {start_over}")
-        state = read_json(state_path, "The resume checkpoint")
         # Optimizer slots are created lazily; make them exist so their state loads too.
         model.optimizer.build(model.trainable_variables)
         try:

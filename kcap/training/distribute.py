@@ -15,7 +15,6 @@ import tensorflow as tf
 from kcap.training.config import STRATEGIES
 
 
-
 def make_strategy(name: str = "default") -> tf.distribute.Strategy:
     """The strategy `kcap train --strategy NAME` trains under.
 

@@ -27,8 +27,14 @@ class RunDir:
       checkpoints/resume.json        which epoch that was, which file, the random states
       logs/                TensorBoard
       eval_<split>.json    scores and captions from `kcap evaluate`
+      results_<split>.json the same captions as a COCO results file
     ```
     """
+
+    # Every name a run writes, by folder (`*`: a split, an epoch number): all that the
+    # cleanup of a killed run's temporaries may touch.
+    FILES = ("config.json", "vocab.json", "splits.json", "history.json", "model.keras", "eval_*.json", "results_*.json")
+    CHECKPOINT_FILES = ("best.keras", "resume.json", "resume-*.weights.h5")
 
     path: Path
 

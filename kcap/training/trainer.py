@@ -274,11 +274,6 @@ def _remove_if_empty(run: RunDir) -> None:
             folder.rmdir()  # only succeeds on an empty folder
 
 
-# The files a run writes (`RunDir`), by folder: `*` is an epoch number or a split.
-_RUN_FILES = ("config.json", "vocab.json", "splits.json", "history.json", "model.keras", "eval_*.json", "results_*.json")
-_CHECKPOINT_FILES = ("best.keras", "resume.json", "resume-*.weights.h5")
-
-
 def _remove_partial_files(run: RunDir) -> None:
     """Deletes the temporary files a killed run left beside its real ones (issue #8).
 
@@ -286,7 +281,7 @@ def _remove_partial_files(run: RunDir) -> None:
     process killed mid-write leaves that temporary behind (the real file is
     intact). Only names of exactly that form, for the files a run writes, are removed.
     """
-    for folder, names in ((run.path, _RUN_FILES), (run.checkpoints, _CHECKPOINT_FILES)):
+    for folder, names in ((run.path, RunDir.FILES), (run.checkpoints, RunDir.CHECKPOINT_FILES)):
         patterns = [atomic_temporary_name(name) for name in names]
         for path in folder.glob(".*"):
             if path.is_file() and any(pattern.match(path.name) for pattern in patterns):
