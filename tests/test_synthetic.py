@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from kcap.data.caption_files import read_captions
-from kcap.data.synthetic import COLORS, SHAPES, make_example, write_synthetic_dataset
+from kcap.data.synthetic import COLORS, SHAPES, cached_synthetic_dataset, make_example, write_synthetic_dataset
 from kcap.text import tokenize
 
 
@@ -50,6 +50,14 @@ def test_writing_the_set_never_deletes_a_users_files(tmp_path):
     assert (tmp_path / "empty" / "images" / "00002.png").read_bytes().startswith(b"\x89PNG")
     with pytest.raises(ValueError, match="num_images must be at least 1"):
         write_synthetic_dataset(tmp_path / "none", num_images=0)
+
+
+def test_the_cached_set_comes_back_whole_after_losing_an_image(tmp_path, monkeypatch):
+    monkeypatch.setenv("KCAP_CACHE_DIR", str(tmp_path / "cache"))
+    captions = cached_synthetic_dataset(num_images=3, image_size=64)
+    (captions.parent / "images" / "00001.png").unlink()
+    assert cached_synthetic_dataset(num_images=3, image_size=64) == captions
+    assert (captions.parent / "images" / "00001.png").is_file()
 
 
 def test_written_set_reads_back_with_five_captions_per_image(tmp_path):
