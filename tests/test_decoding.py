@@ -107,6 +107,18 @@ def test_beam_one_equals_greedy_on_a_fresh_model(end_bias):
     _assert_beam_one_is_greedy(model, _random_images(6))
 
 
+@pytest.mark.parametrize("decode", [greedy_decode, lambda d, f, n: beam_search(d, f, n, beam_size=2)])
+def test_a_decoder_never_called_before_decodes_and_then_teacher_forces(decode):
+    from kcap.model.decoder import AttentionDecoder
+
+    decoder = AttentionDecoder(vocabulary_size=12, embedding_dim=8, units=16)
+    features = keras.random.normal((2, 9, 8), seed=0)
+    ids = decode(decoder, features, 5)[0]
+    assert tuple(ids.shape) == (2, 6)
+    logits, _ = decoder(ids, features)
+    assert tuple(logits.shape) == (2, 6, 12) and len(decoder.weights) == 16
+
+
 def test_beam_one_equals_greedy_on_the_trained_model(trained):
     run, _, inputs = trained
     ids = _assert_beam_one_is_greedy(run.model, inputs)

@@ -32,9 +32,14 @@ class BahdanauAttention(keras.layers.Layer):
         self.score = keras.layers.Dense(1, name="score")
 
     def build(self, features_shape, state_shape=None):
-        self.feature_projection.build(features_shape)
-        self.state_projection.build(state_shape or (None, self.units))
-        self.score.build((None, None, self.units))
+        # `project_features` may have built the feature projection already.
+        for layer, shape in (
+            (self.feature_projection, features_shape),
+            (self.state_projection, state_shape or (None, self.units)),
+            (self.score, (None, None, self.units)),
+        ):
+            if not layer.built:
+                layer.build(shape)
         self.built = True
 
     def project_features(self, features):

@@ -22,7 +22,7 @@ class ImageAugmentation(keras.layers.Layer):
     Example:
 
     >>> augment = ImageAugmentation(zoom=0.1, brightness=0.2, seed=1)
-    >>> augment(keras.ops.ones((2, 64, 64, 3)) * 100, training=False).shape
+    >>> tuple(augment(keras.ops.ones((2, 64, 64, 3)) * 100, training=False).shape)
     (2, 64, 64, 3)
     """
 

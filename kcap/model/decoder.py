@@ -53,12 +53,17 @@ class AttentionDecoder(keras.layers.Layer):
     def build(self, tokens_shape=None, features_shape=None):
         features_shape = features_shape or (None, None, self.embedding_dim)
         feature_dim = features_shape[-1]
-        self.embedding.build((None, None))
-        self.attention.build((None, None, feature_dim), (None, self.units))
-        self.initial_state.build((None, feature_dim))
-        self.cell.build((None, self.embedding_dim + feature_dim))
-        self.hidden.build((None, None, self.units + feature_dim))
-        self.logits.build((None, None, self.units))
+        # `start` and `step` may have built some of these already (decoding without a teacher-forced call).
+        for layer, shapes in (
+            (self.embedding, [(None, None)]),
+            (self.attention, [(None, None, feature_dim), (None, self.units)]),
+            (self.initial_state, [(None, feature_dim)]),
+            (self.cell, [(None, self.embedding_dim + feature_dim)]),
+            (self.hidden, [(None, None, self.units + feature_dim)]),
+            (self.logits, [(None, None, self.units)]),
+        ):
+            if not layer.built:
+                layer.build(*shapes)
         self.built = True
 
     def start(self, features):

@@ -21,7 +21,7 @@ class FeatureEncoder(keras.layers.Layer):
     Example:
 
     >>> encoder = FeatureEncoder(embedding_dim=16, num_locations=4)
-    >>> encoder(keras.ops.ones((1, 2, 2, 8))).shape
+    >>> tuple(encoder(keras.ops.ones((1, 2, 2, 8))).shape)
     (1, 4, 16)
     """
 
