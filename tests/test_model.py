@@ -45,6 +45,17 @@ def test_fit_on_a_tiny_batch_lowers_the_loss():
     assert set(history.history) == {"loss", "masked_accuracy"}
 
 
+def test_each_augmentation_draws_independently_of_the_others():
+    # A horizontal ramp: zooming in steepens it (a wider spread of each row), brightening shifts it.
+    ramp = np.broadcast_to(np.linspace(80, 170, 64, dtype="float32")[None, None, :, None], (256, 64, 64, 3))
+    augment = ImageAugmentation(zoom=0.5, brightness=0.3, seed=0)
+    out = keras.ops.convert_to_numpy(augment(ramp, training=True))
+    zoom = out[:, 32, 8:56, 0].std(axis=1)
+    shift = out.mean(axis=(1, 2, 3)) - ramp.mean()
+    assert zoom.std() > 1 and shift.std() > 10  # both vary
+    assert abs(np.corrcoef(zoom, shift)[0, 1]) < 0.3
+
+
 def test_loss_ignores_padding():
     model = _model()
     model.compile(optimizer="adam")

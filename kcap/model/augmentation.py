@@ -44,27 +44,30 @@ class ImageAugmentation(keras.layers.Layer):
         self.translate = float(translate)
         self.brightness = float(brightness)
         self.seed = seed
+
+        def step_seed(offset: int) -> int | None:
+            # One seed for all steps would make their draws equal: the strongest zoom always the darkest.
+            return None if seed is None else seed + offset
+
         self.steps = []
         if self.horizontal_flip:
-            self.steps.append(keras.layers.RandomFlip("horizontal", seed=seed, name="flip"))
+            self.steps.append(keras.layers.RandomFlip("horizontal", seed=step_seed(0), name="flip"))
         if self.zoom:
             self.steps.append(
-                keras.layers.RandomZoom((-self.zoom, 0.0), seed=seed, fill_mode="reflect", name="zoom")
+                keras.layers.RandomZoom((-self.zoom, 0.0), seed=step_seed(1), fill_mode="reflect", name="zoom")
             )
         if self.translate:
             self.steps.append(
                 keras.layers.RandomTranslation(
-                    self.translate, self.translate, seed=seed, fill_mode="reflect", name="translate"
+                    self.translate, self.translate, seed=step_seed(2), fill_mode="reflect", name="translate"
                 )
             )
         if self.brightness:
             self.steps.append(
-                keras.layers.RandomBrightness(self.brightness, value_range=(0, 255), seed=seed, name="brightness")
+                keras.layers.RandomBrightness(
+                    self.brightness, value_range=(0, 255), seed=step_seed(3), name="brightness"
+                )
             )
-
-    @property
-    def active(self) -> bool:
-        return bool(self.steps)
 
     def build(self, input_shape):
         for step in self.steps:
