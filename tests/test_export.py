@@ -287,13 +287,8 @@ def test_failed_export_leaves_the_previous_export_untouched(exported, trained_ru
     assert _hashes(output) == before
 
 
-def test_beam_size_above_one_uses_beam_search_or_says_it_cannot(trained_run, tmp_path):
+def test_beam_size_above_one_serves_beam_search(trained_run, tmp_path):
     output = tmp_path / "beam"
-    if not hasattr(decoding, "beam_search"):
-        with pytest.raises(NotImplementedError, match="beam_search"):
-            export_run(trained_run, output, beam_size=3)
-        assert not output.exists()
-        return
     export_run(trained_run, output, beam_size=3)
     trained = load_run(trained_run)
     test = [i["image"] for i in trained.run.load_splits()["splits"]["test"]]

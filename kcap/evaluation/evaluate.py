@@ -115,20 +115,9 @@ def evaluate_run(
             f"{where}."
         )
     ids = [i["id"] for i in images] if all("id" in i for i in images) else image_ids(paths)
-    decoding = {}
-    if beam_size != 1:
-        decoding["beam_size"] = beam_size
-    if temperature is not None:
-        decoding["temperature"] = temperature
-    try:
-        results = trained.caption_files(paths, batch_size=batch_size, progress=progress, **decoding)
-    except TypeError as error:
-        if decoding and any(k in str(error) for k in decoding):
-            raise TypeError(
-                f"This kcap's TrainedRun.caption_files does not take {sorted(decoding)} yet; "
-                f"evaluate with beam_size=1 and no temperature."
-            ) from error
-        raise
+    results = trained.caption_files(
+        paths, batch_size=batch_size, progress=progress, beam_size=beam_size, temperature=temperature
+    )
     references = [i["captions"] for i in images]
     hypotheses = [r["caption"] for r in results]
     baseline_caption = blind_baseline([c for i in manifest["splits"]["train"] for c in i["captions"]])

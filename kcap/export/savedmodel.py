@@ -71,7 +71,6 @@ def decode_function(beam_size: int = 1):
     """The decoding loop for `beam_size`: greedy for 1, else `kcap.model.decoding.beam_search`.
 
     Returns a callable `(decoder, encoded, max_length) -> (ids, attention, scores)`.
-    Raises `NotImplementedError` when `beam_size > 1` and kcap has no beam search.
 
     Example:
 
@@ -82,19 +81,9 @@ def decode_function(beam_size: int = 1):
         raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}.")
     if beam_size == 1:
         return decoding.greedy_decode
-    beam_search = getattr(decoding, "beam_search", None)
-    if beam_search is None:
-        raise NotImplementedError(
-            f"beam_size={beam_size} needs kcap.model.decoding.beam_search, which this kcap "
-            f"({kcap.__version__}) does not have; export with beam_size=1 (greedy)."
-        )
 
     def decode(decoder, encoded, max_length):
-        ids, attention, scores = beam_search(decoder, encoded, max_length, beam_size=beam_size)
-        # Should a beam search return every beam, serve the best (the first) one.
-        if ids.shape.rank == 3:
-            ids, scores = ids[:, 0], scores[:, 0]
-        return ids, attention, scores
+        return decoding.beam_search(decoder, encoded, max_length, beam_size=beam_size)
 
     return decode
 

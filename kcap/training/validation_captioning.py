@@ -18,20 +18,6 @@ from kcap.text.vocabulary import END_ID, Vocabulary
 InputBatches = tf.data.Dataset | Iterable[Mapping] | Callable[[], Iterable[Mapping]]
 
 
-def generate(model, inputs: Mapping, max_length: int | None = None, beam_size: int = 1,
-             temperature: float | None = None):
-    """`model.generate`, passing `beam_size`/`temperature` only when they differ from greedy.
-
-    A `Captioner` without beam search still serves greedy decoding this way.
-    """
-    options = {}
-    if beam_size != 1:
-        options["beam_size"] = beam_size
-    if temperature is not None:
-        options["temperature"] = temperature
-    return model.generate(inputs, max_length=max_length, **options)
-
-
 def caption_words(ids: np.ndarray, vocabulary: Vocabulary) -> list[str]:
     """The words of one generated row, one per decoding step up to `<end>`.
 
@@ -197,8 +183,8 @@ class ValidationCaptioning(keras.callbacks.Callback):
         """Token ids and attention weights of every validation image, in order."""
         ids, attention = [], []
         for batch in self._batches():
-            batch_ids, batch_attention, _ = generate(
-                self.model, batch, self.max_length, self.beam_size, self.temperature
+            batch_ids, batch_attention, _ = self.model.generate(
+                batch, self.max_length, beam_size=self.beam_size, temperature=self.temperature
             )
             ids.extend(np.asarray(batch_ids))
             attention.extend(np.asarray(batch_attention))
