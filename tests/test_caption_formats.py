@@ -82,11 +82,12 @@ def test_flickr8k_token_file_reads_the_official_splits(flickr):
 
 
 def test_images_in_no_split_list_never_get_a_random_split(flickr):
-    from kcap.data.sources import load_dataset
+    from kcap.data.check import load_checked_dataset
     from kcap.training.config import TrainConfig
 
     # The path the trainer takes: a folder holding the token file, format named.
-    dataset = load_dataset(TrainConfig(data=str(FLICKR), format="flickr8k", val_fraction=0.3, test_fraction=0.3))
+    config = TrainConfig(data=str(FLICKR), format="flickr8k", val_fraction=0.3, test_fraction=0.3)
+    dataset, _ = load_checked_dataset(config, progress=False)
     assert dataset.split_sizes() == {"train": 753, "val": 113, "test": 125}
     assert _rows(dataset) == _rows(flickr)
     excluded = {image.path for image in dataset.excluded}

@@ -52,13 +52,16 @@ import re
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kcap.data.caption_files import read_captions
 from kcap.data.dataset import CaptionDataset
 from kcap.data.formats.common import CaptionFileError, DataProblem
 from kcap.utils import count
 from kcap.utils.files import read_json
+
+if TYPE_CHECKING:  # kcap.training imports kcap.data
+    from kcap.training.config import TrainConfig
 
 log = logging.getLogger("kcap")
 
@@ -390,29 +393,31 @@ def apply_on_bad_image(report: DataReport, on_bad_image: str) -> CaptionDataset:
 
 
 def load_checked_dataset(
-    config, progress: bool = True, run_splits: str | Path | None = None
+    config: TrainConfig, progress: bool = True, run_splits: str | Path | None = None
 ) -> tuple[CaptionDataset, DataReport]:
-    """`kcap.data.sources.load_dataset`, with the data check in front: what training reads.
+    """The data a run names, checked and split: what training, `kcap features` and `kcap tune` read.
 
-    Splits are drawn over every readable image before bad ones are left out,
-    so the split of a good image never depends on which others are bad. A run
-    being resumed gives its `splits.json` as `run_splits` and keeps those
-    splits (`kcap.data.splits.restore_splits`). `config` is a
-    `kcap.training.config.TrainConfig`.
+    Reads (or generates) the data, runs the data check, and gives every image a
+    split. Splits are drawn over every readable image before bad ones are left
+    out, so the split of a good image never depends on which others are bad. A
+    run being resumed gives its `splits.json` as `run_splits` and keeps those
+    splits (`kcap.data.splits.restore_splits`).
     """
     from kcap.data.splits import assign_splits, restore_splits
     from kcap.data.synthetic import cached_synthetic_dataset
 
     if config.is_synthetic:
-        path = cached_synthetic_dataset(
+        data = cached_synthetic_dataset(
             num_images=config.synthetic_images, seed=config.seed, image_size=config.synthetic_image_size
         )
-        report = check_data(path, progress=progress)
+        images, data_format = None, "auto"
     else:
         # Absolute: the run's splits.json then names images that `kcap evaluate` (and a
         # resumed run) finds from any working directory.
+        data = os.path.abspath(config.data)
         images = os.path.abspath(config.images) if config.images else None
-        report = check_data(os.path.abspath(config.data), images, config.format, config.full_decode, progress=progress)
+        data_format = config.format
+    report = check_data(data, images, data_format, config.full_decode, progress=progress)
     given = {id(image) for image in report.dataset.images if image.split is not None}
     assign_splits(report.dataset, config.val_fraction, config.test_fraction, seed=config.seed)
     if run_splits is not None:
