@@ -31,11 +31,10 @@ from typing import Any
 
 import keras
 import keras_tuner
-import tensorflow as tf
 
 from kcap.data.dataset import CaptionDataset
 from kcap.data.feature_cache import FeatureCache
-from kcap.data.pipeline import evaluation_dataset, image_dataset, steps_per_epoch, training_dataset
+from kcap.data.pipeline import evaluation_dataset, steps_per_epoch, training_dataset
 from kcap.model.captioner import Captioner
 from kcap.text.vocabulary import Vocabulary
 from kcap.training.config import TrainConfig
@@ -361,15 +360,11 @@ class CaptionerHyperModel(keras_tuner.HyperModel):
     def _validation_captioning(self, config: TrainConfig, val_images) -> keras.callbacks.Callback:
         paths = [str(i.path) for i in val_images]
         references = [list(i.captions) for i in val_images]
+        options = dict(batch_size=config.batch_size, log_dir=None, num_examples=0)
         if self.data.feature_cache is None:
-            inputs = image_dataset(paths, (config.image_size, config.image_size), config.batch_size)
-        else:
-            inputs = _cached_feature_batches(self.data.feature_cache, paths, config.batch_size)
-        return ValidationCaptioning(paths, references, inputs, self.data.vocabulary, log_dir=None, num_examples=0)
-
-
-def _cached_feature_batches(cache: FeatureCache, paths: list[str], batch_size: int) -> tf.data.Dataset:
-    """`{"features": ...}` batches of `paths`, one row per image, in order, read from the cache."""
-    gather = cache.gather_fn()
-    rows = tf.data.Dataset.from_tensor_slices(cache.rows(paths)).batch(batch_size)
-    return rows.map(lambda r: {"features": gather(r)}).prefetch(tf.data.AUTOTUNE)
+            return ValidationCaptioning.from_images(
+                paths, references, self.data.vocabulary, (config.image_size,) * 2, **options
+            )
+        return ValidationCaptioning.from_feature_cache(
+            paths, references, self.data.vocabulary, self.data.feature_cache, **options
+        )
