@@ -121,7 +121,7 @@ def cmd_preview_augmentation(args: argparse.Namespace) -> int:
     if args.run_dir:
         run = RunDir(args.run_dir)
         config = TrainConfig.load(run.config)
-        normalization = json.loads(run.config.read_text()).get("normalization")
+        normalization = run.read_config().get("normalization")
     else:
         config = _train_config(args).resolved()
     if config.normalize == "dataset" and normalization:
@@ -173,6 +173,7 @@ METRICS = (("bleu1", "BLEU-1"), ("bleu2", "BLEU-2"), ("bleu3", "BLEU-3"), ("bleu
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from kcap.evaluation.evaluate import evaluate_run
+    from kcap.training.run_dir import RunDir
 
     report = evaluate_run(
         args.run_dir, args.split, args.batch_size, args.checkpoint,
@@ -191,7 +192,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  METEOR unavailable: {report['meteor_error']}")
     for item in report["captions"][: args.show]:
         print(f"  {item['image']}\n    kcap:      {item['caption']}\n    reference: {item['references'][0]}")
-    print(f"Wrote {args.run_dir}/eval_{args.split}.json and {args.run_dir}/results_{args.split}.json")
+    run = RunDir(args.run_dir)
+    print(f"Wrote {run.evaluation(args.split)} and {run.results(args.split)}")
     return 0
 
 

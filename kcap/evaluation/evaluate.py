@@ -49,11 +49,6 @@ def _id_candidates(paths: list[str]) -> Iterator[list[str]]:
     yield relative
 
 
-def results_path(run_dir: str | Path, split: str) -> Path:
-    """`RUN/results_<split>.json`: the COCO-format captions `evaluate_run` writes."""
-    return Path(run_dir) / f"results_{split}.json"
-
-
 def evaluate_run(
     run_dir: str | Path,
     split: str = "test",
@@ -152,7 +147,7 @@ def evaluate_run(
             for r, refs in zip(results, references)
         ],
     }
-    atomic_write_json(results_path(trained.run.path, split), [
+    atomic_write_json(trained.run.results(split), [
         {"image_id": image_id, "caption": caption} for image_id, caption in zip(ids, hypotheses)
     ])
     atomic_write_json(trained.run.evaluation(split), report)

@@ -61,6 +61,14 @@ class RunDir:
     def evaluation(self, split: str) -> Path:
         return self.path / f"eval_{split}.json"
 
+    def results(self, split: str) -> Path:
+        """The COCO results file (`[{"image_id", "caption"}]`) of `kcap evaluate`."""
+        return self.path / f"results_{split}.json"
+
+    def read_config(self) -> dict:
+        """`config.json` as written: the settings, the data, the vocabulary size, the normalization."""
+        return read_json(self.config, "The run's config")
+
     def exists(self) -> bool:
         return self.config.is_file()
 

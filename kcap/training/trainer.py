@@ -184,7 +184,7 @@ def prepare_data(
     normalization = None
     if config.normalize == "dataset":
         if run is not None and run.config.is_file():
-            normalization = json.loads(run.config.read_text()).get("normalization")
+            normalization = run.read_config().get("normalization")
         if not normalization:
             mean, std = channel_statistics([str(i.path) for i in train_images], (config.image_size,) * 2)
             normalization = {"mean": mean, "std": std}
