@@ -22,7 +22,16 @@ log = logging.getLogger("kcap")
 
 @dataclasses.dataclass
 class TrainedRun:
-    """A trained captioner with its vocabulary and settings."""
+    """A trained captioner with its vocabulary and settings; `load_run` makes one.
+
+    Example:
+
+    ```python
+    trained = load_run("runs/shapes")
+    for result in trained.caption_files(["a.jpg", "b.jpg"], beam_size=3):
+        print(result["image"], result["caption"])
+    ```
+    """
 
     model: Captioner
     vocabulary: Vocabulary
@@ -77,7 +86,11 @@ class TrainedRun:
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best") -> TrainedRun:
-    """Loads the model (`best` or `last`), vocabulary and config of a run directory."""
+    """Loads the model (`best` or `last`), vocabulary and config of a run directory.
+
+    `best` is the best epoch by the run's `--monitor`; where it is missing, the
+    final model is used, with a warning (and the other way round for `last`).
+    """
     run = RunDir(Path(run_dir))
     if not run.exists():
         raise FileNotFoundError(f"{run.path} is not a kcap run directory (no config.json).")

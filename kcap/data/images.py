@@ -14,7 +14,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 
 def decode_image(data: tf.Tensor, image_size: Sequence[int]) -> tf.Tensor:
-    """Encoded bytes (JPEG, PNG, GIF, BMP) → uint8 (height, width, 3) at `image_size`.
+    """Encoded bytes (JPEG, PNG, GIF, BMP, WebP) → uint8 (height, width, 3) at `image_size`.
 
     Grayscale becomes RGB and an alpha channel is dropped.
     """

@@ -172,7 +172,7 @@ def export_run(
         output: the SavedModel directory to write.
         beam_size: 1 for greedy decoding (as `kcap caption`), more for beam search.
         force: replace an existing export at `output`.
-        checkpoint: `"best"` (lowest validation loss) or `"last"`.
+        checkpoint: `"best"` (the best epoch by the run's `--monitor`) or `"last"`.
 
     The export is written into a temporary directory beside `output` and
     renamed onto it at the end, so a failed export leaves an earlier one intact.

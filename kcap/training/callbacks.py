@@ -43,6 +43,13 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     file naming complete weights of the epoch it says. `restore` loads them
     back before `fit` and returns the epoch to start from. Unlike
     `keras.callbacks.BackupAndRestore`, a kill mid-write loses nothing.
+
+    Example:
+
+    ```python
+    start = ResumeCheckpoint.restore(model, "run/checkpoints/resume.json")  # 0 on a new run
+    model.fit(ds, epochs=10, initial_epoch=start, callbacks=[ResumeCheckpoint("run/checkpoints/resume.json")])
+    ```
     """
 
     def __init__(self, state_path: str | Path):
@@ -122,6 +129,13 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         monitor: a key of the epoch logs, e.g. `"val_loss"`.
         mode: `"min"` or `"max"`.
         best: the best value so far (when resuming).
+
+    Example:
+
+    ```python
+    model.fit(ds, validation_data=val_ds, epochs=10,
+              callbacks=[BestModelCheckpoint("run/checkpoints/best.keras", monitor="val_bleu4", mode="max")])
+    ```
     """
 
     def __init__(self, path: str | Path, monitor: str = "val_loss", mode: str = "min", best: float | None = None):
@@ -151,6 +165,14 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     Args:
         previous: the monitored values of the epochs finished before this `fit`.
         **kwargs: as for `EarlyStopping`.
+
+    Example:
+
+    ```python
+    seen = [e["val_loss"] for e in HistoryLog.load("run/history.json", start)]
+    stop = ResumableEarlyStopping(seen, monitor="val_loss", mode="min", patience=3)
+    model.fit(ds, validation_data=val_ds, epochs=20, initial_epoch=start, callbacks=[stop])
+    ```
     """
 
     def __init__(self, previous: list[float] | None = None, **kwargs):
@@ -171,7 +193,15 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
 
 class HistoryLog(keras.callbacks.Callback):
-    """Keeps `history.json`: one entry per finished epoch, across resumed runs."""
+    """Keeps `history.json`: one entry per finished epoch, across resumed runs.
+
+    Example:
+
+    ```python
+    previous = HistoryLog.load("run/history.json", start)  # the epochs before `start`
+    model.fit(ds, epochs=10, initial_epoch=start, callbacks=[HistoryLog("run/history.json", previous)])
+    ```
+    """
 
     def __init__(self, path: str | Path, previous: list[dict] | None = None):
         super().__init__()
