@@ -88,30 +88,45 @@ def _free_ports(n):
 
 @pytest.mark.slow
 def test_multi_worker_training_writes_only_the_chiefs_files(tmp_path):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     run_dir = tmp_path / "run"
     scratch = tmp_path / "tmp"
     scratch.mkdir()
+    # Monitoring a captioning score, which the chief also writes to TensorBoard: every worker
+    # must see the same value, or a worker the chief's early stop left behind waits forever.
     flags = [
-        "--data", "synthetic", "--run-dir", str(run_dir), "--epochs", "1", "--verbose", "0",
-        "--strategy", "multi-worker", "--no-train-backbone", "--zoom", "0", "--translate", "0", "--brightness", "0",
+        "--data", "synthetic", "--run-dir", str(run_dir), "--verbose", "0", "--monitor", "val_bleu4",
+        "--early-stopping", "1", "--strategy", "multi-worker", "--no-train-backbone",
+        "--zoom", "0", "--translate", "0", "--brightness", "0",
         "--synthetic-images", str(TINY["synthetic_images"]), "--synthetic-image-size", str(TINY["synthetic_image_size"]),
         "--batch-size", str(TINY["batch_size"]), "--embedding-dim", str(TINY["embedding_dim"]), "--units", str(TINY["units"]),
     ]
-    workers = []
-    for index in range(2):
-        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-               "TMPDIR": str(scratch)}
-        workers.append(subprocess.Popen(kcap_command("train", *flags), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = [w.communicate(timeout=600) for w in workers]
-    for worker, (_, err) in zip(workers, outputs):
-        assert worker.returncode == 0, err[-3000:]
-    history = json.loads((run_dir / "history.json").read_text())["epochs"]
-    assert [e["epoch"] for e in history] == [1]
+
+    def train(epochs):
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+        workers = []
+        for index in range(2):
+            env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+                   "TMPDIR": str(scratch)}
+            workers.append(subprocess.Popen(kcap_command("train", *flags, "--epochs", str(epochs)), env=env,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        try:
+            outputs = [w.communicate(timeout=240) for w in workers]
+        finally:
+            for w in workers:
+                w.kill()
+        for worker, (_, err) in zip(workers, outputs):
+            assert worker.returncode == 0, err[-3000:]
+        return json.loads((run_dir / "history.json").read_text())["epochs"]
+
+    assert [e["epoch"] for e in train(1)] == [1]
     for name in ("config.json", "vocab.json", "model.keras", "checkpoints/best.keras", "checkpoints/resume.json"):
         assert (run_dir / name).is_file(), name
     # The other worker wrote into its own scratch folder, and removed it.
+    assert not [p for p in scratch.iterdir() if p.name.startswith("kcap-worker-")]
+    # Resumed for more epochs, until the score stops improving: both workers stop together.
+    history = train(6)
+    assert "val_bleu4" in history[-1] and 2 <= len(history) < 6
+    assert json.loads((run_dir / "checkpoints" / "resume.json").read_text())["stopped_early"]
     assert not [p for p in scratch.iterdir() if p.name.startswith("kcap-worker-")]
 
 

@@ -86,6 +86,22 @@ def writable_directory(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def mean_over_workers(values: dict[str, float], strategy: tf.distribute.Strategy) -> dict[str, float]:
+    """`values` averaged over the workers of a `MultiWorkerMirroredStrategy`; else as they are.
+
+    For numbers each worker computes on its own, like the validation captioning
+    scores: the callbacks that act on them (early stopping, the best checkpoint)
+    then decide alike on every worker, as they must to stay in step.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or not values:
+        return values
+    names = sorted(values)
+    local = tf.constant([float(values[name]) for name in names], tf.float64)
+    per_replica = tf.function(lambda: strategy.run(lambda: tf.identity(local)))()
+    mean = strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+    return dict(zip(names, mean.numpy().tolist()))
+
+
 def barrier(strategy: tf.distribute.Strategy) -> None:
     """Returns once every worker of a `MultiWorkerMirroredStrategy` has called it; else at once.
 

@@ -389,14 +389,14 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
         evaluation_dataset(val_images, vocabulary, image_size, config.batch_size, feature_cache=feature_cache)
         if val_images else None
     )
-    chief = run.path == source.path
     monitor = config.monitor if val_ds is not None else "loss"
     mode = "min" if monitor.endswith("loss") else "max"
     seen = [e[monitor] for e in previous if monitor in e]
     best = (min(seen) if mode == "min" else max(seen)) if seen else None
     callbacks = [VocabularyExport(vocabulary, run.vocabulary), keras.callbacks.TerminateOnNaN()]
-    if val_images and config.val_captions and chief:
+    if val_images and config.val_captions:
         # Before the checkpoint and history callbacks: it adds val_bleu4/val_cider to their logs.
+        # On every worker (another writes its pictures to a scratch folder): all must stop alike.
         callbacks.append(_validation_captioning(config, run, vocabulary, val_images, feature_cache))
     callbacks.append(BestModelCheckpoint(run.best_model, monitor=monitor, mode=mode, best=best))
     if config.early_stopping:

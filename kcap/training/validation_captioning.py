@@ -14,6 +14,7 @@ from PIL import Image
 from kcap.evaluation.attention_plot import attention_figure, figure_to_array
 from kcap.evaluation.metrics import caption_metrics
 from kcap.text.vocabulary import END_ID, Vocabulary
+from kcap.training.distribute import mean_over_workers
 
 InputBatches = tf.data.Dataset | Iterable[Mapping] | Callable[[], Iterable[Mapping]]
 
@@ -210,8 +211,10 @@ class ValidationCaptioning(keras.callbacks.Callback):
         scores = caption_metrics(hypotheses, self.references, meteor=False)
         self.last_scores = {"epoch": epoch + 1, **scores}
         if logs is not None:
-            logs["val_bleu4"] = scores["bleu4"]
-            logs["val_cider"] = scores["cider"]
+            # Every worker of a multi-worker run scores, and they agree on one value.
+            logs.update(mean_over_workers(
+                {"val_bleu4": scores["bleu4"], "val_cider": scores["cider"]}, self.model.distribute_strategy
+            ))
         if self.log_dir is not None and self.num_examples:
             self._write_examples(epoch, ids, attention)
 
