@@ -12,9 +12,10 @@ from kcap.text.vocabulary import END_ID, PAD_ID
 def _model(vocabulary_size=12, max_length=6, **kwargs):
     keras.utils.set_random_seed(0)
     backbone = build_backbone("small_cnn", weights=None, image_size=64)
+    kwargs = {"train_backbone": True, **kwargs}
     return Captioner(
         backbone, vocabulary_size, max_length, (64, 64), embedding_dim=16, units=24,
-        preprocessing="scale", train_backbone=True, **kwargs,
+        preprocessing="scale", **kwargs,
     )
 
 
@@ -54,6 +55,22 @@ def test_each_augmentation_draws_independently_of_the_others():
     shift = out.mean(axis=(1, 2, 3)) - ramp.mean()
     assert zoom.std() > 1 and shift.std() > 10  # both vary
     assert abs(np.corrcoef(zoom, shift)[0, 1]) < 0.3
+
+
+def test_fine_tune_layers_trains_only_the_top_layers_and_keeps_batch_norm_frozen(tmp_path):
+    # The last 3 layers with weights of small_cnn are bn4, conv5 and bn5: only conv5 learns.
+    model = _model(train_backbone=False, fine_tune_layers=3)
+    model.compile(optimizer=keras.optimizers.Adam(0.01))
+    backbone = {v.path: v.numpy() for v in model.backbone.weights}
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 255, (8, 64, 64, 3)).astype("uint8")
+    captions = np.concatenate([np.ones((8, 1)), rng.integers(4, 12, (8, 4)), np.full((8, 1), END_ID)], 1).astype("int32")
+    model.fit({"images": images}, captions, epochs=2, batch_size=8, verbose=0)
+    changed = {v.path for v in model.backbone.weights if not np.array_equal(v.numpy(), backbone[v.path])}
+    assert changed == {"conv5/kernel"}
+    model.save(tmp_path / "tuned.keras")
+    reloaded = keras.models.load_model(tmp_path / "tuned.keras")
+    assert [v.path for v in reloaded.backbone.trainable_weights] == ["conv5/kernel"]
 
 
 def test_loss_ignores_padding():
