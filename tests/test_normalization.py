@@ -1,3 +1,6 @@
+import json
+
+import keras
 import numpy as np
 from PIL import Image
 
@@ -60,3 +63,27 @@ def test_preview_augmentation_refuses_a_name_without_a_figure_suffix_and_a_broke
         assert main(["preview-augmentation", str(source), "--output", str(output), "--image-size", "64"]) == 2
         assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.jpg", "in.png"]
+
+
+def test_a_dataset_normalized_run_records_its_statistics_and_its_model_applies_them(tmp_path, tiny_config):
+    import dataclasses
+
+    from kcap.inference import load_run
+    from kcap.training.trainer import train
+
+    config = dataclasses.replace(tiny_config, normalize="dataset", epochs=1, val_captions=0)
+    run_dir = tmp_path / "run"
+    train(config, run_dir, verbose=0)
+    recorded = json.loads((run_dir / "config.json").read_text())["normalization"]
+    train_paths = [i["image"] for i in json.loads((run_dir / "splits.json").read_text())["splits"]["train"]]
+    mean, std = channel_statistics(train_paths, (64, 64), progress=False)
+    np.testing.assert_allclose(recorded["mean"], mean, rtol=1e-6)
+    np.testing.assert_allclose(recorded["std"], std, rtol=1e-6)
+    # The saved model normalises with them (so `kcap caption` and the export do), and a resumed
+    # run keeps them.
+    train(dataclasses.replace(config, epochs=2), run_dir, verbose=0)
+    assert json.loads((run_dir / "config.json").read_text())["normalization"] == recorded
+    model = load_run(run_dir, "last").model
+    pixels = np.random.default_rng(0).uniform(0, 255, (1, 4, 4, 3)).astype("float32")
+    expected = (pixels - np.array(recorded["mean"])) / np.array(recorded["std"])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model.preprocessing(pixels)), expected, rtol=1e-5, atol=1e-5)
