@@ -152,6 +152,21 @@ def test_early_stopping_remembers_how_long_it_waited_across_a_resume():
     assert model.stop_training  # two epochs without improvement
 
 
+def test_a_run_that_stopped_early_is_finished_when_run_again(tmp_path, tiny_config, caplog):
+    import dataclasses
+
+    # Too small a learning rate to improve the captions much (batch norm statistics still move).
+    config = dataclasses.replace(
+        tiny_config, epochs=4, learning_rate=1e-9, monitor="val_bleu4", early_stopping=1, val_captions=8
+    )
+    run_dir = tmp_path / "run"
+    stopped = train(config, run_dir, verbose=0)["epochs"]
+    assert len(stopped) < 4 and json.loads((run_dir / "checkpoints" / "resume.json").read_text())["stopped_early"]
+    with caplog.at_level("INFO", logger="kcap"):
+        again = train(config, run_dir, verbose=0)["epochs"]
+    assert again == stopped and f"{run_dir} already finished ({len(stopped)} epochs)" in caplog.text
+
+
 def test_monitoring_a_validation_score_without_validation_images_is_refused(tmp_path, tiny_config, caplog):
     import dataclasses
 
