@@ -724,11 +724,22 @@ def test_sigkill_at_any_moment_then_the_same_command_finishes_every_epoch_once(t
     assert 1 <= _completed(run) < 3, "the kills should leave epochs to do"
     _assert_no_half_written_file(run)
 
+    done = _completed(run)
     finished = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert f"Resuming {run} after epoch" in finished.stderr
+    assert f"Resuming {run} after epoch {done} of 3" in finished.stderr
+    assert f"Epoch {done + 1}/3" in finished.stdout and "Epoch 1/3" not in finished.stdout
     history = json.loads((run / "history.json").read_text())["epochs"]
     assert [e["epoch"] for e in history] == [1, 2, 3], kills
+    # The run killed four times ends where an uninterrupted one does.
+    straight = tmp_path / "straight"
+    subprocess.run(
+        kcap_command("train", "--run-dir", str(straight), "--epochs", "3", *SYNTHETIC_FLAGS),
+        env=ENV, capture_output=True, check=True, timeout=600,
+    )
+    for a, b in zip(history, json.loads((straight / "history.json").read_text())["epochs"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a, b)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5), (a, b)
     assert all(np.isfinite(e["loss"]) for e in history)
     assert _completed(run) == 3
     _assert_no_half_written_file(run)
