@@ -167,12 +167,9 @@ def cmd_caption(args: argparse.Namespace) -> int:
     return 0
 
 
-METRICS = (("bleu1", "BLEU-1"), ("bleu2", "BLEU-2"), ("bleu3", "BLEU-3"), ("bleu4", "BLEU-4"),
-           ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"), ("cider", "CIDEr-D"))
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from kcap.evaluation.evaluate import evaluate_run
+    from kcap.evaluation.metrics import METRIC_LABELS
     from kcap.training.run_dir import RunDir
 
     report = evaluate_run(
@@ -186,7 +183,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     decoding = f"beam {args.beam_size}" if args.beam_size > 1 else ("sampling" if args.temperature else "greedy")
     print(f"{args.split}: {report['num_images']} images, {report['distinct_captions']} distinct captions ({decoding})")
-    for key, name in METRICS:
+    for key, name in METRIC_LABELS.items():
         print(f"  {name:8s} {show(report[key])}   (image-blind baseline {show(base[key])})")
     if report.get("meteor_error"):
         print(f"  METEOR unavailable: {report['meteor_error']}")

@@ -136,7 +136,6 @@ class DataReport:
             "source": self.source,
             "images": len(self.image_paths),
             "captions": self.dataset.num_captions,
-            "images_checked": len(self.image_paths),
             "errors": [p.to_json() for p in self.errors],
             "warnings": [p.to_json() for p in self.warnings],
         }

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from kcap.data.formats.common import IMAGE_SUFFIXES
+
 # Part of the feature cache's key: change it whenever decoding or resizing changes.
 DECODING = "decode_image(channels=3) + bilinear resize, no antialiasing, rounded to uint8"
-# The files a folder given to `kcap caption` stands for: what `tf.io.decode_image` reads.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 
 def decode_image(data: tf.Tensor, image_size: Sequence[int]) -> tf.Tensor:

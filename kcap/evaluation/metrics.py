@@ -52,7 +52,12 @@ from pycocoevalcap.rouge.rouge import Rouge
 
 from kcap.text.tokenize import normalize_caption
 
-METRIC_NAMES = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
+# Each score's key in the results, and its name in papers.
+METRIC_LABELS = {
+    "bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
+    "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr-D",
+}
+METRIC_NAMES = tuple(METRIC_LABELS)
 
 
 class MeteorUnavailableWarning(UserWarning):

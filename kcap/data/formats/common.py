@@ -10,6 +10,9 @@ from typing import Any
 
 from kcap.text.tokenize import tokenize
 
+# The image files kcap reads: what `tf.io.decode_image` decodes.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+
 # Split names found in caption files, mapped onto kcap's splits. Karpathy's
 # "restval" (COCO val2014 images outside his val/test) is training data.
 SPLIT_ALIASES = {"train": "train", "val": "val", "test": "test", "restval": "train"}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kcap.data.dataset import SPLITS, CaptionDataset, CaptionedImage
 from kcap.data.formats.common import (
-    SPLIT_ALIASES, CaptionFileError, DataProblem, caption_fault, find_images_dir, read_text, record, resolve_image,
+    IMAGE_SUFFIXES, SPLIT_ALIASES, CaptionFileError, DataProblem, caption_fault, find_images_dir, read_text, record, resolve_image,
     same_image_name,
 )
 
@@ -105,9 +105,6 @@ def read_csv_captions(
     return CaptionDataset(list(by_name.values()), images_root, source=str(path))
 
 
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
-
-
 def _swallows_rows(row: list[str], images_root: Path) -> bool:
     """Whether a quoted field holds lines that are rows of their own (`NAME.jpg,...`).
 
@@ -118,7 +115,7 @@ def _swallows_rows(row: list[str], images_root: Path) -> bool:
         for text in cell.split("\n")[1:]:
             name, comma, _ = text.partition(",")
             name = name.strip().strip('"')
-            if comma and name and (name.lower().endswith(_IMAGE_SUFFIXES) or _is_file(images_root / name)):
+            if comma and name and (name.lower().endswith(IMAGE_SUFFIXES) or _is_file(images_root / name)):
                 return True
     return False
 
