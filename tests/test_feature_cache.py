@@ -71,6 +71,11 @@ def test_cache_holds_the_backbone_features_as_float16(cached_config):
     np.testing.assert_allclose(array[5].astype("float32"), expected, rtol=2e-2, atol=2e-2)
     # One float16 copy per image and nothing else worth counting.
     assert cache.size_bytes <= 1.05 * array.size * 2
+    # A cache made with the constructor, as its arguments say, builds the same features.
+    other = FeatureCache(cache.directory.parent / "by-hand", paths[:3], model.feature_shape)
+    other.build(model, batch_size=16, progress=False)
+    np.testing.assert_array_equal(other.open(), array[:3])
+    assert json.loads(other.meta_path.read_text())["images"] == json.loads(cache.meta_path.read_text())["images"][:3]
 
 
 def test_a_cache_being_built_by_another_process_is_not_built_twice(cached_config, tmp_path):

@@ -95,6 +95,7 @@ class FeatureCache:
         self.image_paths = [str(p) for p in image_paths]
         self.feature_shape = tuple(int(d) for d in feature_shape)
         self._rows = {path: i for i, path in enumerate(self.image_paths)}
+        self._key: dict | None = None  # set by for_model, which has it already
 
     @classmethod
     def for_model(cls, model, image_paths: Sequence[str], cache_dir: str | Path | None = None) -> "FeatureCache":
@@ -159,7 +160,8 @@ class FeatureCache:
         batches = iter(image_dataset(self.image_paths[done:], model.image_size, batch_size))
         if done == 0:  # (num_done is 0 when the array file is missing too)
             shape = (total, *self.feature_shape)
-            atomic_write_json(self.meta_path, {**self._key, "shape": list(shape), "dtype": "float16"})
+            key = self._key or cache_key(model, self.image_paths)
+            atomic_write_json(self.meta_path, {**key, "shape": list(shape), "dtype": "float16"})
             # Writes the .npy header and sizes the file; the rows are written below.
             np.lib.format.open_memmap(self.array_path, mode="w+", dtype=np.float16, shape=shape)
         data_offset = np.load(self.array_path, mmap_mode="r").offset
