@@ -32,7 +32,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     d = TrainConfig(data="")
     p.add_argument("--data", required=True, help="'synthetic' (the embedded set) or a caption file / folder")
     p.add_argument("--images", default=None, help="images folder (default: Images/ or images/ beside the caption file)")
-    p.add_argument("--format", default="auto", choices=FORMATS, help="caption file format (default: detected)")
+    p.add_argument("--format", default=d.format, choices=FORMATS, help="caption file format (default: detected)")
     p.add_argument("--synthetic-images", type=int, default=d.synthetic_images, help="images in the synthetic set")
     p.add_argument("--synthetic-image-size", type=int, default=d.synthetic_image_size, help="side of synthetic images (64-512)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="images for validation, without split lists")
@@ -45,32 +45,32 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--units", type=int, default=d.units, help="GRU and attention units")
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="keep this many most frequent words")
-    p.add_argument("--min-word-count", type=int, default=1, help="words seen fewer times in training captions become <unk>")
-    p.add_argument("--max-length", type=int, default=None, help="cap on caption words (default: longest training caption)")
+    p.add_argument("--min-word-count", type=int, default=d.min_word_count, help="words seen fewer times in training captions become <unk>")
+    p.add_argument("--max-length", type=int, default=d.max_length, help="cap on caption words (default: longest training caption)")
     p.add_argument("--backbone", default=None, help="backbone name or PATH.keras feature extractor (default: small_cnn for synthetic data, inception_v3 otherwise)")
     p.add_argument("--backbone-weights", default=None, help="imagenet | none | PATH (default: imagenet where available)")
     p.add_argument("--image-size", type=int, default=None, help="side the backbone is fed (default: the backbone's own)")
     p.add_argument("--preprocessing", default=None, choices=["none", "scale", "tf", "torch", "caffe"], help="default: the backbone's own")
     _bool_flag(p, "train-backbone", "train the backbone's weights (default: only when it starts from random weights)")
-    p.add_argument("--fine-tune-layers", type=int, default=0, help="unfreeze the last N layers (with weights) of a pretrained backbone")
-    p.add_argument("--normalize", default="backbone", choices=["backbone", "dataset"],
+    p.add_argument("--fine-tune-layers", type=int, default=d.fine_tune_layers, help="unfreeze the last N layers (with weights) of a pretrained backbone")
+    p.add_argument("--normalize", default=d.normalize, choices=["backbone", "dataset"],
                    help="pixel normalisation: the backbone's preprocess_input, or the training images' per-channel mean/std")
     p.add_argument("--cache-features", action="store_true", help="run the frozen backbone once per image and train on cached features")
     p.add_argument("--cache-dir", default=None, help="feature cache folder (default: $KCAP_CACHE_DIR/features or ~/.cache/kcap/features)")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="random horizontal flips (contradicts 'left'/'right' captions)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=d.flip, help="random horizontal flips (contradicts 'left'/'right' captions)")
     p.add_argument("--zoom", type=float, default=None, help="random zoom-in crop, fraction (default 0.05 synthetic / 0.1 real)")
     p.add_argument("--translate", type=float, default=None, help="random shift, fraction (default 0.05 synthetic / 0 real)")
     p.add_argument("--brightness", type=float, default=None, help="random brightness change, fraction (default 0.1)")
-    p.add_argument("--strategy", default="default", choices=STRATEGIES,
+    p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,
                    help="tf.distribute strategy; --batch-size is the global batch")
     p.add_argument("--mixed-precision", default=d.mixed_precision, choices=MIXED_PRECISION,
                    help="compute in float16 (GPUs) or bfloat16 (TPUs, CPUs with AVX512-BF16 or AMX) while training; "
                         "weights, loss and the saved model stay float32")
-    p.add_argument("--val-captions", type=int, default=200, help="validation images captioned each epoch for val_bleu4/val_cider (0: off)")
-    p.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_bleu4", "val_cider"], help="what picks the best checkpoint")
-    p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE", help="stop after PATIENCE epochs without improvement")
-    p.add_argument("--clipnorm", type=float, default=None, help="clip gradients to this global norm")
-    p.add_argument("--on-bad-image", default="error", choices=["error", "skip"],
+    p.add_argument("--val-captions", type=int, default=d.val_captions, help="validation images captioned each epoch for val_bleu4/val_cider (0: off)")
+    p.add_argument("--monitor", default=d.monitor, choices=["val_loss", "val_bleu4", "val_cider"], help="what picks the best checkpoint")
+    p.add_argument("--early-stopping", type=int, default=d.early_stopping, metavar="PATIENCE", help="stop after PATIENCE epochs without improvement")
+    p.add_argument("--clipnorm", type=float, default=d.clipnorm, help="clip gradients to this global norm")
+    p.add_argument("--on-bad-image", default=d.on_bad_image, choices=["error", "skip"],
                    help="data check: 'error' stops before training on any bad image or caption row; 'skip' leaves them out")
     p.add_argument("--full-decode", action="store_true",
                    help="data check: decode every image in full, to find damage inside a file (slower)")

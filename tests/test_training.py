@@ -178,6 +178,13 @@ def test_monitoring_a_validation_score_without_validation_images_is_refused(tmp_
     assert RunDir(tmp_path / "loss").best_model.is_file()
 
 
+def test_kcap_train_without_flags_is_the_default_train_config():
+    from kcap.cli import _train_config, build_parser
+
+    for data in ("synthetic", "captions.csv"):
+        assert _train_config(build_parser().parse_args(["train", "--data", data, "--run-dir", "r"])) == TrainConfig(data=data)
+
+
 def test_changed_settings_on_an_existing_run_are_refused(trained_run, tiny_config):
     import dataclasses
 
