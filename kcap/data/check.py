@@ -43,6 +43,7 @@ report.ok                       # False when any image or row is bad
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -484,7 +485,7 @@ def _split_origin(config, given: int, total: int) -> str:
 # -- `kcap data check` ---------------------------------------------------------
 
 
-def add_check_command(data_sub) -> None:
+def add_check_command(data_sub: argparse._SubParsersAction) -> None:
     """Adds `kcap data check` to the `kcap data` sub-parsers (see `kcap.cli.build_parser`)."""
     from kcap.data.caption_files import FORMATS
 
@@ -497,7 +498,7 @@ def add_check_command(data_sub) -> None:
     q.set_defaults(func=cmd_check)
 
 
-def cmd_check(args) -> int:
+def cmd_check(args: argparse.Namespace) -> int:
     """Prints the report; 0 when training would find nothing to refuse, 2 otherwise."""
     import json
 

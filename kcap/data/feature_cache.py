@@ -26,6 +26,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
@@ -34,6 +35,9 @@ from tqdm.auto import tqdm
 from kcap.data.images import DECODING
 from kcap.data.pipeline import image_dataset
 from kcap.utils.files import atomic_write_json, exclusive_use
+
+if TYPE_CHECKING:  # the model imports nothing of the data side
+    from kcap.model.captioner import Captioner
 
 CACHE_FORMAT = 1
 
@@ -63,7 +67,7 @@ def _file_identity(path: str) -> list:
     return [str(path), stat.st_size, stat.st_mtime_ns]
 
 
-def cache_key(model, image_paths: Sequence[str]) -> dict:
+def cache_key(model: Captioner, image_paths: Sequence[str]) -> dict:
     """What a cache's features depend on (JSON-able); its hash names the folder."""
     return {
         "format": CACHE_FORMAT,
@@ -98,7 +102,7 @@ class FeatureCache:
         self._key: dict | None = None  # set by for_model, which has it already
 
     @classmethod
-    def for_model(cls, model, image_paths: Sequence[str], cache_dir: str | Path | None = None) -> "FeatureCache":
+    def for_model(cls, model: Captioner, image_paths: Sequence[str], cache_dir: str | Path | None = None) -> "FeatureCache":
         """The cache of `model`'s backbone features for `image_paths` (unique paths, in order)."""
         image_paths = list(dict.fromkeys(str(p) for p in image_paths))
         key = cache_key(model, image_paths)
@@ -128,7 +132,7 @@ class FeatureCache:
 
     # -- building ------------------------------------------------------------
 
-    def build(self, model, batch_size: int = 32, progress: bool = True) -> dict:
+    def build(self, model: Captioner, batch_size: int = 32, progress: bool = True) -> dict:
         """Runs the backbone over every image not yet cached; resumes a killed build.
 
         Returns build statistics: images computed, seconds, images/s. A build

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
@@ -10,6 +11,9 @@ import tensorflow as tf
 from kcap.data.dataset import CaptionedImage
 from kcap.data.images import load_image
 from kcap.text.vocabulary import Vocabulary
+
+if TYPE_CHECKING:  # kcap.data.feature_cache reads images through this module
+    from kcap.data.feature_cache import FeatureCache
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -70,7 +74,7 @@ def training_dataset(
     seed: int,
     epochs: int,
     initial_epoch: int = 0,
-    feature_cache=None,
+    feature_cache: FeatureCache | None = None,
 ) -> tf.data.Dataset:
     """Batches for epochs `initial_epoch .. epochs-1`, each shuffled by `(seed, epoch)`.
 
@@ -97,7 +101,7 @@ def evaluation_dataset(
     vocabulary: Vocabulary,
     image_size: Sequence[int],
     batch_size: int,
-    feature_cache=None,
+    feature_cache: FeatureCache | None = None,
 ) -> tf.data.Dataset:
     """Every (image, caption) row once, in order: for validation loss."""
     paths, tokens = caption_rows(images, vocabulary)

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -32,6 +33,7 @@ import tensorflow as tf
 import kcap
 from kcap.data.images import decode_image
 from kcap.model import decoding
+from kcap.model.decoder import AttentionDecoder
 from kcap.text.vocabulary import END_ID, PAD_ID, START_ID
 from kcap.utils.files import atomic_directory
 
@@ -67,7 +69,7 @@ def captions_from_ids(ids: tf.Tensor, words: tf.Tensor) -> tf.Tensor:
     return tf.strings.reduce_join(tokens, axis=1, separator=" ")
 
 
-def decode_function(beam_size: int = 1):
+def decode_function(beam_size: int = 1) -> Callable[[AttentionDecoder, tf.Tensor, tf.Tensor], decoding.Decoded]:
     """The decoding loop for `beam_size`: greedy for 1, else `kcap.model.decoding.beam_search`.
 
     Returns a callable `(decoder, encoded, max_length) -> (ids, attention, scores)`.

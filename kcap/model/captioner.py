@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import keras
 import tensorflow as tf
 from keras import ops
 
 from kcap.model.augmentation import ImageAugmentation
-from kcap.model.decoding import DEFAULT_LENGTH_PENALTY, beam_search, greedy_decode, sample_decode
+from kcap.model.decoding import DEFAULT_LENGTH_PENALTY, Decoded, beam_search, greedy_decode, sample_decode
 from kcap.model.decoder import AttentionDecoder
 from kcap.model.encoder import FeatureEncoder
 from kcap.model.preprocessing import ImagePreprocessing
@@ -172,14 +172,14 @@ class Captioner(keras.Model):
 
     # -- the forward pass ----------------------------------------------------
 
-    def extract_features(self, images, training=False):
+    def extract_features(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Pixels in [0, 255] → backbone feature map (batch, h', w', c)."""
         images = ops.cast(images, self.compute_dtype)
         images = self.augmentation(images, training=training)
         images = self.preprocessing(images)
         return self.backbone(images, training=training and self.train_backbone)
 
-    def feature_extractor(self):
+    def feature_extractor(self) -> tf.types.experimental.PolymorphicFunction:
         """`extract_features` compiled once (inference mode, float16 out): for the feature cache."""
         fn = self.__dict__.get("_feature_extractor")  # kept out of Keras' attribute tracking
         if fn is None:
@@ -190,7 +190,7 @@ class Captioner(keras.Model):
             self.__dict__["_feature_extractor"] = fn
         return fn
 
-    def encode(self, inputs, training=False):
+    def encode(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """`{"images"}` or `{"features"}` → encoded locations (batch, h'*w', embedding_dim)."""
         if "features" in inputs:
             features = inputs["features"]
@@ -259,14 +259,14 @@ class Captioner(keras.Model):
 
     def generate(
         self,
-        inputs,
+        inputs: Mapping[str, tf.Tensor],
         max_length: int | None = None,
         beam_size: int = 1,
         temperature: float | None = None,
         length_penalty: float = DEFAULT_LENGTH_PENALTY,
         seed: int = 0,
         jit_compile: bool = True,
-    ):
+    ) -> Decoded:
         """Captions a batch, compiled: greedy, beam search or temperature sampling.
 
         `temperature` set → `sample_decode` (seeded, reproducible);
