@@ -285,6 +285,7 @@ def test_best_run_exports(best_run, tmp_path):
     ({"units": {"type": "float", "min": 16, "max": 64}}, "key 'units'.*cannot set it"),
     ({"learning_rate": {"type": "float", "min": 0.01, "max": 0.001}}, "key 'learning_rate'.*less than"),
     ({"learning_rate": {"type": "float", "min": 0, "max": 0.01, "sampling": "log"}}, "key 'learning_rate': log sampling"),
+    ({"units": {"type": "int", "min": 16, "max": 128, "step": 1, "sampling": "log"}}, "key 'units': with log sampling \"step\" is a factor"),
     ({"dropout": {"type": "float", "min": 0.0, "max": 1.5}}, "key 'dropout': the value 1.5 is out of range"),
     ({"dropout": {"type": "range", "min": 0.0, "max": 0.5}}, "key 'dropout'.*\"type\" must be one of"),
     ({"units": {"type": "choice", "value": [32]}}, "key 'units'.*needs \\['values'\\]"),
@@ -298,6 +299,30 @@ def test_search_space_errors_name_the_key(tmp_path, space, message):
     with pytest.raises(ValueError, match=message) as error:
         load_search_space(path)
     assert str(path) in str(error.value)
+
+
+def test_a_true_false_choice_reaches_best_hyperparameters_as_booleans_that_train_accepts(tmp_path):
+    import keras_tuner
+
+    from tuning.hypermodel import declare_hyperparameters
+    from tuning.search import apply_hparams, hyperparameter_values
+
+    hp = keras_tuner.HyperParameters()
+    declare_hyperparameters(hp, {"position_embedding": {"type": "choice", "values": [False, True]}})
+    assert hp.values == {"position_embedding": 0}  # keras-tuner's own record: a bool is an int to it
+    values = hyperparameter_values(keras_tuner.engine.trial.Trial(hp))
+    assert values == {"position_embedding": False}
+    best = tmp_path / "best_hyperparameters.json"
+    best.write_text(json.dumps(values))
+    assert apply_hparams(TrainConfig(data="synthetic"), best).position_embedding is False
+
+
+def test_hyperband_with_one_epoch_is_refused_before_any_data_is_read(tmp_path):
+    from tuning.search import search
+
+    with pytest.raises(ValueError, match="--tuner hyperband needs --epochs of at least 2"):
+        search(_tiny(tmp_path / "features"), tmp_path / "tune", tuner="hyperband")
+    assert not (tmp_path / "tune").exists() and not (tmp_path / "features").exists()
 
 
 def test_search_space_json_errors_name_the_line(tmp_path):

@@ -87,6 +87,10 @@ def validate_search_space(data: Any, source: str = "search space") -> dict[str, 
         raise ValueError(f"{source}: the search space is empty; name at least one of {list(TUNABLE)}.")
     for key, spec in data.items():
         _check_spec(key, spec, f"{source}: key {key!r}")
+        try:  # what keras-tuner itself refuses, before any data is read
+            declare_hyperparameters(keras_tuner.HyperParameters(), {key: spec})
+        except ValueError as error:
+            raise ValueError(f"{source}: key {key!r}: {error}") from None
     return copy.deepcopy(data)
 
 
@@ -141,6 +145,11 @@ def _check_spec(key: str, spec: Any, where: str) -> None:
             step = spec["step"]
             if isinstance(step, bool) or not isinstance(step, number) or not step > 0:
                 raise ValueError(f"{where}: \"step\" must be a positive {'integer' if kind == 'int' else 'number'}, got {step!r}.")
+            if sampling != "linear" and not step > 1:
+                raise ValueError(
+                    f"{where}: with {sampling} sampling \"step\" is a factor (e.g. 2: 32, 64, 128...), "
+                    f"so it must be above 1, got {step!r}."
+                )
         if kind == "float" and hint is not float and float not in typing.get_args(hint):
             raise ValueError(f"{where}: {key} is {_type_name(hint)}, so a \"float\" range cannot set it; use \"int\" or \"choice\".")
         candidates = [spec["min"], spec["max"]]
@@ -202,12 +211,19 @@ def declare_hyperparameters(hp: keras_tuner.HyperParameters, space: Mapping[str,
             value = hp.Boolean(name)
         else:
             value = hp.Fixed(name, spec["value"])
-        values[name] = _typed(name, value)
+        values[name] = typed_value(name, value)
     return values
 
 
-def _typed(name: str, value: Any) -> Any:
-    """Plain Python values of the field's type: the Bayesian oracle hands back numpy scalars."""
+def typed_value(name: str, value: Any) -> Any:
+    """A trial's value as the `TrainConfig` field `name` takes it.
+
+    keras-tuner hands back numpy scalars (the Bayesian oracle) and a `choice`
+    of `true`/`false` as `1`/`0` (a bool is an int to it).
+
+    >>> typed_value("position_embedding", 1), typed_value("units", 64.0)
+    (True, 64)
+    """
     value = value.item() if hasattr(value, "item") else value
     args = typing.get_args(_FIELD_TYPES[name]) or (_FIELD_TYPES[name],)
     if bool in args:

@@ -34,7 +34,9 @@ import kcap
 from kcap.training.config import TrainConfig
 from kcap.training.distribute import barrier, is_chief, make_strategy, writable_directory
 from kcap.utils.files import atomic_write_json, atomic_write_text, exclusive_use, read_json
-from tuning.hypermodel import CaptionerHyperModel, load_search_space, prepare_tuning_data, validate_search_space
+from tuning.hypermodel import (
+    CaptionerHyperModel, load_search_space, prepare_tuning_data, typed_value, validate_search_space,
+)
 from tuning.options import DEFAULT_SEARCH_SPACE, OBJECTIVES, TUNERS
 
 log = logging.getLogger("kcap")
@@ -187,6 +189,18 @@ class KcapHyperband(KcapTuner, keras_tuner.Hyperband):
         return model
 
 
+def check_tuner_arguments(kind: str, objective: str, max_trials: int, max_epochs: int) -> None:
+    """Refuses what `make_tuner` cannot search with, naming the flag."""
+    if kind not in TUNERS:
+        raise ValueError(f"--tuner must be one of {list(TUNERS)}, got {kind!r}.")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"--objective must be one of {list(OBJECTIVES)}, got {objective!r}.")
+    if max_trials < 1:
+        raise ValueError(f"--max-trials must be at least 1, got {max_trials}.")
+    if kind == "hyperband" and max_epochs < 2:
+        raise ValueError("--tuner hyperband needs --epochs of at least 2 (it trains trials for a part of them).")
+
+
 def make_tuner(
     kind: str,
     hypermodel: CaptionerHyperModel,
@@ -211,12 +225,7 @@ def make_tuner(
     tuner.search(epochs=2)
     ```
     """
-    if kind not in TUNERS:
-        raise ValueError(f"--tuner must be one of {list(TUNERS)}, got {kind!r}.")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"--objective must be one of {list(OBJECTIVES)}, got {objective!r}.")
-    if max_trials < 1:
-        raise ValueError(f"--max-trials must be at least 1, got {max_trials}.")
+    check_tuner_arguments(kind, objective, max_trials, max_epochs)
     goal = keras_tuner.Objective(objective, direction=OBJECTIVES[objective])
     oracles = keras_tuner.oracles
     # keras-tuner reads a seed of 0 (kcap's default) as "none" and draws one at random.
@@ -231,8 +240,6 @@ def make_tuner(
             raise RuntimeError("--tuner bayesian needs scikit-learn: pip install scikit-learn") from None
         oracle = _oracle_class(oracles.BayesianOptimizationOracle)(objective=goal, max_trials=max_trials, seed=seed)
         return KcapTuner(oracle, hypermodel, directory, distribution_strategy=distribution_strategy)
-    if max_epochs < 2:
-        raise ValueError("--tuner hyperband needs --epochs of at least 2 (it trains trials for a part of them).")
     oracle = _oracle_class(oracles.HyperbandOracle)(objective=goal, max_epochs=max_epochs, factor=3, seed=seed)
     oracle.max_trials = max_trials  # HyperbandOracle takes no max_trials, but Oracle.create_trial honours it
     return KcapHyperband(oracle, hypermodel, directory, distribution_strategy=distribution_strategy)
@@ -243,11 +250,7 @@ def make_tuner(
 
 def hyperparameter_values(trial) -> dict[str, Any]:
     """A trial's training settings (keras-tuner's own `tuner/...` bookkeeping left out)."""
-    return {k: _plain(v) for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
-
-
-def _plain(value):
-    return value.item() if hasattr(value, "item") else value
+    return {k: typed_value(k, v) for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
 
 
 def trial_rows(tuner: keras_tuner.Tuner) -> list[dict]:
@@ -415,10 +418,8 @@ def search(
         "search_space": space,
         "max_trials": max_trials,
     }
-    if tuner not in TUNERS:
-        raise ValueError(f"--tuner must be one of {list(TUNERS)}, got {tuner!r}.")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"--objective must be one of {list(OBJECTIVES)}, got {objective!r}.")
+    # Before any data is read, and before tuning.json fixes the settings of the search.
+    check_tuner_arguments(tuner, objective, max_trials, config.epochs)
     _check_settings(search_dir, settings)
     # The others copy the search, so that they resume it as the chief does.
     with writable_directory(search_dir.path, strategy, copy_existing=True) as write_path:
@@ -440,9 +441,9 @@ def _search(
     """The search itself, writing into `search_dir`."""
     data = prepare_tuning_data(config, progress=verbose not in (0, "0"), build_cache=is_chief(strategy))
     hypermodel = CaptionerHyperModel(config, data, space, objective=objective)
-    atomic_write_json(search_dir.settings, settings)
     kt = make_tuner(tuner, hypermodel, search_dir.path, objective, max_trials, config.epochs, config.seed,
                     distribution_strategy=strategy)
+    atomic_write_json(search_dir.settings, settings)
     _write_hparams_config(kt, search_dir, objective)
     callbacks = [keras.callbacks.TensorBoard(log_dir=str(search_dir.logs))]
     if config.early_stopping:
