@@ -129,6 +129,10 @@ def test_resuming_with_other_settings_is_refused(searched):
     with pytest.raises(ValueError, match="learning_rate: 0.003 → 0.01"):
         search(TrainConfig(**{**config.to_json(), "learning_rate": 0.01}), result.search_dir.path,
                max_trials=4, search_space=SPACE)
+    # What only the --retrain-best run uses may change: the search resumes (here: is already done).
+    retrain_only = TrainConfig(**{**config.to_json(), "monitor": "val_bleu4", "val_captions": 4})
+    resumed = search(retrain_only, result.search_dir.path, max_trials=4, search_space=SPACE, verbose=0)
+    assert resumed.summary["trials"] == result.summary["trials"]
 
 
 @pytest.mark.slow
@@ -398,6 +402,17 @@ def test_tune_command_reports_a_bad_search_space(tmp_path):
     assert "kcap tune: error:" in out.stderr and "'image_size' cannot be tuned" in out.stderr
     assert not (tmp_path / "tune").exists()
 
+
+
+def test_the_retrained_run_monitors_the_objective_unless_told_otherwise():
+    from kcap.cli import build_parser
+    from tuning.command import tune_config
+
+    def monitor(*flags):
+        return tune_config(build_parser().parse_args(["tune", "--data", "synthetic", "--directory", "d", *flags])).monitor
+
+    assert monitor() == "val_loss" and monitor("--objective", "val_bleu4") == "val_bleu4"
+    assert monitor("--objective", "val_bleu4", "--monitor", "val_cider") == "val_cider"
 
 
 def test_tune_directory_that_is_a_file_is_refused_by_name(tmp_path, capsys):

@@ -43,18 +43,25 @@ def add_tune_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--retrain-epochs", type=int, default=None, help="epochs of the --retrain-best run (default: --epochs)")
     p.add_argument("--verbose", "-v", type=int, default=None, help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
     _add_train_arguments(p)
-    p.set_defaults(func=cmd_tune)
+    p.set_defaults(func=cmd_tune, monitor=None)  # None: the --retrain-best run monitors the --objective
     return p
+
+
+def tune_config(args: argparse.Namespace):
+    """The fixed settings of every trial, and of the `--retrain-best` run, from `kcap tune`'s flags."""
+    from kcap.cli import _train_config
+
+    # Unless told otherwise, the retrained run keeps the checkpoint that is best by what ranked the trials.
+    return _train_config(argparse.Namespace(**{**vars(args), "monitor": args.monitor or args.objective}))
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from kcap.cli import _train_config
     from kcap.utils import count
     from tuning.search import format_summary, retrain_best, search
 
-    config = _train_config(args)
+    config = tune_config(args)
     result = search(
         config, args.directory, tuner=args.tuner, max_trials=args.max_trials, objective=args.objective,
         search_space=args.search_space, verbose=args.verbose,

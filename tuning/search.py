@@ -348,6 +348,10 @@ class SearchResult:
     search_dir: SearchDir
 
 
+# Settings no trial uses: they shape the --retrain-best run only, so they may change on resume.
+RETRAIN_ONLY = ("monitor", "val_captions")
+
+
 def _check_settings(search_dir: SearchDir, settings: dict) -> None:
     """A directory holds one search: resuming it with other settings is refused (--max-trials may grow)."""
     if not search_dir.settings.is_file():
@@ -362,7 +366,10 @@ def _check_settings(search_dir: SearchDir, settings: dict) -> None:
     for key in changed:
         if key == "settings":
             old, new = saved.get("settings") or {}, settings["settings"]
-            details += [f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+            details += [
+                f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                if old.get(k) != new.get(k) and k not in RETRAIN_ONLY
+            ]
         else:
             details.append(f"{key}: {saved.get(key)!r} → {settings[key]!r}")
     if details:
