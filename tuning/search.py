@@ -375,7 +375,8 @@ def _check_settings(search_dir: SearchDir, settings: dict) -> None:
     if details:
         raise ValueError(
             f"{search_dir.path} holds a search with other settings ({'; '.join(details)}). "
-            "Re-run with the same settings to resume it (only --max-trials may change), or choose a new --directory."
+            "Re-run with the same settings to resume it (only --max-trials, --monitor and --val-captions may change), "
+            "or choose a new --directory."
         )
 
 
