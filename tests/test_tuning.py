@@ -175,6 +175,7 @@ def test_hyperband_continues_a_trial_from_its_earlier_round(tmp_path):
     rows = result.summary["trials"]
     assert [r["status"] for r in rows] == ["COMPLETED"] * 4
     assert [r["epochs"] for r in rows] == [1, 1, 1, 2]
+    assert [r["best_epoch"] for r in rows] == [1, 1, 1, 3]  # the continued trial's epochs are 2 and 3
     last = result.tuner.oracle.trials[rows[3]["trial_id"]].hyperparameters.values
     earlier = next(r for r in rows if r["trial_id"] == last["tuner/trial_id"])
     assert rows[3]["hyperparameters"] == earlier["hyperparameters"]

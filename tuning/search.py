@@ -267,7 +267,11 @@ def trial_rows(tuner: keras_tuner.Tuner) -> list[dict]:
             "status": trial.status,
             "hyperparameters": hyperparameter_values(trial),
             "objective": None if trial.score is None else float(trial.score),
-            "best_epoch": None if trial.best_step is None else int(trial.best_step) + 1,
+            # keras-tuner counts the epochs of this trial's fit, which for a trial Hyperband
+            # continues begins after the earlier round's epochs.
+            "best_epoch": None if trial.best_step is None else (
+                int(trial.best_step) + 1 + int(trial.hyperparameters.values.get("tuner/initial_epoch", 0))
+            ),
             "epochs": info.get("epochs"),
             "seconds": info.get("seconds"),
         })
