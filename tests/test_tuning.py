@@ -360,6 +360,25 @@ def test_the_same_seed_draws_the_same_trials(tmp_path, kind):
     assert first_trials("a", 0) == first_trials("b", 0) != first_trials("c", 1)
 
 
+def test_neighbouring_seeds_draw_unrelated_trials(tmp_path):
+    # keras-tuner seeds its n-th draw with seed + n: seeds 1 apart must not be passed to it as such.
+    import keras
+    import keras_tuner
+
+    from tuning.search import make_tuner
+
+    class OneSetting(keras_tuner.HyperModel):
+        def build(self, hp):
+            hp.Float("learning_rate", 1e-4, 1e-2, sampling="log")
+            return keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+
+    def drawn(seed):
+        tuner = make_tuner("random", OneSetting(), tmp_path / str(seed), max_trials=5, seed=seed)
+        return {tuner.oracle.create_trial(f"t{i}").hyperparameters.values["learning_rate"] for i in range(5)}
+
+    assert not drawn(1) & drawn(2)
+
+
 def test_default_search_space_is_valid():
     from tuning.hypermodel import DEFAULT_SEARCH_SPACE, load_search_space
 

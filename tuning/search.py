@@ -228,8 +228,9 @@ def make_tuner(
     check_tuner_arguments(kind, objective, max_trials, max_epochs)
     goal = keras_tuner.Objective(objective, direction=OBJECTIVES[objective])
     oracles = keras_tuner.oracles
-    # keras-tuner reads a seed of 0 (kcap's default) as "none" and draws one at random.
-    seed = seed + 1
+    # keras-tuner reads a seed of 0 (kcap's default) as "none" and draws one at random; and it
+    # seeds its n-th draw with seed + n, so seeds 1 apart would draw the same values one slot apart.
+    seed = 1 + seed * 1_000_003
     if kind == "random":
         oracle = _oracle_class(oracles.RandomSearchOracle)(objective=goal, max_trials=max_trials, seed=seed)
         return KcapTuner(oracle, hypermodel, directory, distribution_strategy=distribution_strategy)
