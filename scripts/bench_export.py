@@ -114,7 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", dest="count", type=int, default=64, help="how many files to use (default 64)")
     parser.add_argument("--repeats", type=int, default=3, help="passes over the images per batch size")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per batch size")
-    parser.add_argument("--signature", default="serving_default")
     args = parser.parse_args(argv)
 
     if not (args.export_dir / "saved_model.pb").is_file():
@@ -128,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     loaded = tf.saved_model.load(str(args.export_dir))
     load_seconds = time.perf_counter() - start
-    if args.signature not in loaded.signatures:
-        raise SystemExit(f"bench_export: no signature {args.signature!r}; found {sorted(loaded.signatures)}.")
-    serve = loaded.signatures[args.signature]
+    if "serving_default" not in loaded.signatures:
+        raise SystemExit(f"bench_export: no signature 'serving_default'; found {sorted(loaded.signatures)}.")
+    serve = loaded.signatures["serving_default"]
 
     start = time.perf_counter()
     first = serve(image_bytes=tf.constant([images[0][1]]))
