@@ -131,14 +131,17 @@ def test_multi_worker_training_writes_only_the_chiefs_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_multi_worker_tuning_writes_only_the_chiefs_files_and_resumes(tmp_path):
+def test_multi_worker_hyperband_writes_only_the_chiefs_files_and_reloads_its_search(tmp_path):
     directory = tmp_path / "tune"
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"units": {"type": "choice", "values": [16, 32, 48]}}))
     flags = [
-        "--data", "synthetic", "--directory", str(directory), "--search-space", str(space), "--epochs", "1",
+        # Hyperband, 3 epochs, factor 3: three 1-epoch trials, then the best one continued from its
+        # checkpoint, which every worker must read (the chief wrote it during this very search).
+        "--data", "synthetic", "--directory", str(directory), "--search-space", str(space), "--epochs", "3",
+        "--tuner", "hyperband",
         "--verbose", "0", "--strategy", "multi-worker", "--no-train-backbone", "--cache-features",
         "--cache-dir", str(tmp_path / "features"), "--zoom", "0", "--translate", "0", "--brightness", "0",
         "--synthetic-images", str(TINY["synthetic_images"]), "--synthetic-image-size", str(TINY["synthetic_image_size"]),
@@ -164,13 +167,14 @@ def test_multi_worker_tuning_writes_only_the_chiefs_files_and_resumes(tmp_path):
         assert summary["replicas"] == 2  # one per worker: the trials trained across both
         return summary["trials"]
 
-    first = tune(2)
-    assert [t["status"] for t in first] == ["COMPLETED"] * 2
+    first = tune(4)
+    assert [t["status"] for t in first] == ["COMPLETED"] * 4
+    assert [t["epochs"] for t in first] == [1, 1, 1, 2]
     assert (directory / "best_hyperparameters.json").is_file() and (directory / "tuning.json").is_file()
     # The other worker searched in its own scratch copy, and removed it.
     assert not list(scratch.iterdir())
-    # Resumed with one more trial: both workers reload the chief's search and run only the new trial.
-    resumed = tune(3)
-    assert resumed[:2] == first
-    assert [t["status"] for t in resumed] == ["COMPLETED"] * 3
+    # Run again: both workers reload the chief's finished search and train nothing.
+    trial_files = sorted((p, p.stat().st_mtime_ns) for p in directory.glob("trials/*/kcap_trial.json"))
+    assert tune(4) == first
+    assert sorted((p, p.stat().st_mtime_ns) for p in directory.glob("trials/*/kcap_trial.json")) == trial_files
     assert not list(scratch.iterdir())

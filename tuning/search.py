@@ -142,10 +142,13 @@ class KcapTuner(keras_tuner.Tuner):
     TensorBoard logs in `logs/<trial_id>` (keras-tuner's default adds `execution0`).
     """
 
-    def __init__(self, oracle, hypermodel, directory: str | Path, **kwargs):
+    def __init__(self, oracle, hypermodel, directory: str | Path, chief_directory: str | Path | None = None, **kwargs):
         # Tuner.__init__, not the parent's: the oracle is made here (with atomic state files).
         keras_tuner.Tuner.__init__(self, oracle, hypermodel, directory=str(directory), project_name=PROJECT, **kwargs)
         self.search_dir = SearchDir(directory)
+        # Where the chief writes the search, when this process works in a copy of it (another worker
+        # of a multi-worker search): the trials' checkpoints are written there only.
+        self.chief_directory = Path(chief_directory or directory)
         if not os.path.exists(self._get_tuner_fname()):
             # Saved now, so a search killed in its first trial also resumes (keras-tuner
             # reloads only when this file exists, and writes it only after a trial).
@@ -163,6 +166,8 @@ class KcapTuner(keras_tuner.Tuner):
         atomic_write_json(Path(self.get_trial_dir(trial.trial_id)) / TRIAL_INFO, {
             "epochs": epochs, "seconds": round(time.perf_counter() - start, 3),
         })
+        # The chief's checkpoint of this trial is written before any worker goes on (Hyperband reads it).
+        barrier(self.distribution_strategy)
         return histories
 
     def on_trial_end(self, trial):
@@ -184,8 +189,11 @@ class KcapHyperband(KcapTuner, keras_tuner.Hyperband):
         # constructor already, and building it twice fails. Only the loading is kept.
         model = keras_tuner.Tuner._build_hypermodel(self, hp)
         if "tuner/trial_id" in hp.values:
+            checkpoint = Path(self._get_checkpoint_fname(hp.values["tuner/trial_id"]))
+            # keras-tuner saves checkpoints on the chief only (other workers' go to a temporary folder).
+            checkpoint = self.chief_directory / checkpoint.relative_to(self.directory)
             with maybe_distribute(self.distribution_strategy):
-                model.load_weights(self._get_checkpoint_fname(hp.values["tuner/trial_id"]))
+                model.load_weights(checkpoint)
         return model
 
 
@@ -210,13 +218,15 @@ def make_tuner(
     max_epochs: int = 10,
     seed: int = 0,
     distribution_strategy: tf.distribute.Strategy | None = None,
+    chief_directory: str | Path | None = None,
 ) -> KcapTuner:
     """A `KcapTuner` of `kind` (`random`, `hyperband`, `bayesian`) over `hypermodel`.
 
     It reloads the search in `directory` when there is one. For `hyperband`,
     `max_epochs` is the most epochs a trial trains and `max_trials` caps the
     number of trials. Trials build their model in `distribution_strategy`'s
-    scope (a `tf.distribute.Strategy`; `None`: the default one).
+    scope (a `tf.distribute.Strategy`; `None`: the default one). A worker
+    other than the chief searches in a copy of the chief's `chief_directory`.
 
     Example:
 
@@ -233,17 +243,17 @@ def make_tuner(
     seed = 1 + seed * 1_000_003
     if kind == "random":
         oracle = _oracle_class(oracles.RandomSearchOracle)(objective=goal, max_trials=max_trials, seed=seed)
-        return KcapTuner(oracle, hypermodel, directory, distribution_strategy=distribution_strategy)
+        return KcapTuner(oracle, hypermodel, directory, chief_directory, distribution_strategy=distribution_strategy)
     if kind == "bayesian":
         try:
             import sklearn  # noqa: F401  keras-tuner's Bayesian oracle needs it
         except ImportError:
             raise RuntimeError("--tuner bayesian needs scikit-learn: pip install scikit-learn") from None
         oracle = _oracle_class(oracles.BayesianOptimizationOracle)(objective=goal, max_trials=max_trials, seed=seed)
-        return KcapTuner(oracle, hypermodel, directory, distribution_strategy=distribution_strategy)
+        return KcapTuner(oracle, hypermodel, directory, chief_directory, distribution_strategy=distribution_strategy)
     oracle = _oracle_class(oracles.HyperbandOracle)(objective=goal, max_epochs=max_epochs, factor=3, seed=seed)
     oracle.max_trials = max_trials  # HyperbandOracle takes no max_trials, but Oracle.create_trial honours it
-    return KcapHyperband(oracle, hypermodel, directory, distribution_strategy=distribution_strategy)
+    return KcapHyperband(oracle, hypermodel, directory, chief_directory, distribution_strategy=distribution_strategy)
 
 
 # -- results --------------------------------------------------------------------
@@ -440,7 +450,8 @@ def search(
         write_path.mkdir(parents=True, exist_ok=True)
         with exclusive_use(write_path, "kcap tune (two searches would write the same trials)"):
             result = _search(
-                config, SearchDir(write_path), strategy, settings, space, tuner, max_trials, objective, verbose
+                config, SearchDir(write_path), strategy, settings, space, tuner, max_trials, objective, verbose,
+                chief_directory=search_dir.path,
             )
         barrier(strategy)  # the chief's summary written before the others read it (--retrain-best)
     # On the other workers: the same search as the chief's, whose files are the ones that stay.
@@ -449,13 +460,13 @@ def search(
 
 def _search(
     config: TrainConfig, search_dir: SearchDir, strategy: tf.distribute.Strategy, settings: dict, space: dict,
-    tuner: str, max_trials: int, objective: str, verbose: int | str,
+    tuner: str, max_trials: int, objective: str, verbose: int | str, chief_directory: Path | None = None,
 ) -> SearchResult:
-    """The search itself, writing into `search_dir`."""
+    """The search itself, writing into `search_dir` (a copy of the chief's `chief_directory` on another worker)."""
     data = prepare_tuning_data(config, progress=verbose not in (0, "0"), build_cache=is_chief(strategy))
     hypermodel = CaptionerHyperModel(config, data, space, objective=objective)
     kt = make_tuner(tuner, hypermodel, search_dir.path, objective, max_trials, config.epochs, config.seed,
-                    distribution_strategy=strategy)
+                    distribution_strategy=strategy, chief_directory=chief_directory)
     atomic_write_json(search_dir.settings, settings)
     _write_hparams_config(kt, search_dir, objective)
     callbacks = [keras.callbacks.TensorBoard(log_dir=str(search_dir.logs))]
