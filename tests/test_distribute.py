@@ -86,6 +86,25 @@ def _free_ports(n):
     return ports
 
 
+def _run_two_workers(args: list[str], scratch) -> list[str]:
+    """Runs `kcap ARGS` as the two workers of a cluster on 127.0.0.1; returns their stdout."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    workers = []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+               "TMPDIR": str(scratch)}
+        workers.append(subprocess.Popen(kcap_command(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        # A worker left behind by the other waits in a collective: a time limit, not a hung suite.
+        outputs = [w.communicate(timeout=300) for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    for worker, (_, err) in zip(workers, outputs):
+        assert worker.returncode == 0, err[-3000:]
+    return [out for out, _ in outputs]
+
+
 @pytest.mark.slow
 def test_multi_worker_training_writes_only_the_chiefs_files(tmp_path):
     run_dir = tmp_path / "run"
@@ -102,20 +121,7 @@ def test_multi_worker_training_writes_only_the_chiefs_files(tmp_path):
     ]
 
     def train(epochs):
-        cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
-        workers = []
-        for index in range(2):
-            env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-                   "TMPDIR": str(scratch)}
-            workers.append(subprocess.Popen(kcap_command("train", *flags, "--epochs", str(epochs)), env=env,
-                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        try:
-            outputs = [w.communicate(timeout=240) for w in workers]
-        finally:
-            for w in workers:
-                w.kill()
-        for worker, (_, err) in zip(workers, outputs):
-            assert worker.returncode == 0, err[-3000:]
+        _run_two_workers(["train", *flags, "--epochs", str(epochs)], scratch)
         return json.loads((run_dir / "history.json").read_text())["epochs"]
 
     assert [e["epoch"] for e in train(1)] == [1]
@@ -149,19 +155,9 @@ def test_multi_worker_hyperband_writes_only_the_chiefs_files_and_reloads_its_sea
     ]
 
     def tune(max_trials):
-        ports = _free_ports(2)
-        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-        workers = []
-        for index in range(2):
-            env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-                   "TMPDIR": str(scratch)}
-            workers.append(subprocess.Popen(kcap_command("tune", *flags, "--max-trials", str(max_trials)), env=env,
-                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        outputs = [w.communicate(timeout=600) for w in workers]
-        for worker, (_, err) in zip(workers, outputs):
-            assert worker.returncode == 0, err[-3000:]
+        outputs = _run_two_workers(["tune", *flags, "--max-trials", str(max_trials)], scratch)
         # Both workers ran the same search and found the same best trial.
-        best = [[line for line in out.splitlines() if line.startswith("Best hyperparameters")] for out, _ in outputs]
+        best = [[line for line in out.splitlines() if line.startswith("Best hyperparameters")] for out in outputs]
         assert best[0] == best[1] and len(best[0]) == 1
         summary = json.loads((directory / "summary.json").read_text())
         assert summary["replicas"] == 2  # one per worker: the trials trained across both
