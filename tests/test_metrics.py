@@ -224,6 +224,9 @@ def test_evaluate_run_writes_every_metric_for_the_model_and_the_baseline_and_coc
                 assert scores[key] is not None and scores[key] >= 0.0
     assert report["num_images"] == len(report["captions"]) == 8
     assert report["decoding"] == {"beam_size": 1, "temperature": None}
+    first = report["captions"][0]
+    assert set(first) == {"image", "caption", "references"} and len(first["references"]) == 5
+    assert report["baseline"]["caption"]
     # The reported figures are the metrics of the listed captions against their references.
     recomputed = caption_metrics([c["caption"] for c in report["captions"]],
                                  [c["references"] for c in report["captions"]], meteor=False)
@@ -239,11 +242,14 @@ def test_evaluate_run_writes_every_metric_for_the_model_and_the_baseline_and_coc
     ]
 
 
-def test_evaluate_passes_beam_size_to_the_model(trained_run):
-    greedy = evaluate_run(trained_run, "test", progress=False, meteor=False)
+def test_evaluate_scores_the_beam_search_captions(trained_run):
+    from kcap.inference import load_run
+
     beam = evaluate_run(trained_run, "test", progress=False, meteor=False, beam_size=3)
-    assert beam["decoding"]["beam_size"] == 3 and greedy["decoding"]["beam_size"] == 1
-    assert len(beam["captions"]) == len(greedy["captions"])
+    assert beam["decoding"]["beam_size"] == 3
+    paths = [c["image"] for c in beam["captions"]]
+    expected = [r["caption"] for r in load_run(trained_run).caption_files(paths, beam_size=3)]
+    assert [c["caption"] for c in beam["captions"]] == expected
     assert beam["meteor"] is None and "meteor_error" not in beam  # skipped on request, not failed
 
 

@@ -66,6 +66,10 @@ def test_grayscale_palette_and_alpha_images_become_rgb(tmp_path, mode):
     (base.convert(mode) if mode != "RGB" else base).save(path)
     image = load_image(str(path), (24, 24))
     assert image.shape == (24, 24, 3) and image.dtype == tf.uint8
+    # What the file holds, as Pillow reads it to RGB: grey in all three channels for "L", the
+    # palette's nearest colour for "P".
+    expected = np.asarray(Image.open(path).convert("RGB"))[10, 15]
+    np.testing.assert_allclose(image.numpy()[12, 12], expected, atol=2)
     if mode in ("RGB", "RGBA"):
         np.testing.assert_allclose(image.numpy()[12, 12], [200, 100, 50], atol=2)
 
@@ -73,3 +77,5 @@ def test_grayscale_palette_and_alpha_images_become_rgb(tmp_path, mode):
 def test_image_dataset_batches_unique_images(images):
     batches = list(image_dataset([i.path for i in images], (20, 20), batch_size=4))
     assert [int(b["images"].shape[0]) for b in batches] == [4, 4, 2]
+    decoded = np.concatenate([b["images"].numpy() for b in batches])
+    np.testing.assert_array_equal(decoded, np.stack([load_image(str(i.path), (20, 20)) for i in images]))

@@ -430,7 +430,7 @@ def test_an_image_damaged_inside_stops_training_with_its_name_then_is_skipped(tm
         train(config, run, verbose=0)
     message = str(caught.value)
     assert message.startswith("1 image cannot be decoded, damage inside the file")
-    assert f"  {damaged}: cannot be decoded (jpeg::Uncompress failed" in message
+    assert f"  {damaged}: cannot be decoded (" in message  # then TensorFlow's reason
     assert "add --full-decode --on-bad-image skip" in message
     splits = json.loads((run / "splits.json").read_text())["splits"]
     # As told: the same command with a full check that skips what it finds goes on, and the
@@ -513,12 +513,11 @@ def test_a_damaged_resume_checkpoint_is_named_never_silently_restarted(tmp_path)
         train(more, run, verbose=0)
 
 
-def test_check_accepts_exactly_what_tensorflow_decodes(tmp_path):
+def test_check_accepts_exactly_what_tensorflow_decodes(messy):
     """The check is neither too strict nor too lax: for each kind, accepted <=> tf.io.decode_image reads it."""
-    handled = write_handled_images(tmp_path)
-    bad = write_bad_images(tmp_path)
+    csv_path, handled, bad, *_ = messy
     for name in list(handled) + [n for n in bad if n != "missing.jpg"]:
-        path = tmp_path / name
+        path = csv_path.parent / "images" / name
         error, _ = check_image(path)
         full_error, _ = check_image(path, full_decode=True)
         assert (error is None) == (full_error is None), name
@@ -531,13 +530,13 @@ def test_check_accepts_exactly_what_tensorflow_decodes(tmp_path):
         assert decodes == (name in handled), name
 
 
-def test_unusual_images_decode_to_the_right_rgb_pixels(tmp_path):
-    write_handled_images(tmp_path)
+def test_unusual_images_decode_to_the_right_rgb_pixels(messy):
+    folder = messy[0].parent / "images"  # holds every kind write_handled_images makes
     expected = _pixels().astype(np.float32)
     gray = expected @ np.array([0.299, 0.587, 0.114], np.float32)
 
     def pixels(name):
-        return tf.io.decode_image((tmp_path / name).read_bytes(), channels=3, expand_animations=False).numpy().astype(np.float32)
+        return tf.io.decode_image((folder / name).read_bytes(), channels=3, expand_animations=False).numpy().astype(np.float32)
 
     # Grayscale: three equal channels. RGBA / palette: alpha dropped, colours kept.
     for name in ("gray.png", "gray.jpg"):
@@ -552,8 +551,8 @@ def test_unusual_images_decode_to_the_right_rgb_pixels(tmp_path):
     assert np.abs(pixels("cmyk.jpg") - expected).mean() < 8
     assert pixels("one_pixel.png").tolist() == [[[200, 30, 40]]]
     # Through kcap's loader (decode, resize): the 1x1 and the 8000x6000 images both come out 64x64.
-    assert load_image(str(tmp_path / "one_pixel.png"), (64, 64)).numpy().tolist()[0][0] == [200, 30, 40]
-    large = load_image(str(tmp_path / "large.jpg"), (64, 64)).numpy()
+    assert load_image(str(folder / "one_pixel.png"), (64, 64)).numpy().tolist()[0][0] == [200, 30, 40]
+    large = load_image(str(folder / "large.jpg"), (64, 64)).numpy()
     assert large.shape == (64, 64, 3) and large[0, -1, 0] > 200 and large[-1, 0, 1] > 200
 
 
@@ -653,10 +652,15 @@ def _assert_no_half_written_file(run: Path):
             assert load_run(run, checkpoint).model is not None
 
 
-def test_a_second_train_on_a_run_in_progress_is_refused_and_leaves_it_alone(tmp_path):
+def test_a_second_train_on_a_run_in_progress_is_refused_and_ctrl_c_stops_the_first_cleanly(tmp_path):
     run = tmp_path / "run"
     args = kcap_command("train", "--run-dir", str(run), "--epochs", "50", *SYNTHETIC_FLAGS)
-    first = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell runs background jobs with SIGINT ignored, and Python keeps an inherited SIG_IGN:
+    # give kcap the default disposition a terminal's foreground command has.
+    first = subprocess.Popen(
+        args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.time() + 300
         while _completed(run) < 1 and time.time() < deadline and first.poll() is None:
@@ -670,29 +674,15 @@ def test_a_second_train_on_a_run_in_progress_is_refused_and_leaves_it_alone(tmp_
         while _completed(run) == done and time.time() < deadline and first.poll() is None:
             time.sleep(0.05)
         assert first.poll() is None and _completed(run) == done + 1  # the first run goes on
+
+        first.send_signal(signal.SIGINT)
+        stderr = first.communicate(timeout=120)[1]
+        assert first.returncode == 130, stderr[-3000:]
+        assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+        assert f"kcap train: interrupted. Run the same command again to resume {run}" in stderr
     finally:
         first.kill()
         first.wait()
-
-
-def test_ctrl_c_during_training_says_how_to_resume_without_a_traceback(tmp_path):
-    run = tmp_path / "run"
-    args = kcap_command("train", "--run-dir", str(run), "--epochs", "50", *SYNTHETIC_FLAGS)
-    # A shell runs background jobs with SIGINT ignored, and Python keeps an inherited SIG_IGN:
-    # give kcap the default disposition a terminal's foreground command has.
-    process = subprocess.Popen(
-        args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-    deadline = time.time() + 300
-    while _completed(run) < 1 and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    assert process.poll() is None, "training ended before it could be interrupted"
-    process.send_signal(signal.SIGINT)
-    stderr = process.communicate(timeout=120)[1]
-    assert process.returncode == 130, stderr[-3000:]
-    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
-    assert f"kcap train: interrupted. Run the same command again to resume {run}" in stderr
 
 
 @pytest.mark.slow
@@ -1156,7 +1146,6 @@ def test_a_nan_loss_stops_training_cleanly_with_a_message(tmp_path):
     flags[flags.index("--learning-rate") + 1] = "1e12"  # diverges in the first steps
     result = _run("train", "--run-dir", str(run), "--epochs", "2", *flags)
     assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-2000:])
-    assert "Invalid loss, terminating training" in result.stdout  # keras.callbacks.TerminateOnNaN
     assert "kcap train: error: Training stopped in epoch 1: the loss became nan" in result.stderr
     assert "--clipnorm" in result.stderr and "Traceback" not in result.stderr
     # No model with NaN weights is left as the run's result, and no checkpoint of the NaN epoch.

@@ -8,7 +8,6 @@ import pytest
 
 from conftest import TINY, kcap_command
 
-from kcap.evaluation.evaluate import evaluate_run
 from kcap.training.config import TrainConfig
 from kcap.training.run_dir import RunDir
 from kcap.training.trainer import train
@@ -41,29 +40,16 @@ def test_run_directory_holds_everything_a_run_needs(trained_run, tiny_config):
     assert not (names["train"] & names["test"]) and len(names["test"]) == 8
 
 
-def test_evaluate_writes_scores_and_captions(trained_run):
-    report = evaluate_run(trained_run, "test", progress=False)
-    saved = json.loads((trained_run / "eval_test.json").read_text())
-    assert saved == report
-    for key in ("bleu1", "bleu2", "bleu3", "bleu4"):
-        assert 0.0 <= report[key] <= 1.0
-    assert report["num_images"] == len(report["captions"]) == 8
-    first = report["captions"][0]
-    assert set(first) == {"image", "caption", "references"} and len(first["references"]) == 5
-    assert report["baseline"]["caption"]
+def test_caption_command_prints_the_models_captions_for_each_decoding(trained_run, capsys):
+    from kcap.cli import main
+    from kcap.inference import load_run
 
-
-def test_caption_command_prints_one_caption_per_image(trained_run):
-    splits = json.loads((trained_run / "splits.json").read_text())["splits"]
-    paths = [i["image"] for i in splits["test"][:3]]
-    out = subprocess.run(
-        kcap_command("caption", "--run-dir", str(trained_run), *paths),
-        capture_output=True, text=True, check=True,
-    ).stdout.strip().splitlines()
-    assert [line.split("\t")[0] for line in out] == paths
-    vocab = set(json.loads((trained_run / "vocab.json").read_text())["words"])
-    for line in out:
-        assert set(line.split("\t")[1].split()) <= vocab
+    paths = [i["image"] for i in json.loads((trained_run / "splits.json").read_text())["splits"]["test"][:3]]
+    trained = load_run(trained_run)
+    for flags, decoding in [([], {}), (["--beam-size", "3"], {"beam_size": 3}), (["--temperature", "1.5"], {"temperature": 1.5})]:
+        assert main(["caption", "--run-dir", str(trained_run), *flags, *paths]) == 0
+        lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+        assert lines == [[r["image"], r["caption"]] for r in trained.caption_files(paths, **decoding)], flags
 
 
 def test_a_wrong_attention_plot_request_is_refused_before_any_captioning(trained_run, tmp_path, capsys):
@@ -97,7 +83,9 @@ def test_caption_output_is_one_line_per_image_whatever_the_file_name(trained_run
     assert path == f"{tmp_path}/a\\tb\\nc\\\\d.png"  # tab, newline and backslash escaped
 
 
-def test_caption_command_captions_every_image_in_a_folder(trained_run, tmp_path):
+def test_caption_command_captions_every_image_in_a_folder(trained_run, tmp_path, capsys):
+    from kcap.cli import main
+
     splits = json.loads((trained_run / "splits.json").read_text())["splits"]
     paths = [Path(i["image"]) for i in splits["test"][:3]]
     folder = tmp_path / "photos"
@@ -108,9 +96,8 @@ def test_caption_command_captions_every_image_in_a_folder(trained_run, tmp_path)
     (folder / "older").mkdir()
 
     def caption(*args):
-        result = subprocess.run(kcap_command("caption", "--run-dir", str(trained_run), *args), capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return [line.split("\t") for line in result.stdout.strip().splitlines()]
+        assert main(["caption", "--run-dir", str(trained_run), *args]) == 0
+        return [line.split("\t") for line in capsys.readouterr().out.splitlines()]
 
     from_folder = caption(str(folder))
     assert [image for image, _ in from_folder] == [str(folder / f"{9 - n}{p.suffix.upper()}") for n, p in reversed(list(enumerate(paths)))]
@@ -118,8 +105,8 @@ def test_caption_command_captions_every_image_in_a_folder(trained_run, tmp_path)
     assert [c for _, c in from_folder] == [c for _, c in caption(*map(str, reversed(paths)))]
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = subprocess.run(kcap_command("caption", "--run-dir", str(trained_run), str(empty)), capture_output=True, text=True)
-    assert result.returncode == 2 and f"The folder {empty} has no image files" in result.stderr
+    assert main(["caption", "--run-dir", str(trained_run), str(empty)]) == 2
+    assert f"The folder {empty} has no image files" in capsys.readouterr().err
 
 
 def test_caption_command_names_a_missing_or_broken_image(trained_run, tmp_path):

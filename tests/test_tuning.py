@@ -222,7 +222,6 @@ def test_killed_search_resumes_without_repeating_trials(tmp_path, space_file):
 
     out = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "Reloading Tuner" in out.stdout
     summary = json.loads((directory / "summary.json").read_text())
     ids = [r["trial_id"] for r in summary["trials"]]
     assert ids == ["0", "1", "2", "3"]
@@ -256,27 +255,25 @@ def best_run(searched, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_best_hyperparameters_train_a_run_that_evaluates(best_run):
-    from kcap.evaluation.evaluate import evaluate_run
-
+def test_best_hyperparameters_train_a_run(best_run):
     run, best = best_run
     settings = json.loads((run / "config.json").read_text())["settings"]
     assert {k: settings[k] for k in best} == best  # the file won over the --embedding-dim/--units flags
-    report = evaluate_run(run, "test", progress=False)
-    assert report["num_images"] == 8 and 0.0 <= report["bleu4"] <= 1.0
 
 
 @pytest.mark.slow
 def test_best_run_exports(best_run, tmp_path):
-    from kcap.export import export_run
     import tensorflow as tf
+
+    from kcap.export import export_run
+    from kcap.inference import load_run
 
     run, _ = best_run
     output = export_run(run, tmp_path / "export")
     image = json.loads((run / "splits.json").read_text())["splits"]["test"][0]["image"]
     serving = tf.saved_model.load(str(output))
     result = serving.signatures["serving_default"](image_bytes=tf.constant([open(image, "rb").read()]))
-    assert result["caption"].shape == (1,)
+    assert [c.decode() for c in result["caption"].numpy()] == [load_run(run).caption_files([image])[0]["caption"]]
 
 
 # -- bad input ------------------------------------------------------------------------

@@ -136,6 +136,14 @@ def test_a_feature_cache_feeds_the_callback(tiny, tmp_path):
     callback.set_params({"epochs": 1})
     batch = next(iter(callback.inputs))
     assert set(batch) == {"features"} and tuple(batch["features"].shape[1:]) == model.feature_shape
+    # Each image's own features, in order: the captions of the features the backbone gives now.
+    extract = model.feature_extractor()
+    direct = ValidationCaptioning(
+        paths, [i.captions for i in val],
+        lambda: iter([{"features": extract(b["images"])} for b in image_dataset(paths, image_size, 3)]), vocabulary,
+    )
+    direct.set_model(model)
+    np.testing.assert_array_equal(np.stack(callback.caption()[0]), np.stack(direct.caption()[0]))
     logs = {}
     callback.on_epoch_end(0, logs)
     assert 0.0 <= logs["val_bleu4"] <= 1.0 and logs["val_cider"] >= 0.0
