@@ -430,6 +430,8 @@ def test_the_retrained_run_monitors_the_objective_unless_told_otherwise():
 
     assert monitor() == "val_loss" and monitor("--objective", "val_bleu4") == "val_bleu4"
     assert monitor("--objective", "val_bleu4", "--monitor", "val_cider") == "val_cider"
+    # Trials score val_bleu4 themselves, so a search with no per-epoch captioning is still valid.
+    assert monitor("--objective", "val_bleu4", "--val-captions", "0") == "val_loss"
 
 
 def test_tune_directory_that_is_a_file_is_refused_by_name(tmp_path, capsys):

@@ -51,8 +51,10 @@ def tune_config(args: argparse.Namespace):
     """The fixed settings of every trial, and of the `--retrain-best` run, from `kcap tune`'s flags."""
     from kcap.cli import _train_config
 
-    # Unless told otherwise, the retrained run keeps the checkpoint that is best by what ranked the trials.
-    return _train_config(argparse.Namespace(**{**vars(args), "monitor": args.monitor or args.objective}))
+    # Unless told otherwise, the retrained run keeps the checkpoint that is best by what ranked the
+    # trials; with --val-captions 0 it captions nothing during training, so it can only watch val_loss.
+    default_monitor = args.objective if args.val_captions > 0 else "val_loss"
+    return _train_config(argparse.Namespace(**{**vars(args), "monitor": args.monitor or default_monitor}))
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
