@@ -289,6 +289,7 @@ def test_best_run_exports(best_run, tmp_path):
     ({"learning_rate": {"type": "float", "min": 0, "max": 0.01, "sampling": "log"}}, "key 'learning_rate': log sampling"),
     ({"units": {"type": "int", "min": 16, "max": 128, "step": 1, "sampling": "log"}}, "key 'units': with log sampling \"step\" is a factor"),
     ({"dropout": {"type": "float", "min": 0.0, "max": 1.5}}, "key 'dropout': the value 1.5 is out of range"),
+    ({"dropout": {"type": "float", "min": 0.0, "max": 0.5, "step": 0.8}}, "key 'dropout': \"step\" 0.8 goes past \"max\""),
     ({"dropout": {"type": "range", "min": 0.0, "max": 0.5}}, "key 'dropout'.*\"type\" must be one of"),
     ({"units": {"type": "choice", "value": [32]}}, "key 'units'.*needs \\['values'\\]"),
     ({}, "empty"),
@@ -317,6 +318,18 @@ def test_a_true_false_choice_reaches_best_hyperparameters_as_booleans_that_train
     best = tmp_path / "best_hyperparameters.json"
     best.write_text(json.dumps(values))
     assert apply_hparams(TrainConfig(data="synthetic"), best).position_embedding is False
+
+
+def test_a_float_step_range_draws_every_value_it_names_max_included():
+    import keras_tuner
+
+    from tuning.hypermodel import declare_hyperparameters, typed_value
+
+    hp = keras_tuner.HyperParameters()
+    declare_hyperparameters(hp, {"dropout": {"type": "float", "min": 0.0, "max": 0.5, "step": 0.1}})
+    (dropout,) = hp.space
+    drawn = {typed_value("dropout", dropout.prob_to_value(i / 100)) for i in range(100)}
+    assert drawn == {0.0, 0.1, 0.2, 0.3, 0.4, 0.5}
 
 
 def test_hyperband_with_one_epoch_is_refused_before_any_data_is_read(tmp_path):

@@ -146,9 +146,16 @@ def _check_spec(key: str, spec: Any, where: str) -> None:
             if isinstance(step, bool) or not isinstance(step, number) or not step > 0:
                 raise ValueError(f"{where}: \"step\" must be a positive {'integer' if kind == 'int' else 'number'}, got {step!r}.")
             if sampling != "linear" and not step > 1:
+                example = "32, 64, 128..." if sampling == "log" else "the gaps below max grow 1, 2, 4... times min"
                 raise ValueError(
-                    f"{where}: with {sampling} sampling \"step\" is a factor (e.g. 2: 32, 64, 128...), "
+                    f"{where}: with {sampling} sampling \"step\" is a factor (e.g. 2: {example}), "
                     f"so it must be above 1, got {step!r}."
+                )
+            reach = spec["max"] - spec["min"] if sampling == "linear" else spec["max"] / spec["min"]
+            if step > reach * (1 + 1e-9):
+                raise ValueError(
+                    f"{where}: \"step\" {step!r} goes past \"max\" from \"min\", so only {spec['min']!r} "
+                    "would ever be tried; use a smaller step, or {\"type\": \"fixed\"}."
                 )
         if kind == "float" and hint is not float and float not in typing.get_args(hint):
             raise ValueError(f"{where}: {key} is {_type_name(hint)}, so a \"float\" range cannot set it; use \"int\" or \"choice\".")
@@ -206,7 +213,12 @@ def declare_hyperparameters(hp: keras_tuner.HyperParameters, space: Mapping[str,
         elif kind == "int":
             value = hp.Int(name, spec["min"], spec["max"], step=spec.get("step"), sampling=spec.get("sampling", "linear"))
         elif kind == "float":
-            value = hp.Float(name, spec["min"], spec["max"], step=spec.get("step"), sampling=spec.get("sampling", "linear"))
+            top = spec["max"]
+            if spec.get("step") and spec.get("sampling", "linear") == "linear":
+                # keras-tuner counts the steps with floor division, so 0.5 // 0.1 == 4.0 would leave
+                # max out (keras-team/keras-tuner#1001); a sliver of a step above it keeps max in.
+                top += spec["step"] * 1e-6
+            value = hp.Float(name, spec["min"], top, step=spec.get("step"), sampling=spec.get("sampling", "linear"))
         elif kind == "boolean":
             value = hp.Boolean(name)
         else:
@@ -221,8 +233,8 @@ def typed_value(name: str, value: Any) -> Any:
     keras-tuner hands back numpy scalars (the Bayesian oracle) and a `choice`
     of `true`/`false` as `1`/`0` (a bool is an int to it).
 
-    >>> typed_value("position_embedding", 1), typed_value("units", 64.0)
-    (True, 64)
+    >>> typed_value("position_embedding", 1), typed_value("units", 64.0), typed_value("dropout", 0.1 * 3)
+    (True, 64, 0.3)
     """
     value = value.item() if hasattr(value, "item") else value
     args = typing.get_args(_FIELD_TYPES[name]) or (_FIELD_TYPES[name],)
@@ -231,7 +243,8 @@ def typed_value(name: str, value: Any) -> Any:
     if int in args and float not in args:
         return int(round(value))
     if float in args and isinstance(value, (int, float)):
-        return float(value)
+        # Steps add up with binary rounding (0.1 * 3 == 0.30000000000000004); 12 digits are plenty.
+        return float(f"{value:.12g}")
     return value
 
 
