@@ -52,12 +52,22 @@ def test_writing_the_set_never_deletes_a_users_files(tmp_path):
         write_synthetic_dataset(tmp_path / "none", num_images=0)
 
 
-def test_the_cached_set_comes_back_whole_after_losing_an_image(tmp_path, monkeypatch):
+def test_the_cached_set_comes_back_whole_after_losing_or_damaging_an_image(tmp_path, monkeypatch):
     monkeypatch.setenv("KCAP_CACHE_DIR", str(tmp_path / "cache"))
     captions = cached_synthetic_dataset(num_images=3, image_size=64)
     (captions.parent / "images" / "00001.png").unlink()
     assert cached_synthetic_dataset(num_images=3, image_size=64) == captions
     assert (captions.parent / "images" / "00001.png").is_file()
+    # A file damaged in place: training on the set writes it again rather than asking the
+    # user to fix a file in kcap's cache.
+    from kcap.data.check import load_checked_dataset
+    from kcap.training.config import TrainConfig
+
+    intact = (captions.parent / "images" / "00002.png").read_bytes()
+    (captions.parent / "images" / "00002.png").write_bytes(intact[: len(intact) // 2])
+    dataset, report = load_checked_dataset(TrainConfig(data="synthetic", synthetic_images=3, synthetic_image_size=64))
+    assert report.ok and len(dataset.images) == 3
+    assert (captions.parent / "images" / "00002.png").read_bytes() == intact
 
 
 def test_written_set_reads_back_with_five_captions_per_image(tmp_path):

@@ -406,10 +406,9 @@ def load_checked_dataset(
     from kcap.data.splits import assign_splits, restore_splits
     from kcap.data.synthetic import cached_synthetic_dataset
 
+    synthetic = dict(num_images=config.synthetic_images, seed=config.seed, image_size=config.synthetic_image_size)
     if config.is_synthetic:
-        data = cached_synthetic_dataset(
-            num_images=config.synthetic_images, seed=config.seed, image_size=config.synthetic_image_size
-        )
+        data = cached_synthetic_dataset(**synthetic)
         images, data_format = None, "auto"
     else:
         # Absolute: the run's splits.json then names images that `kcap evaluate` (and a
@@ -418,6 +417,11 @@ def load_checked_dataset(
         images = os.path.abspath(config.images) if config.images else None
         data_format = config.format
     report = check_data(data, images, data_format, config.full_decode, progress=progress)
+    if config.is_synthetic and not report.ok:
+        # kcap's own cache, not the user's data: nothing for them to fix, so it heals itself.
+        log.warning("The cached synthetic set %s is damaged (%s); writing it again.", Path(data).parent, report.errors[0])
+        data = cached_synthetic_dataset(**synthetic, force=True)
+        report = check_data(data, images, data_format, config.full_decode, progress=progress)
     given = {id(image) for image in report.dataset.images if image.split is not None}
     assign_splits(report.dataset, config.val_fraction, config.test_fraction, seed=config.seed)
     if run_splits is not None:

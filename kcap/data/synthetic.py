@@ -233,18 +233,18 @@ def _params(num_images, seed, image_size, captions_per_image) -> dict:
 
 
 def cached_synthetic_dataset(
-    num_images: int = 3000, seed: int = 0, image_size: int = 96, captions_per_image: int = 5
+    num_images: int = 3000, seed: int = 0, image_size: int = 96, captions_per_image: int = 5, force: bool = False
 ) -> Path:
     """The synthetic set under kcap's cache folder, generated on first use.
 
     The cache folder is `$KCAP_CACHE_DIR`, else `~/.cache/kcap`. A cached set that
-    lost files is written again.
+    lost files is written again; so is one found damaged, with `force`.
     """
     params = _params(num_images, seed, image_size, captions_per_image)
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     folder = cache_dir() / "datasets" / f"synthetic-{key}"
     marker = folder / "synthetic.json"
-    if not (marker.is_file() and json.loads(marker.read_text()) == params and _complete(folder, num_images)):
+    if force or not (marker.is_file() and json.loads(marker.read_text()) == params and _complete(folder, num_images)):
         write_synthetic_dataset(folder, num_images, seed, image_size, captions_per_image, force=True)
     return folder / "captions.csv"
 
