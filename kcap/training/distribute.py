@@ -97,9 +97,16 @@ def mean_over_workers(values: dict[str, float], strategy: tf.distribute.Strategy
         return values
     names = sorted(values)
     local = tf.constant([float(values[name]) for name in names], tf.float64)
-    per_replica = tf.function(lambda: strategy.run(lambda: tf.identity(local)))()
-    mean = strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+    mean = strategy.reduce(tf.distribute.ReduceOp.MEAN, _on_every_replica(strategy, local), axis=None)
     return dict(zip(names, mean.numpy().tolist()))
+
+
+# Traced once per strategy and shape, not per call: these run every epoch (and every trial).
+# In a tf.function because run eagerly the strategy warns of its overhead; autograph off
+# because there is no Python control flow to convert.
+@tf.function(autograph=False)
+def _on_every_replica(strategy: tf.distribute.Strategy, value: tf.Tensor):
+    return strategy.run(tf.identity, args=(value,))
 
 
 def barrier(strategy: tf.distribute.Strategy) -> None:
@@ -110,6 +117,4 @@ def barrier(strategy: tf.distribute.Strategy) -> None:
     """
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         # A sum over every replica is a collective: no worker gets past it alone.
-        # (In a tf.function: run eagerly, the strategy warns of its overhead.)
-        ones = tf.function(lambda: strategy.run(lambda: tf.constant(1.0)))()
-        strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None)
+        strategy.reduce(tf.distribute.ReduceOp.SUM, _on_every_replica(strategy, tf.constant(1.0)), axis=None)
