@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,24 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
+def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beam-size", type=_positive_int, default=1, help="beam search with this many beams (1: greedy)")
+    p.add_argument("--temperature", type=_positive_float, default=None, help="sample words at this temperature instead")
+
+
+def _check_decoding_arguments(args: argparse.Namespace) -> None:
+    """Refuses what `Captioner.generate` would, before the run is loaded and images are read."""
+    if args.temperature is not None and args.beam_size > 1:
+        raise ValueError("Choose --temperature (sampling) or --beam-size above 1 (beam search), not both.")
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -144,6 +163,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from kcap.inference import load_run
     from kcap.utils.figures import check_figure_path
 
+    _check_decoding_arguments(args)
     images = expand_image_paths(args.images)
     if args.attention_plot:
         check_figure_path(args.attention_plot)
@@ -172,6 +192,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from kcap.evaluation.metrics import METRIC_LABELS
     from kcap.training.run_dir import RunDir
 
+    _check_decoding_arguments(args)
     report = evaluate_run(
         args.run_dir, args.split, args.batch_size, args.checkpoint,
         beam_size=args.beam_size, temperature=args.temperature, images_dir=args.images,
@@ -237,8 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP, WebP), or folders of them")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument("--beam-size", type=int, default=1, help="beam search with this many beams (1: greedy)")
-    p.add_argument("--temperature", type=float, default=None, help="sample words at this temperature instead")
+    _add_decoding_arguments(p)
     p.add_argument("--attention-plot", metavar="OUT.png", default=None, help="save where the model looked for each word (one image; .png, .jpg, .pdf or .svg)")
     p.set_defaults(func=cmd_caption)
 
@@ -246,8 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    p.add_argument("--beam-size", type=int, default=1, help="beam search with this many beams (1: greedy)")
-    p.add_argument("--temperature", type=float, default=None, help="sample words at this temperature instead")
+    _add_decoding_arguments(p)
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--show", type=int, default=3, help="print this many example captions")
     p.add_argument(

@@ -71,6 +71,19 @@ def test_a_wrong_attention_plot_request_is_refused_before_any_captioning(trained
     assert (tmp_path / "att.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
 
 
+def test_decoding_flags_that_cannot_work_are_refused_before_the_run_is_read(tmp_path, capsys):
+    from kcap.cli import main
+
+    nowhere = str(tmp_path / "no-run")
+    for command in (["evaluate"], ["caption", str(tmp_path / "no.jpg")]):
+        assert main([*command, "--run-dir", nowhere, "--beam-size", "3", "--temperature", "0.7"]) == 2
+        assert "Choose --temperature (sampling) or --beam-size above 1 (beam search), not both" in capsys.readouterr().err
+    for flag, value in (("--temperature", "0"), ("--beam-size", "0")):
+        with pytest.raises(SystemExit):
+            main(["evaluate", "--run-dir", nowhere, flag, value])
+        assert f"argument {flag}: must be" in capsys.readouterr().err
+
+
 def test_caption_output_is_one_line_per_image_whatever_the_file_name(trained_run, tmp_path, capsys):
     from kcap.cli import main
 
