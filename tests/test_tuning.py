@@ -284,6 +284,7 @@ def test_best_run_exports(best_run, tmp_path):
     ({"backbone": {"type": "choice", "values": ["a", "b"]}}, "key 'backbone' cannot be tuned"),
     ({"units": {"type": "choice", "values": [32, 64.5]}}, "key 'units'.*mixes types"),
     ({"units": {"type": "choice", "values": ["32"]}}, "key 'units': units takes int"),
+    ({"clipnorm": {"type": "choice", "values": [None, 1.0]}}, "key 'clipnorm': null cannot be one of the \"values\""),
     ({"units": {"type": "float", "min": 16, "max": 64}}, "key 'units'.*cannot set it"),
     ({"learning_rate": {"type": "float", "min": 0.01, "max": 0.001}}, "key 'learning_rate'.*less than"),
     ({"learning_rate": {"type": "float", "min": 0, "max": 0.01, "sampling": "log"}}, "key 'learning_rate': log sampling"),

@@ -122,6 +122,11 @@ def _check_spec(key: str, spec: Any, where: str) -> None:
             raise ValueError(f"{where}: \"values\" must be a non-empty list, got {values!r}.")
         if len(set(map(json.dumps, values))) != len(values):
             raise ValueError(f"{where}: \"values\" has duplicates: {values!r}.")
+        if None in values:
+            raise ValueError(
+                f"{where}: null cannot be one of the \"values\": keras-tuner ranges hold numbers, strings and "
+                f"booleans. Leave {key} out of the space to give every trial its flag's value instead."
+            )
         if len({type(v) for v in values}) > 1:
             # keras-tuner's Choice needs one type; 1 and 0.5 mixed would sample as floats.
             raise ValueError(f"{where}: \"values\" mixes types ({values!r}); write them all as {_type_name(hint)}.")
