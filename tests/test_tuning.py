@@ -1,11 +1,13 @@
 """`kcap tune`: a keras-tuner search over the captioner that resumes and hands back its best settings."""
 
 import json
+import logging
 import math
 import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
 
 from conftest import TINY, kcap_command
@@ -331,6 +333,26 @@ def test_a_float_step_range_draws_every_value_it_names_max_included():
     (dropout,) = hp.space
     drawn = {typed_value("dropout", dropout.prob_to_value(i / 100)) for i in range(100)}
     assert drawn == {0.0, 0.1, 0.2, 0.3, 0.4, 0.5}
+
+
+def test_each_trials_new_captioner_traces_its_decoder_without_a_retracing_warning(caplog):
+    from kcap.model.backbones import build_backbone
+    from kcap.model.captioner import Captioner
+    from tuning.search import one_decoder_per_trial
+
+    def caption_with_new_models():
+        for _ in range(5):  # TensorFlow warns at the fifth trace
+            backbone = build_backbone("small_cnn", weights=None, image_size=32)
+            model = Captioner(backbone, 12, 4, (32, 32), embedding_dim=8, units=8, preprocessing="scale")
+            model.generate({"images": np.zeros((2, 32, 32, 3), "uint8")}, jit_compile=False)
+
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        caption_with_new_models()
+        assert "triggered tf.function retracing" in caplog.text  # what each search used to print
+        caplog.clear()
+        with one_decoder_per_trial():
+            caption_with_new_models()
+    assert "retracing" not in caplog.text
 
 
 def test_hyperband_with_one_epoch_is_refused_before_any_data_is_read(tmp_path):

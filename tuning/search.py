@@ -16,11 +16,13 @@ trials are kept, a trial that was interrupted runs again from its start.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -475,7 +477,8 @@ def _search(
         callbacks.append(keras.callbacks.EarlyStopping(
             objective, mode=OBJECTIVES[objective], patience=config.early_stopping
         ))
-    kt.search(epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+    with one_decoder_per_trial():
+        kt.search(epochs=config.epochs, callbacks=callbacks, verbose=verbose)
     summary = write_summary(kt, search_dir)
     failed = [r for r in summary["trials"] if r["status"] in ("FAILED", "INVALID")]
     if failed and summary["best"] is None:
@@ -483,6 +486,28 @@ def _search(
         raise RuntimeError(f"Every trial failed; the last one with:\n{message.strip()}")
     best = json.loads(search_dir.best_hyperparameters.read_text()) if summary["best"] else None
     return SearchResult(kt, summary, best, search_dir)
+
+
+@contextlib.contextmanager
+def one_decoder_per_trial() -> Iterator[None]:
+    """Leaves out TensorFlow's "triggered tf.function retracing" warning for the captioning function.
+
+    Every trial builds a new `Captioner`, whose decoding function is traced for
+    the validation captions (the `val_bleu4` objective). TensorFlow counts
+    those traces across models and warns of a function made in a loop: true,
+    one per trial, as it must be, and nothing its reader could act on.
+    """
+
+    def keep(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message and "Captioner._decode_function" in message)
+
+    logger = logging.getLogger("tensorflow")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def _write_hparams_config(tuner: keras_tuner.Tuner, search_dir: SearchDir, objective: str) -> None:
