@@ -151,7 +151,7 @@ def _check_spec(key: str, spec: Any, where: str) -> None:
             if isinstance(step, bool) or not isinstance(step, number) or not step > 0:
                 raise ValueError(f"{where}: \"step\" must be a positive {'integer' if kind == 'int' else 'number'}, got {step!r}.")
             if sampling != "linear" and not step > 1:
-                example = "32, 64, 128..." if sampling == "log" else "the gaps below max grow 1, 2, 4... times min"
+                example = "32, 64, 128..." if sampling == "log" else "log's 32, 64, 128... mirrored towards max"
                 raise ValueError(
                     f"{where}: with {sampling} sampling \"step\" is a factor (e.g. 2: {example}), "
                     f"so it must be above 1, got {step!r}."
