@@ -7,6 +7,7 @@ docs/reliability.md lists what each test tries and what kcap does.
 import ast
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -457,7 +458,7 @@ def test_an_image_damaged_inside_stops_training_with_its_name_then_is_skipped(tm
     assert all(i["image"].startswith(str(moved)) and Path(i["image"]).name != "damaged.jpg" for items in splits.values() for i in items)
 
 
-def test_full_decode_finds_damage_inside_the_synthetic_sets_images_too(tmp_path, monkeypatch):
+def test_full_decode_finds_damage_inside_the_synthetic_sets_images_and_writes_them_again(tmp_path, monkeypatch, caplog):
     import zlib
 
     from kcap.data.check import load_checked_dataset
@@ -477,8 +478,11 @@ def test_full_decode_finds_damage_inside_the_synthetic_sets_images_too(tmp_path,
     config = TrainConfig(
         data="synthetic", synthetic_images=12, synthetic_image_size=64, full_decode=True, on_bad_image="skip"
     ).resolved()
-    dataset, report = load_checked_dataset(config, progress=False)
-    assert list(report.bad_images) == [str(damaged)] and len(dataset.images) == 11
+    with caplog.at_level(logging.WARNING, logger="kcap"):
+        dataset, report = load_checked_dataset(config, progress=False)
+    assert f"{damaged}: cannot be decoded" in caplog.text and "writing it again" in caplog.text
+    assert report.ok and len(dataset.images) == 12
+    assert check_image(damaged, full_decode=True) == (None, None)
 
 
 def test_a_damaged_resume_checkpoint_is_named_never_silently_restarted(tmp_path):
