@@ -323,16 +323,23 @@ def test_a_true_false_choice_reaches_best_hyperparameters_as_booleans_that_train
     assert apply_hparams(TrainConfig(data="synthetic"), best).position_embedding is False
 
 
-def test_a_float_step_range_draws_every_value_it_names_max_included():
+@pytest.mark.parametrize("spec, expected", [
+    ({"min": 0.0, "max": 0.5, "step": 0.1}, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]),
+    ({"min": 0.0, "max": 0.99999999, "step": 0.1}, [round(0.1 * i, 1) for i in range(10)]),  # 1.0 is past max
+    ({"min": 0.1, "max": 0.3, "step": 0.1}, [0.1, 0.2, 0.3]),
+])
+def test_a_float_step_range_draws_every_value_it_names_and_the_bayesian_oracle_maps_each_back(spec, expected):
     import keras_tuner
 
     from tuning.hypermodel import declare_hyperparameters, typed_value
 
     hp = keras_tuner.HyperParameters()
-    declare_hyperparameters(hp, {"dropout": {"type": "float", "min": 0.0, "max": 0.5, "step": 0.1}})
+    declare_hyperparameters(hp, {"dropout": {"type": "float", **spec}})
     (dropout,) = hp.space
     drawn = {typed_value("dropout", dropout.prob_to_value(i / 100)) for i in range(100)}
-    assert drawn == {0.0, 0.1, 0.2, 0.3, 0.4, 0.5}
+    assert sorted(drawn) == expected
+    # The Bayesian oracle learns from each trial at the slot its value maps back to.
+    assert [dropout.prob_to_value(dropout.value_to_prob(v)) for v in expected] == expected
 
 
 def test_each_trials_new_captioner_traces_its_decoder_without_a_retracing_warning():

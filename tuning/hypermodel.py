@@ -13,7 +13,9 @@ A search space file maps `TrainConfig` settings to value ranges:
 
 Types: `choice` (`values`, optional `ordered`), `int` and `float` (`min`,
 `max`, optional `step` and `sampling`: `linear`, `log`, `reverse_log`),
-`boolean`, `fixed` (`value`). Only settings that leave the data, the
+`boolean`, `fixed` (`value`). A linear `float` range with a `step` is
+searched as the ordered choice of its values, max included when it is a
+whole number of steps from min. Only settings that leave the data, the
 vocabulary and the backbone features alone can be tuned (`TUNABLE`): those
 are prepared once for the whole search, so no trial re-runs the backbone.
 """
@@ -218,12 +220,11 @@ def declare_hyperparameters(hp: keras_tuner.HyperParameters, space: Mapping[str,
         elif kind == "int":
             value = hp.Int(name, spec["min"], spec["max"], step=spec.get("step"), sampling=spec.get("sampling", "linear"))
         elif kind == "float":
-            top = spec["max"]
-            if spec.get("step") and spec.get("sampling", "linear") == "linear":
-                # keras-tuner counts the steps with floor division, so 0.5 // 0.1 == 4.0 would leave
-                # max out (keras-team/keras-tuner#1001); a sliver of a step above it keeps max in.
-                top += spec["step"] * 1e-6
-            value = hp.Float(name, spec["min"], top, step=spec.get("step"), sampling=spec.get("sampling", "linear"))
+            grid = _linear_float_grid(spec)
+            if grid is not None:
+                value = hp.Choice(name, grid, ordered=True)
+            else:
+                value = hp.Float(name, spec["min"], spec["max"], step=spec.get("step"), sampling=spec.get("sampling", "linear"))
         elif kind == "boolean":
             value = hp.Boolean(name)
         else:
@@ -232,14 +233,40 @@ def declare_hyperparameters(hp: keras_tuner.HyperParameters, space: Mapping[str,
     return values
 
 
+_MAX_GRID = 1000
+
+
+def _linear_float_grid(spec: Mapping[str, Any]) -> list[float] | None:
+    """The values of a linear float range with a step, max included when a whole number of steps away.
+
+    keras-tuner's own stepped `Float` counts steps with floor division, in which
+    0.5 // 0.1 == 4.0: it never draws max, and the Bayesian oracle maps a drawn
+    0.3 back to 0.2's slot (keras-team/keras-tuner#1001). The values as an
+    ordered choice are drawn and mapped back exactly. `None` for a range with
+    no step, another sampling, or more values than a choice should hold.
+
+    >>> _linear_float_grid({"type": "float", "min": 0.0, "max": 0.5, "step": 0.1})
+    [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+    """
+    low, high, step = spec["min"], spec["max"], spec.get("step")
+    if not step or spec.get("sampling", "linear") != "linear":
+        return None
+    count = math.floor((high - low) / step + 1e-9) + 1
+    if count > _MAX_GRID:
+        return None
+    # Steps add up with binary rounding (0.1 * 3 == 0.30000000000000004): 12 digits are
+    # plenty, and rounding never takes a value past the bounds the user wrote.
+    return [min(max(float(f"{low + i * step:.12g}"), low), high) for i in range(count)]
+
+
 def typed_value(name: str, value: Any) -> Any:
     """A trial's value as the `TrainConfig` field `name` takes it.
 
     keras-tuner hands back numpy scalars (the Bayesian oracle) and a `choice`
     of `true`/`false` as `1`/`0` (a bool is an int to it).
 
-    >>> typed_value("position_embedding", 1), typed_value("units", 64.0), typed_value("dropout", 0.1 * 3)
-    (True, 64, 0.3)
+    >>> typed_value("position_embedding", 1), typed_value("units", 64.0)
+    (True, 64)
     """
     value = value.item() if hasattr(value, "item") else value
     args = typing.get_args(_FIELD_TYPES[name]) or (_FIELD_TYPES[name],)
@@ -247,9 +274,6 @@ def typed_value(name: str, value: Any) -> Any:
         return bool(value)
     if int in args and float not in args:
         return int(round(value))
-    if float in args and isinstance(value, (int, float)):
-        # Steps add up with binary rounding (0.1 * 3 == 0.30000000000000004); 12 digits are plenty.
-        return float(f"{value:.12g}")
     return value
 
 
