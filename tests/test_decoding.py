@@ -402,6 +402,9 @@ def test_sampling_is_reproducible_and_cold_sampling_is_greedy(trained):
     cold = model.generate(inputs, temperature=temperature, seed=3)
     np.testing.assert_array_equal(cold[0].numpy(), greedy[0].numpy())
     np.testing.assert_allclose(cold[2].numpy(), greedy[2].numpy(), rtol=1e-5)
+    # Colder than float32 can hold (1e-50 is 0 there; 1e-38 overflows the division): still greedy.
+    for frozen in (1e-38, 1e-50):
+        np.testing.assert_array_equal(model.generate(inputs, temperature=frozen, seed=3)[0].numpy(), greedy[0].numpy())
 
 
 # -- attention -----------------------------------------------------------------

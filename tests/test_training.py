@@ -78,10 +78,13 @@ def test_decoding_flags_that_cannot_work_are_refused_before_the_run_is_read(tmp_
     for command in (["evaluate"], ["caption", str(tmp_path / "no.jpg")]):
         assert main([*command, "--run-dir", nowhere, "--beam-size", "3", "--temperature", "0.7"]) == 2
         assert "Choose --temperature (sampling) or --beam-size above 1 (beam search), not both" in capsys.readouterr().err
-    for flag, value in (("--temperature", "0"), ("--beam-size", "0")):
+    for flag, value, reason in (
+        ("--temperature", "0", "must be a number above 0, got 0"), ("--beam-size", "0", "must be at least 1, got 0"),
+        ("--temperature", "warm", "expected a number, got 'warm'"), ("--beam-size", "2.5", "expected an integer, got '2.5'"),
+    ):
         with pytest.raises(SystemExit):
             main(["evaluate", "--run-dir", nowhere, flag, value])
-        assert f"argument {flag}: must be" in capsys.readouterr().err
+        assert f"argument {flag}: {reason}" in capsys.readouterr().err
 
 
 def test_caption_output_is_one_line_per_image_whatever_the_file_name(trained_run, tmp_path, capsys):

@@ -25,6 +25,8 @@ import tensorflow as tf
 
 from kcap.text.vocabulary import END_ID, PAD_ID, START_ID, UNK_ID
 
+_FLOAT32_TINY = 1.1754944e-38  # numpy.finfo("float32").tiny
+
 if TYPE_CHECKING:
     from kcap.model.decoder import AttentionDecoder
 
@@ -187,14 +189,18 @@ def sample_decode(
                                            tf.constant(20), temperature=0.8, seed=3)
     ```
     """
-    temperature = tf.cast(temperature, tf.float32)
+    # A temperature float32 rounds to 0 (or inf) is held to its smallest (largest) normal
+    # number, which still draws the likeliest word (any word), as the limit should.
+    temperature = tf.clip_by_value(tf.cast(temperature, tf.float32), _FLOAT32_TINY, tf.float32.max)
     base_seed = tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
 
     def draw(t, log_probs):
         step_seed = tf.random.experimental.stateless_fold_in(base_seed, tf.cast(t, tf.int64))
         # From the masked log-probabilities: special tokens are never drawn, and
-        # at the last slot only <end> can be.
-        return tf.random.stateless_categorical(log_probs / temperature, 1, seed=step_seed, dtype=tf.int32)[:, 0]
+        # at the last slot only <end> can be. Shifted so the likeliest word is at 0: divided by
+        # a tiny temperature it stays finite where the others overflow to -inf.
+        shifted = log_probs - tf.reduce_max(log_probs, axis=-1, keepdims=True)
+        return tf.random.stateless_categorical(shifted / temperature, 1, seed=step_seed, dtype=tf.int32)[:, 0]
 
     return _decode_word_by_word(decoder, encoded, max_length, draw)
 
