@@ -70,6 +70,33 @@ def test_the_cached_set_comes_back_whole_after_losing_or_damaging_an_image(tmp_p
     assert (captions.parent / "images" / "00002.png").read_bytes() == intact
 
 
+@pytest.mark.parametrize("damage", ["captions cut short", "a caption changed", "synthetic.json cut short"])
+def test_the_cached_set_comes_back_whole_after_its_caption_file_or_marker_is_damaged(tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("KCAP_CACHE_DIR", str(tmp_path / "cache"))
+    captions = cached_synthetic_dataset(num_images=3, image_size=64)
+    whole = captions.read_bytes()
+    if damage == "captions cut short":  # a row lost: training would quietly see fewer captions
+        captions.write_bytes(whole[: whole.rindex(b"\n", 0, len(whole) - 1) + 1])
+    elif damage == "a caption changed":
+        last_word = whole.rstrip().rindex(b" ") + 1
+        captions.write_bytes(whole[:last_word] + b"zebra\r\n")
+    else:
+        marker = captions.parent / "synthetic.json"
+        marker.write_bytes(marker.read_bytes()[:10])
+    assert captions.read_bytes() != whole or damage == "synthetic.json cut short"
+    assert cached_synthetic_dataset(num_images=3, image_size=64) == captions
+    assert captions.read_bytes() == whole and len(read_captions(captions)) == 3
+
+
+def test_a_named_set_whose_synthetic_json_cannot_be_read_is_replaced_only_with_force(tmp_path):
+    captions = write_synthetic_dataset(tmp_path / "shapes", num_images=2, image_size=64)
+    (tmp_path / "shapes" / "synthetic.json").write_text("{not json")
+    with pytest.raises(FileExistsError, match=r"synthetic.json cannot be read.*--force to write the set there again"):
+        write_synthetic_dataset(tmp_path / "shapes", num_images=2, image_size=64)
+    assert write_synthetic_dataset(tmp_path / "shapes", num_images=2, image_size=64, force=True) == captions
+    assert len(read_captions(captions)) == 2
+
+
 def test_written_set_reads_back_with_five_captions_per_image(tmp_path):
     path = write_synthetic_dataset(tmp_path / "shapes", num_images=20, seed=0, image_size=96)
     dataset = read_captions(path)

@@ -183,7 +183,12 @@ def write_synthetic_dataset(
         )
     marker = output / "synthetic.json"
     if marker.is_file() and not force:
-        earlier = json.loads(marker.read_text())
+        earlier = _settings(marker)
+        if earlier is None:
+            raise FileExistsError(
+                f"{marker} cannot be read, so which set {output} holds is unknown, and runs trained on it read "
+                "its images. Give another --output, or --force to write the set there again."
+            )
         if earlier == params and _complete(output, num_images):
             log.info("%s already holds this synthetic set; kept as it is.", output)
             return output / "captions.csv"
@@ -204,16 +209,40 @@ def write_synthetic_dataset(
                 Image.fromarray(image).save(tmp / "images" / name, optimize=False)
                 for caption in captions:
                     writer.writerow([name, caption])
-        (tmp / "synthetic.json").write_text(json.dumps(params))
+        # The captions' digest finds a damaged caption file when the set is next asked for.
+        digest = _sha256(tmp / "captions.csv")
+        (tmp / "synthetic.json").write_text(json.dumps({**params, "captions_sha256": digest}))
     return output / "captions.csv"
 
 
+def _settings(marker: Path) -> dict | None:
+    """The settings an earlier set's `synthetic.json` records; `None` if it cannot be read."""
+    try:
+        recorded = json.loads(marker.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(recorded, dict):
+        return None
+    return {k: v for k, v in recorded.items() if k != "captions_sha256"}
+
+
 def _complete(folder: Path, num_images: int) -> bool:
-    """Whether an earlier set's files are all there (a damaged one is written again)."""
+    """Whether an earlier set's files are all there and its captions intact (else it is written again).
+
+    Images are checked for being there only: the data check decodes them, and
+    training on the cached set writes it again when one is damaged.
+    """
     images = folder / "images"
-    return (folder / "captions.csv").is_file() and all(
-        (images / f"{index:05d}.png").is_file() for index in range(num_images)
-    )
+    try:
+        digest = json.loads((folder / "synthetic.json").read_text()).get("captions_sha256")
+        intact = digest is not None and _sha256(folder / "captions.csv") == digest
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
+    return intact and all((images / f"{index:05d}.png").is_file() for index in range(num_images))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _replaceable(folder: Path) -> bool:
@@ -238,13 +267,13 @@ def cached_synthetic_dataset(
     """The synthetic set under kcap's cache folder, generated on first use.
 
     The cache folder is `$KCAP_CACHE_DIR`, else `~/.cache/kcap`. A cached set that
-    lost files is written again; so is one found damaged, with `force`.
+    lost files, or whose caption file or `synthetic.json` changed, is written
+    again; so is one found damaged, with `force`.
     """
     params = _params(num_images, seed, image_size, captions_per_image)
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     folder = cache_dir() / "datasets" / f"synthetic-{key}"
-    marker = folder / "synthetic.json"
-    if force or not (marker.is_file() and json.loads(marker.read_text()) == params and _complete(folder, num_images)):
+    if force or not (_settings(folder / "synthetic.json") == params and _complete(folder, num_images)):
         write_synthetic_dataset(folder, num_images, seed, image_size, captions_per_image, force=True)
     return folder / "captions.csv"
 
