@@ -246,6 +246,10 @@ def test_export_command_refuses_a_non_empty_output_unless_forced(trained_run, tm
     with pytest.raises(FileExistsError, match="holds no saved_model.pb"):
         export_run(trained_run, other, force=True)
     assert (other / "todo.txt").read_text() == "keep me"
+    # Nor is one export written inside another (README's version folders go below a plain one).
+    with pytest.raises(ValueError, match=f"inside the SavedModel {output}"):
+        export_run(trained_run, output / "1")
+    assert not (output / "1").exists()
 
 
 def test_an_output_written_meanwhile_by_another_export_is_not_replaced_without_force(tmp_path):

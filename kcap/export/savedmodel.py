@@ -262,6 +262,13 @@ def _check_output(output: Path, run_dir: Path, force: bool) -> None:
     resolved, run = output.resolve(), run_dir.resolve()
     if resolved == run or resolved in run.parents:
         raise ValueError(f"--output {output} would replace the run directory {run_dir}; choose another.")
+    for folder in resolved.parents:
+        if (folder / "saved_model.pb").is_file():
+            # TensorFlow Serving's base folder holds numbered versions and is no model itself.
+            raise ValueError(
+                f"--output {output} is inside the SavedModel {folder}; a model within a model serves as "
+                f"neither. For versions, export to BASE/1, BASE/2... with BASE a folder that is not an export."
+            )
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"{output} exists and is not a directory; choose another --output.")
     if output.is_dir() and any(output.iterdir()):
