@@ -17,6 +17,16 @@ TINY = dict(
 )
 
 
+# The files that take longest, in that order, run first: `scripts/test.sh` hands whole files to
+# its workers in collection order, so these start while the short ones fill the other workers.
+LONGEST_FIRST = ("test_reliability.py", "test_distribute.py", "test_tuning.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
+
+
 @pytest.fixture(scope="session", autouse=True)
 def kcap_cache(tmp_path_factory):
     """Synthetic sets are generated into a per-session cache, never into ~/.cache."""
