@@ -342,6 +342,14 @@ def test_a_float_step_range_draws_every_value_it_names_and_the_bayesian_oracle_m
     assert [dropout.prob_to_value(dropout.value_to_prob(v)) for v in expected] == expected
 
 
+def test_float_values_lose_binary_step_noise_but_keep_every_digit_written():
+    from tuning.hypermodel import typed_value
+
+    assert typed_value("dropout", 0.1 * 3) == 0.3  # what a search begun with keras-tuner's Float steps draws
+    assert typed_value("dropout", 0.9999999999999) == 0.9999999999999  # a fixed value, as written
+    assert typed_value("learning_rate", 0.0012345678901234) == 0.0012345678901234
+
+
 def test_each_trials_new_captioner_traces_its_decoder_without_a_retracing_warning():
     # A fresh process: TensorFlow warns of a function's retracing twice at most per process,
     # so in this one earlier tests may have used both.

@@ -265,8 +265,8 @@ def typed_value(name: str, value: Any) -> Any:
     keras-tuner hands back numpy scalars (the Bayesian oracle) and a `choice`
     of `true`/`false` as `1`/`0` (a bool is an int to it).
 
-    >>> typed_value("position_embedding", 1), typed_value("units", 64.0)
-    (True, 64)
+    >>> typed_value("position_embedding", 1), typed_value("units", 64.0), typed_value("dropout", 0.1 * 3)
+    (True, 64, 0.3)
     """
     value = value.item() if hasattr(value, "item") else value
     args = typing.get_args(_FIELD_TYPES[name]) or (_FIELD_TYPES[name],)
@@ -274,6 +274,10 @@ def typed_value(name: str, value: Any) -> Any:
         return bool(value)
     if int in args and float not in args:
         return int(round(value))
+    if float in args and isinstance(value, float):
+        # 15 digits: what steps add up to in binary goes (a search begun before its float steps
+        # were choices draws 0.1 * 3), any number a search space can write stays as written.
+        return float(f"{value:.15g}")
     return value
 
 
