@@ -183,13 +183,14 @@ def write_synthetic_dataset(
         )
     marker = output / "synthetic.json"
     if marker.is_file() and not force:
-        earlier = _settings(marker)
-        if earlier is None:
+        recorded = _recorded(marker)
+        if recorded is None:
             raise FileExistsError(
                 f"{marker} cannot be read, so which set {output} holds is unknown, and runs trained on it read "
                 "its images. Give another --output, or --force to write the set there again."
             )
-        if earlier == params and _complete(output, num_images):
+        earlier = _settings(recorded)
+        if earlier == params and _complete(output, num_images, recorded):
             log.info("%s already holds this synthetic set; kept as it is.", output)
             return output / "captions.csv"
         if earlier != params:
@@ -215,29 +216,32 @@ def write_synthetic_dataset(
     return output / "captions.csv"
 
 
-def _settings(marker: Path) -> dict | None:
-    """The settings an earlier set's `synthetic.json` records; `None` if it cannot be read."""
+def _recorded(marker: Path) -> dict | None:
+    """What an earlier set's `synthetic.json` records; `None` if it is missing or cannot be read."""
     try:
         recorded = json.loads(marker.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    if not isinstance(recorded, dict):
-        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _settings(recorded: dict) -> dict:
+    """The settings among what `synthetic.json` records, to compare with `_params`."""
     return {k: v for k, v in recorded.items() if k != "captions_sha256"}
 
 
-def _complete(folder: Path, num_images: int) -> bool:
+def _complete(folder: Path, num_images: int, recorded: dict) -> bool:
     """Whether an earlier set's files are all there and its captions intact (else it is written again).
 
     Images are checked for being there only: the data check decodes them, and
     training on the cached set writes it again when one is damaged.
     """
-    images = folder / "images"
+    digest = recorded.get("captions_sha256")
     try:
-        digest = json.loads((folder / "synthetic.json").read_text()).get("captions_sha256")
         intact = digest is not None and _sha256(folder / "captions.csv") == digest
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+    except OSError:
         return False
+    images = folder / "images"
     return intact and all((images / f"{index:05d}.png").is_file() for index in range(num_images))
 
 
@@ -273,7 +277,9 @@ def cached_synthetic_dataset(
     params = _params(num_images, seed, image_size, captions_per_image)
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     folder = cache_dir() / "datasets" / f"synthetic-{key}"
-    if force or not (_settings(folder / "synthetic.json") == params and _complete(folder, num_images)):
+    recorded = _recorded(folder / "synthetic.json")
+    intact = recorded is not None and _settings(recorded) == params and _complete(folder, num_images, recorded)
+    if force or not intact:
         write_synthetic_dataset(folder, num_images, seed, image_size, captions_per_image, force=True)
     return folder / "captions.csv"
 
