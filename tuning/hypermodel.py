@@ -254,9 +254,17 @@ def _linear_float_grid(spec: Mapping[str, Any]) -> list[float] | None:
     count = math.floor((high - low) / step + 1e-9) + 1
     if count > _MAX_GRID:
         return None
-    # Steps add up with binary rounding (0.1 * 3 == 0.30000000000000004): 12 digits are
-    # plenty, and rounding never takes a value past the bounds the user wrote.
-    return [min(max(float(f"{low + i * step:.12g}"), low), high) for i in range(count)]
+    # Rounding never takes a value past the bounds the user wrote.
+    return [min(max(_without_binary_noise(low + i * step), low), high) for i in range(count)]
+
+
+def _without_binary_noise(value: float) -> float:
+    """`value` to 15 significant digits: what steps add up to in binary goes, any number JSON can write stays.
+
+    >>> 0.1 * 3, _without_binary_noise(0.1 * 3), _without_binary_noise(0.9999999999999)
+    (0.30000000000000004, 0.3, 0.9999999999999)
+    """
+    return float(f"{value:.15g}")
 
 
 def typed_value(name: str, value: Any) -> Any:
@@ -275,9 +283,8 @@ def typed_value(name: str, value: Any) -> Any:
     if int in args and float not in args:
         return int(round(value))
     if float in args and isinstance(value, float):
-        # 15 digits: what steps add up to in binary goes (a search begun before its float steps
-        # were choices draws 0.1 * 3), any number a search space can write stays as written.
-        return float(f"{value:.15g}")
+        # A search begun before its float steps were choices draws 0.1 * 3 from keras-tuner.
+        return _without_binary_noise(value)
     return value
 
 
