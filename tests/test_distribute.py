@@ -64,7 +64,8 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path):
 
 @pytest.mark.slow
 def test_tuning_mirrored_over_two_cpus_matches_one_device(tmp_path):
-    settings = {**SETTINGS, "cache_features": True, "cache_dir": str(tmp_path / "features")}
+    # Trials score val_loss: no per-epoch captioning (the training tests above and below caption).
+    settings = {**SETTINGS, "cache_features": True, "cache_dir": str(tmp_path / "features"), "val_captions": 0}
     single = _run(tmp_path, "default", TUNE_SCRIPT, settings)
     mirrored = _run(tmp_path, "mirrored", TUNE_SCRIPT, settings)
     assert single["replicas"] == 1 and mirrored["replicas"] == 2
@@ -149,7 +150,7 @@ def test_multi_worker_hyperband_writes_only_the_chiefs_files_and_reloads_its_sea
         # Hyperband, 3 epochs, factor 3: three 1-epoch trials, then the best one continued from its
         # checkpoint, which every worker must read (the chief wrote it during this very search).
         "--data", "synthetic", "--directory", str(directory), "--search-space", str(space), "--epochs", "3",
-        "--tuner", "hyperband",
+        "--tuner", "hyperband", "--val-captions", "0",  # trials score val_loss
         "--verbose", "0", "--strategy", "multi-worker", "--no-train-backbone", "--cache-features",
         "--cache-dir", str(tmp_path / "features"), "--zoom", "0", "--translate", "0", "--brightness", "0",
         "--synthetic-images", str(TINY["synthetic_images"]), "--synthetic-image-size", str(TINY["synthetic_image_size"]),

@@ -38,11 +38,13 @@ CSV_FLAGS = [
     "--backbone", "small_cnn", "--image-size", "64", "--epochs", "1", "--batch-size", "16",
     "--embedding-dim", "16", "--units", "32", "--learning-rate", "0.003", "--dropout", "0",
 ]
+# Without per-epoch captioning of the validation images, a third of a tiny run's time: the tests
+# that kill a run anywhere and that skip bad images keep it, test_validation_captioning.py tests it.
 SYNTHETIC_FLAGS = [
     "--data", "synthetic", "--synthetic-images", str(TINY["synthetic_images"]),
     "--synthetic-image-size", str(TINY["synthetic_image_size"]), "--batch-size", str(TINY["batch_size"]),
     "--embedding-dim", str(TINY["embedding_dim"]), "--units", str(TINY["units"]),
-    "--learning-rate", str(TINY["learning_rate"]), "--dropout", "0", "--verbose", "2",
+    "--learning-rate", str(TINY["learning_rate"]), "--dropout", "0", "--val-captions", "0", "--verbose", "2",
 ]
 
 
@@ -692,7 +694,8 @@ def test_a_second_train_on_a_run_in_progress_is_refused_and_ctrl_c_stops_the_fir
 @pytest.mark.slow
 def test_sigkill_at_any_moment_then_the_same_command_finishes_every_epoch_once(tmp_path):
     run = tmp_path / "run"
-    args = kcap_command("train", "--run-dir", str(run), "--epochs", "3", *SYNTHETIC_FLAGS)
+    # With the default per-epoch captioning of the validation images: a kill can land in it too.
+    args = kcap_command("train", "--run-dir", str(run), "--epochs", "3", *SYNTHETIC_FLAGS, "--val-captions", "200")
     checkpoints = run / "checkpoints"
 
     def start():
@@ -728,7 +731,7 @@ def test_sigkill_at_any_moment_then_the_same_command_finishes_every_epoch_once(t
     # The run killed four times ends where an uninterrupted one does.
     straight = tmp_path / "straight"
     subprocess.run(
-        kcap_command("train", "--run-dir", str(straight), "--epochs", "3", *SYNTHETIC_FLAGS),
+        kcap_command("train", "--run-dir", str(straight), "--epochs", "3", *SYNTHETIC_FLAGS, "--val-captions", "200"),
         env=ENV, capture_output=True, check=True, timeout=600,
     )
     for a, b in zip(history, json.loads((straight / "history.json").read_text())["epochs"], strict=True):

@@ -6,19 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, kcap_command
+from conftest import kcap_command
 
 from kcap.training.config import TrainConfig
 from kcap.training.run_dir import RunDir
 from kcap.training.trainer import train
-
-TINY_FLAGS = [
-    "--data", "synthetic", "--synthetic-images", str(TINY["synthetic_images"]),
-    "--synthetic-image-size", str(TINY["synthetic_image_size"]),
-    "--batch-size", str(TINY["batch_size"]), "--embedding-dim", str(TINY["embedding_dim"]),
-    "--units", str(TINY["units"]), "--learning-rate", str(TINY["learning_rate"]), "--dropout", "0",
-    "--verbose", "2",
-]
 
 
 def test_run_directory_holds_everything_a_run_needs(trained_run, tiny_config):
