@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from kcap.data.caption_files import CaptionFileError, read_captions
@@ -54,7 +56,9 @@ def test_images_that_are_symbolic_links_to_another_folder_are_read(tmp_path):
         ("image,caption\na.jpg,ok\na.jpg,\n", r"captions.csv:3: the caption of 'a.jpg' is empty"),
         ("image,caption\na.jpg,ok\na.jpg,\"?!\"\n", r"captions.csv:3: the caption of 'a.jpg' has no words, only punctuation: '\?!'"),
         ("image,caption\n,a dog\n", r"captions.csv:2: the image field is empty"),
-        ("image,caption\na.jpg,a,dog\n", r"captions.csv:2: expected 2 fields, found 3"),
+        ("image,caption\na.jpg,a,dog\n", r"captions.csv:2: expected 2 fields, found 3; quote captions that contain commas"),
+        ("image,caption,split\na.jpg,a dog\n", r"captions.csv:2: expected 3 fields \(image, caption, split\), found 2\.$"),
+        ("\n\nimg,text\na.jpg,x\n", r"captions.csv:3: the header \['img', 'text'\] has no 'image' column"),
         ("image,caption\n../secret.jpg,a dog\n", r"captions.csv:2: image path '../secret.jpg' resolves outside"),
         # An unclosed quote would swallow every later row into one caption: named where it opened.
         ("image,caption\na.jpg,ok\nb.jpg,\"a dog\nc.jpg,a cat\nd.jpg,a bird\n",
@@ -90,6 +94,63 @@ def test_a_quote_left_open_costs_its_own_row_only(tmp_path):
         (3, 'a quote (") opened on this line is not closed on it, so lines 3-5 read as one caption'),
         (5, "the caption of 'img3' is empty."),  # read on after the bad row, lines still right
     ]
+
+
+def test_a_quote_left_open_in_a_long_file_costs_its_own_row_only(tmp_path):
+    # Past 131,072 characters the csv module gives up on the field before the swallowed rows are seen.
+    names = [f"{i}.jpg" for i in range(3000)]
+    rows = [f"{name},A dog number {i} runs across the green grass in the park ." for i, name in enumerate(names)]
+    rows[1] = rows[1].replace(",", ',"', 1)
+    path = _write(tmp_path, "image,caption\n" + "\n".join(rows) + "\n", images=names)
+    problems = []
+    dataset = read_captions(path, errors=problems)
+    assert [str(p) for p in problems] == [
+        f'{path}:3: a quote (") opened on this line is not closed, so the lines after it read as one caption '
+        f"of over 131072 characters; close the quote (a caption is one line)."
+    ]
+    assert [i.name for i in dataset] == names[:1] + names[2:]
+
+
+def test_old_mac_line_endings_read_like_any_others(tmp_path):
+    # Excel for Mac's "CSV (Macintosh)" ends lines with a lone CR.
+    text = 'image,caption\na.jpg,"A dog, running ."\nb.jpg,a cat\n\nb.jpg,b\xe9b\xe9 cat\n'
+    lf = [(i.name, i.captions) for i in read_captions(_write(tmp_path, text))]
+    assert lf == [("a.jpg", ["A dog, running ."]), ("b.jpg", ["a cat", "b\xe9b\xe9 cat"])]
+    assert [(i.name, i.captions) for i in read_captions(_write(tmp_path, text.replace("\n", "\r")))] == lf
+    # A quote left open is still found, on its line.
+    with pytest.raises(CaptionFileError, match=r"captions.csv:2: a quote"):
+        read_captions(_write(tmp_path, "image,caption\ra.jpg,\"a dog\rb.jpg,a cat\r"))
+    # A token file and its split lists too.
+    (tmp_path / "captions.csv").unlink()
+    (tmp_path / "Flickr8k.token.txt").write_text("a.jpg#0\tA dog .\ra.jpg#1\tA brown dog .\rb.jpg#0\tA cat .\r")
+    (tmp_path / "Flickr_8k.trainImages.txt").write_text("a.jpg\rb.jpg\r")
+    assert [(i.name, i.captions, i.split) for i in read_captions(tmp_path)] == [
+        ("a.jpg", ["A dog .", "A brown dog ."], "train"), ("b.jpg", ["A cat ."], "train"),
+    ]
+
+
+def test_a_stray_carriage_return_inside_a_line_keeps_the_line_numbers(tmp_path):
+    _write(tmp_path, "", images=("a.jpg", "b.jpg"))
+    path = tmp_path / "Flickr8k.token.txt"
+    path.write_text("a.jpg#0\ta dog\rin the park .\nb.jpg#0\t\n")
+    with pytest.raises(CaptionFileError, match=r"Flickr8k.token.txt:2: the caption of 'b.jpg' is empty"):
+        read_captions(path)
+
+
+def test_a_space_after_the_comma_leaves_a_quoted_caption_quoted(tmp_path):
+    path = _write(tmp_path, 'image, caption\na.jpg, "A dog, brown, runs ."\nb.jpg, A cat sits .\n')
+    assert [(i.name, i.captions) for i in read_captions(path)] == [("a.jpg", ["A dog, brown, runs ."]), ("b.jpg", ["A cat sits ."])]
+
+
+def test_a_json_file_read_as_csv_gets_a_short_message_that_says_so(tmp_path):
+    # COCO's captions_train2014.json is 66 MB on one line: the header, for a CSV reader.
+    coco = {"images": [{"id": i, "file_name": f"{i}.jpg"} for i in range(20_000)], "annotations": []}
+    path = _write(tmp_path, json.dumps(coco))
+    with pytest.raises(CaptionFileError) as caught:
+        read_captions(path, format="csv")
+    message = str(caught.value)
+    assert len(message) < 500 and "fields) has no 'image' column" in message, message[:1000]
+    assert message.endswith("this looks like JSON: pass --format coco or karpathy, or leave --format auto.")
 
 
 def test_utf16_text_is_named_as_such(tmp_path):

@@ -169,18 +169,21 @@ def _assert_refused(path, format, content, message):
         # Detection goes by content, not by name.
         ("captions.txt", TOKEN, "flickr8k", [None, None], ("auto",)),  # --format flickr8k looks for token names
         ("annotations.txt", COCO, "coco", [None, None], ()),  # not a name a folder is searched for
+        # Names may hold spaces (the token reader splits at the tab).
+        ("Flickr8k.token.txt", TOKEN.replace("a.jpg", "my a.jpg"), "flickr8k", [None, None], ("auto", None)),
     ],
 )
 def test_auto_detects_each_format_in_a_file_or_its_folder(tmp_path, file_name, content, format, splits, folder_formats):
-    images_dir = _images(tmp_path)
+    images_dir = _images(tmp_path, ["my a.jpg", "a.jpg", "b.jpg"])
     path = _write(tmp_path / file_name, content)
     assert detect_format(path) == format
     readings = [read_captions(path), read_captions(path, format=format)]
     for folder_format in folder_formats:  # None: the file's own format
         assert find_caption_file(tmp_path, folder_format or format) == path
         readings.append(read_captions(tmp_path, format=folder_format or format))
+    first = "my a.jpg" if "my a.jpg" in str(content) else "a.jpg"
     for dataset in readings:
-        assert [i.path for i in dataset] == [images_dir / "a.jpg", images_dir / "b.jpg"]
+        assert [i.path for i in dataset] == [images_dir / first, images_dir / "b.jpg"]
         assert [i.captions for i in dataset] == EXPECTED
         assert [i.split for i in dataset] == splits
     assert set(FORMATS) == {"auto", "csv", "flickr8k", "coco", "karpathy"}
@@ -316,6 +319,41 @@ def test_skipping_bad_json_entries_leaves_out_what_they_name_and_no_more(tmp_pat
         f"{tmp_path / 'captions.json'}: images[0]: image path '../a.jpg' resolves outside {tmp_path / 'Images'}."
     ]
     assert [(i.name, i.captions) for i in report.dataset] == [("b.jpg", ["A cat sleeps ."])]
+    # An image entry with no caption is left out, and said to be (a conversion may have lost them).
+    assert [str(p) for p in report.warnings] == [
+        f"{tmp_path / 'captions.json'}: 1 of the 2 entries of 'images' have no caption in 'annotations' "
+        f"and are left out (the first: c.jpg)."
+    ]
+    # A float id is refused once; its annotations (naming it as an int) go with it, without an error each.
+    _write(tmp_path / "captions.json", _with(COCO, ["images", 0, "id"], 7.0))
+    report = check_data(tmp_path / "captions.json", progress=False)
+    assert [str(p) for p in report.errors] == [
+        f"{tmp_path / 'captions.json'}: images[0]: 'id' must be int or str, found a number."
+    ]
+
+
+def test_a_token_file_with_good_lines_but_bad_paths_gets_each_lines_reason(tmp_path):
+    _images(tmp_path)
+    path = _write(tmp_path / "Flickr8k.token.txt", "".join(f"/data/flickr/{i}.jpg#0\tA dog runs .\n" for i in range(12)))
+    problems = []
+    read_captions(path, errors=problems)
+    assert len(problems) == 12
+    assert str(problems[0]) == f"{path}:1: image path '/data/flickr/0.jpg' resolves outside {tmp_path / 'Images'}."
+
+
+def test_data_check_counts_the_images_in_no_split_list(tmp_path):
+    from PIL import Image
+
+    from kcap.data.check import check_data
+
+    for name in _images(tmp_path, ["a.jpg", "b.jpg", "c.jpg"]).iterdir():
+        Image.new("RGB", (32, 32), "red").save(name, format="JPEG")
+    _write(tmp_path / "Flickr8k.token.txt", TOKEN + "c.jpg#0\tA bird .\n")
+    _write(tmp_path / "Flickr_8k.trainImages.txt", "a.jpg\nb.jpg\n")
+    report = check_data(tmp_path, progress=False)
+    token = tmp_path / "Flickr8k.token.txt"
+    assert report.summary() == f"{token}: 2 images, 3 captions (1 more image in no split list, left out); 0 bad images, 0 bad caption rows, 0 warnings."
+    assert report.to_json()["images_in_no_split_list"] == 1
 
 
 def test_a_folder_with_split_lists_reads_its_token_file_and_says_where_splits_come_from(tmp_path, caplog):

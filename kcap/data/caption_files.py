@@ -60,8 +60,8 @@ _FOLDER_CANDIDATES = {
 }
 _FOLDER_CANDIDATES["auto"] = _FOLDER_CANDIDATES["csv"] + _FOLDER_CANDIDATES["flickr8k"] + ("*.json",)
 
-# The start of a token-file line: NAME#N, then whitespace.
-_TOKEN_START = re.compile(r"^\S+#\d+\s")
+# The start of a token-file line: NAME#N, then whitespace (a name may hold spaces, not commas or tabs).
+_TOKEN_START = re.compile(r"^[^\t,]*[^\s,]#\d+\s")
 
 
 def find_caption_file(folder: str | Path, format: str = "auto") -> Path:

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from kcap.data.caption_files import read_captions
 from kcap.data.dataset import CaptionDataset
-from kcap.data.formats.common import CaptionFileError, DataProblem
+from kcap.data.formats.common import CaptionFileError, DataProblem, read_text
 from kcap.utils import count
 from kcap.utils.files import read_json
 
@@ -137,16 +137,23 @@ class DataReport:
             "source": self.source,
             "images": len(self.image_paths),
             "captions": self.dataset.num_captions,
+            "images_in_no_split_list": len(self.dataset.excluded),
             "errors": [p.to_json() for p in self.errors],
             "warnings": [p.to_json() for p in self.warnings],
         }
 
     def summary(self) -> str:
         return (
-            f"{self.source}: {count(len(self.image_paths), 'image')}, {count(self.dataset.num_captions, 'caption')}; "
+            f"{self.source}: {count(len(self.image_paths), 'image')}, {count(self.dataset.num_captions, 'caption')}"
+            f"{self._excluded()}; "
             f"{count(len(self.bad_images), 'bad image')}, {count(len(self.bad_rows), 'bad caption row')}, "
             f"{count(len(self.warnings), 'warning')}."
         )
+
+    def _excluded(self) -> str:
+        if not self.dataset.excluded:
+            return ""
+        return f" ({count(len(self.dataset.excluded), 'more image')} in no split list, left out)"
 
     def format(self) -> str:
         """The whole report: a summary line, then every error and every warning, one a line."""
@@ -351,7 +358,10 @@ def _add_mentions(problems: list[DataProblem], caption_file: Path, images_dir: P
         except ValueError:
             continue
     names = {name: [] for name in wanted}
-    text = caption_file.read_bytes().decode("utf-8", errors="replace")
+    try:
+        text = read_text(caption_file, errors=[])  # numbered as its reader numbered it
+    except CaptionFileError:
+        return
     # A whole name, not the end of a longer one: g1.jpg is not named by dog1.jpg.
     patterns = {name: re.compile(rf"(?<![\w.\-/\\]){re.escape(name)}(?![\w.\-])") for name in names}
     for number, line in enumerate(text.split("\n"), start=1):

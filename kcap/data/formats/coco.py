@@ -66,7 +66,8 @@ def coco_dataset(data: Any, path: Path, images_root: Path, errors: list[DataProb
             by_id[image_id] = CaptionedImage(resolve_image(images_root, file_name, where), [], source_id=image_id)
         except CaptionFileError as error:
             record(errors, error, path)
-            if isinstance(image_id, (int, str)) and image_id not in by_id:
+            # A float id (1.0) is refused, yet annotations name it as 1: theirs go with it too.
+            if isinstance(image_id, (int, float, str)) and image_id not in by_id:
                 left_out.setdefault(image_id, f"images[{index}]")
             continue
         id_where[image_id], name_where[file_name] = f"images[{index}]", f"images[{index}]"
@@ -87,6 +88,13 @@ def coco_dataset(data: Any, path: Path, images_root: Path, errors: list[DataProb
             continue
         by_id[image_id].captions.append(caption.strip())
     images = [image for image in by_id.values() if image.captions]
+    uncaptioned = [image for image in by_id.values() if not image.captions]
+    if uncaptioned and errors is not None:
+        # Left out by design, but a conversion that lost annotations would otherwise go unseen.
+        errors.append(DataProblem(str(path), None, (
+            f"{len(uncaptioned)} of the {len(by_id)} entries of 'images' have no caption in 'annotations' "
+            f"and are left out (the first: {uncaptioned[0].path.name})."
+        ), "warning"))
     if not images and not errors:
         raise CaptionFileError(f"{path}: no image has a caption ({len(entries)} images, {len(annotations)} annotations).")
     return CaptionDataset(images, images_root, source=str(path))

@@ -117,12 +117,19 @@ def resolve_image(images_dir: Path, name: str, where: str) -> Path:
 def read_text(path: Path, errors: list[DataProblem] | None = None) -> str:
     """The file as text: UTF-8 (a byte-order mark is dropped), else a `CaptionFileError` with the line.
 
+    Lines end in LF or CRLF, or in CR alone when the file has no LF at all.
+
     With an `errors` list, every line that is not UTF-8 is recorded there and
     read as an empty line (readers skip those), so line numbers stay right.
     """
     data = path.read_bytes()
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # Excel's "Unicode text" and Windows tools write these
         raise CaptionFileError(f"{path}: the file is UTF-16 text; save it as UTF-8.")
+    if b"\r" in data and b"\n" not in data:
+        # Old Mac line ends (Excel for Mac's "CSV (Macintosh)" still writes them): read as one
+        # line, a whole file would be one caption. Only then, so that a stray CR inside some
+        # line of another file keeps the line numbers after it right.
+        data = data.replace(b"\r", b"\n")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:

@@ -45,19 +45,25 @@ def read_csv_captions(
     path = Path(path)
     images_root = find_images_dir(path, images_dir)
     text = read_text(path, errors)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, None)
+    reader = _reader(text)
+    try:
+        header = next(reader, None)
+        while header is not None and not any(cell.strip() for cell in header):  # blank lines first
+            header = next(reader, None)
+    except csv.Error as error:
+        raise CaptionFileError(f"{path}:{reader.line_num}: the header is not a CSV row ({error}){_json_hint(text)}.") from None
     if header is None:
         raise CaptionFileError(f"{path}: the file is empty; expected a header 'image,caption'.")
+    header_line = reader.line_num
     columns = [name.strip().lower() for name in header]
     for required in ("image", "caption", "split"):
         if columns.count(required) > 1:
-            raise CaptionFileError(f"{path}:1: the header {header} names {required!r} twice; which one is meant?")
+            raise CaptionFileError(f"{path}:{header_line}: the header {_shown(header)} names {required!r} twice; which one is meant?")
     for required in ("image", "caption"):
         if required not in columns:
             raise CaptionFileError(
-                f"{path}:1: the header {header} has no {required!r} column; "
-                f"expected a header 'image,caption'."
+                f"{path}:{header_line}: the header {_shown(header)} has no {required!r} column; "
+                f"expected a header 'image,caption'{_json_hint(text)}."
             )
     image_col, caption_col = columns.index("image"), columns.index("caption")
     split_col = columns.index("split") if "split" in columns else None
@@ -70,10 +76,18 @@ def read_csv_captions(
         line = offset + reader.line_num + 1  # where the row starts; `line_num` is where it ends
         try:
             row = next(reader, None)
-        except csv.Error as error:  # e.g. a NUL byte; the reader cannot go on past it
-            where = offset + reader.line_num
-            record(errors, CaptionFileError(f"{path}:{where}: not a CSV row ({error})."), path, where)
-            break
+        except csv.Error as error:
+            # In practice a quote left open for so long that its field outgrew the csv module's
+            # limit before it could be seen as rows swallowed: that row is lost, not the rest.
+            if "field limit" in str(error):
+                reason = (f"a quote (\") opened on this line is not closed, so the lines after it read as one "
+                          f"caption of over {csv.field_size_limit()} characters; close the quote (a caption is one line).")
+            else:
+                reason = f"not a CSV row ({error})."
+            record(errors, CaptionFileError(f"{path}:{line}: {reason}"), path, line)
+            offset = line
+            reader = _reader(_after_line(text, line))
+            continue
         if row is None:
             break
         if not row or all(not cell.strip() for cell in row):
@@ -87,7 +101,7 @@ def read_csv_captions(
                 f"{line}-{end} read as one caption; close the quote (a caption is one line)."
             ), path, line)
             offset = line
-            reader = csv.reader(io.StringIO(text.split("\n", line)[-1] if text.count("\n") >= line else "", newline=""))
+            reader = _reader(_after_line(text, line))
             continue
         try:
             _add_row(row, line, path, images_root, columns, image_col, caption_col, split_col, by_name, first_line)
@@ -103,6 +117,29 @@ def read_csv_captions(
     if not by_name and not errors:
         raise CaptionFileError(f"{path}: no caption rows after the header.")
     return CaptionDataset(list(by_name.values()), images_root, source=str(path))
+
+
+def _reader(text: str):
+    # A space after the comma is common in hand-written files: `a.jpg, "A dog, running ."`
+    # is then the quoted caption it looks like (the cells are stripped anyway).
+    return csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+
+
+def _after_line(text: str, line: int) -> str:
+    """`text` from line `line + 1` on."""
+    return text.split("\n", line)[-1] if text.count("\n") >= line else ""
+
+
+def _shown(header: list[str]) -> str:
+    """The header for a message, cut short: a JSON file read as CSV is one huge header."""
+    shown = repr(header)
+    return shown if len(shown) <= 120 else f"{shown[:100]}... ({len(header)} fields)"
+
+
+def _json_hint(text: str) -> str:
+    if text.lstrip()[:1] in ("{", "["):
+        return "; this looks like JSON: pass --format coco or karpathy, or leave --format auto"
+    return ""
 
 
 def _swallows_rows(row: list[str], images_root: Path) -> bool:
@@ -129,10 +166,14 @@ def _is_file(path: Path) -> bool:
 
 def _add_row(row, line, path, images_root, columns, image_col, caption_col, split_col, by_name, first_line) -> None:
     """Adds one CSV row to `by_name`, or raises a `CaptionFileError` (and adds nothing)."""
-    if len(row) != len(columns):
+    if len(row) > len(columns):
         raise CaptionFileError(
             f"{path}:{line}: expected {len(columns)} fields, found {len(row)}; "
             f"quote captions that contain commas."
+        )
+    if len(row) < len(columns):
+        raise CaptionFileError(
+            f"{path}:{line}: expected {len(columns)} fields ({', '.join(columns)}), found {len(row)}."
         )
     name, caption = row[image_col].strip(), row[caption_col].strip()
     if not name:

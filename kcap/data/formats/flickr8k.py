@@ -101,7 +101,7 @@ def read_flickr8k_captions(
     by_name: dict[str, CaptionedImage] = {}
     numbered: dict[tuple[str, str], int] = {}
     texts: dict[tuple[str, str], int] = {}
-    failed = 0
+    not_token_lines: list[str] = []
     lines = text_lines(read_text(path, errors))
     for line_number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -109,14 +109,15 @@ def read_flickr8k_captions(
         try:
             name, caption = _add_line(line, line_number, path, images_root, by_name, numbered)
         except CaptionFileError as error:
-            failed += 1
-            if failed == _NOT_A_TOKEN_FILE and not by_name:
-                # Another format read as a token file would give one error per line, by the thousand.
-                first = next(line for line in lines if line.strip())
-                raise CaptionFileError(
-                    f"{path}: not a Flickr8k token file: none of its first {failed} caption lines is "
-                    f"NAME#N<TAB>caption (the first is {first[:80]!r}). Check --format (auto tells the formats apart)."
-                ) from None
+            if isinstance(error, _NotATokenLine) and not by_name:
+                not_token_lines.append(line)
+                if len(not_token_lines) == _NOT_A_TOKEN_FILE:
+                    # Another format read as a token file would give one error per line, by the thousand.
+                    raise CaptionFileError(
+                        f"{path}: not a Flickr8k token file: none of its first {_NOT_A_TOKEN_FILE} caption lines is "
+                        f"NAME#N<TAB>caption (the first is {not_token_lines[0][:80]!r}). "
+                        f"Check --format (auto tells the formats apart)."
+                    ) from None
             record(errors, error, path, line_number)
             continue
         if errors is not None:
@@ -138,15 +139,20 @@ def read_flickr8k_captions(
     return CaptionDataset(kept, images_root, source=str(path), excluded=excluded)
 
 
-# This many bad lines before a good one: the file is not a token file at all.
+# This many lines without NAME#N<TAB> before a good one: the file is not a token file at all.
 _NOT_A_TOKEN_FILE = 10
+
+
+class _NotATokenLine(CaptionFileError):
+    """A line that is not NAME#N<TAB>caption at all (rather than a token line with a bad path or caption)."""
 
 
 def _add_line(line: str, line_number: int, path: Path, images_root: Path, by_name: dict, numbered: dict) -> tuple[str, str]:
     """Adds one token line to `by_name` and returns (image name, caption), or raises a `CaptionFileError`."""
     parsed = parse_token_line(line)
     if isinstance(parsed, str):
-        raise CaptionFileError(f"{path}:{line_number}: {parsed}.")
+        not_a_token_line = parsed.startswith("expected NAME#N")
+        raise (_NotATokenLine if not_a_token_line else CaptionFileError)(f"{path}:{line_number}: {parsed}.")
     name, number, caption = parsed
     name = same_image_name(name)
     previous = numbered.get((name, number))
