@@ -104,6 +104,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> TrainedRun:
     other, other_file = ("last", run.final_model) if model_file == run.best_model else ("best", run.best_model)
     hint = f"Use --checkpoint {other}, or train a new run." if other_file.is_file() else "Train a new run."
     model = load_keras_file(model_file, hint)
+    # A mixed-precision run's backbone and preprocessing come back with the mixed policy their
+    # configs recorded; captioning, evaluation and export run in float32, like any other run's.
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        layer.dtype_policy = "float32"
     if model.vocabulary_size != len(vocabulary):
         raise ValueError(
             f"{run.path}: the model expects {model.vocabulary_size} words but vocab.json has "

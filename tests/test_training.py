@@ -198,6 +198,7 @@ def test_mixed_bfloat16_training_computes_in_bfloat16_and_saves_a_float32_model(
     import keras
     import numpy as np
 
+    from kcap.data.images import load_image
     from kcap.inference import load_run
     from kcap.training.trainer import build_captioner, prepare_data
 
@@ -220,8 +221,11 @@ def test_mixed_bfloat16_training_computes_in_bfloat16_and_saves_a_float32_model(
 
     # The saved model captions in float32, like any other run.
     trained = load_run(run_dir)
-    assert trained.model.decoder.compute_dtype == "float32"
+    # Every layer: the backbone and the preprocessing were built under the mixed policy too.
+    assert {layer.dtype_policy.name for layer in trained.model._flatten_layers()} == {"float32"}
     images = [str(image.path) for image in dataset.subset("test")[:3]]
+    pixels = np.stack([load_image(path, trained.model.image_size) for path in images])
+    assert trained.model.extract_features(pixels).dtype.name == "float32"
     captions = [row["caption"] for row in trained.caption_files(images)]
     assert len(captions) == 3 and all(isinstance(c, str) and c for c in captions)
 
