@@ -456,6 +456,7 @@ def test_caption_files_passes_beam_size_and_temperature(trained):
         ({"temperature": -1.0}, "temperature"),
         ({"temperature": 1.0, "beam_size": 3}, "not both"),
         ({"beam_size": 3, "length_penalty": -0.5}, "length_penalty"),
+        ({"max_length": 0}, "max_length must be at least 1, got 0"),  # not the model's default
     ],
 )
 def test_bad_decoding_arguments_are_rejected(kwargs, message):

@@ -290,7 +290,7 @@ class Captioner(keras.Model):
         ids, _, _ = model.generate({"images": images}, temperature=0.8, seed=1)
         ```
         """
-        max_length = int(max_length or self.max_length)
+        max_length = int(self.max_length if max_length is None else max_length)
         if max_length < 1:
             raise ValueError(f"max_length must be at least 1, got {max_length}.")
         if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
