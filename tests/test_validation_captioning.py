@@ -151,6 +151,17 @@ def test_a_feature_cache_feeds_the_callback(tiny, tmp_path):
     assert "attention/00" in read_events(tmp_path / "captions").Tags()["tensors"]
 
 
+def test_the_pictures_behind_the_attention_are_decoded_as_the_model_decodes_them(tiny, tmp_path):
+    # A 16-bit greyscale PNG at mid-grey: PIL's convert("RGB") would clip it to white.
+    _, _, _, vocabulary, image_size = tiny
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.full((40, 60), 32896, dtype=np.uint16)).save(path)
+    captioning = ValidationCaptioning.from_images([str(path)], [["a grey square"]], vocabulary, image_size,
+                                                  log_dir=tmp_path / "logs", num_examples=1)
+    [pixels] = captioning._example_pixels()
+    assert pixels.shape == (40, 60, 3) and np.all(pixels == 128)
+
+
 def test_misaligned_or_bad_inputs_are_refused_with_the_reason(tiny):
     config, train, val, vocabulary, image_size = tiny
     model = build_captioner(config, vocabulary)

@@ -169,7 +169,7 @@ def plot_attention(
     ```python
     trained = load_run("runs/shapes")
     result = trained.caption_files(["cat.jpg"])[0]
-    pixels = np.asarray(PIL.Image.open("cat.jpg").convert("RGB"))
+    pixels = image_pixels("cat.jpg")
     plot_attention(pixels, result["caption"].split(), result["attention"],
                    trained.model.feature_shape, path="cat_attention.png")
     ```

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from kcap.evaluation.attention_plot import attention_figure, figure_to_array
+from kcap.evaluation.attention_plot import attention_figure, figure_to_array, image_pixels
 from kcap.evaluation.metrics import caption_metrics
 from kcap.text.vocabulary import END_ID, Vocabulary
 from kcap.training.distribute import mean_over_workers
@@ -231,10 +231,9 @@ class ValidationCaptioning(keras.callbacks.Callback):
         if self._pixels is None:
             self._pixels = []
             for path in self.image_paths[: self.num_examples]:
-                with Image.open(path) as image:
-                    image = image.convert("RGB")
-                    image.thumbnail((256, 256))
-                    self._pixels.append(np.asarray(image))
+                image = Image.fromarray(image_pixels(path))  # as the model sees it: a 16-bit PNG too
+                image.thumbnail((256, 256))
+                self._pixels.append(np.asarray(image))
         return self._pixels
 
     def _write_examples(self, epoch: int, ids: list[np.ndarray], attention: list[np.ndarray]) -> None:
