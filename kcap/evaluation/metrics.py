@@ -14,11 +14,14 @@ published ones. What kcap does differently is the tokenisation:
   references then live in the same word space as the model's output, and
   BLEU, ROUGE-L and CIDEr-D need no Java.
 
-On captions without clitics or hyphens both give the same tokens; where they
-differ the scores differ slightly, so compare kcap's figures with published
-ones with that in mind. METEOR always needs Java (`meteor-1.5.jar`); where
-Java is missing or fails, METEOR is `None` with a warning and a
-`"meteor_error"` note, and the other metrics are still computed.
+The two give the same tokens for plain words; they differ on clitics and
+hyphens, and also on `&`, `%`, `/`, `#`, `@`, parentheses and numbers such
+as `3.30` or `1,000` (kcap drops the symbols and splits `3.30` into `3 30`;
+the PTB tokenizer keeps some symbols as tokens and `3.30` whole). Where
+they differ the scores differ slightly, so compare kcap's figures with
+published ones with that in mind. METEOR always needs Java
+(`meteor-1.5.jar`); where Java is missing or fails, METEOR is `None` with
+a warning and a `"meteor_error"` note, and the other metrics are still computed.
 
 Details worth knowing:
 
@@ -33,8 +36,10 @@ Details worth knowing:
   themselves, so a score depends on which images are scored together: a
   subset scores differently from the whole split, and a single image
   always scores 0 (every n-gram is in every "document").
-* ROUGE-L is the per-image F-measure (beta 1.2) of the longest common
-  subsequence against the best reference, averaged over images.
+* ROUGE-L is pycocoevalcap's `Rouge`: per image, the longest common
+  subsequence's precision and recall are each the best over the references
+  (not both from one reference), combined into an F-measure (beta 1.2),
+  then averaged over images.
 """
 
 from __future__ import annotations
