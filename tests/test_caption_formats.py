@@ -198,6 +198,14 @@ def test_flickr8k_split_lists_beside_the_token_file(tmp_path):
     assert [(i.name, i.split) for i in dataset] == [("b.jpg", "train"), ("c.jpg", "test")]
     assert [i.path for i in dataset.excluded] == [images_dir / "a.jpg"]
     assert dataset.images[1].captions == ["A bird ."]
+    # Twice in one list: a warning, the split is the same.
+    _write(tmp_path / "Flickr_8k.testImages.txt", "c.jpg\nc.jpg\n")
+    problems = []
+    assert [(i.name, i.split) for i in read_captions(tmp_path, errors=problems)] == [("b.jpg", "train"), ("c.jpg", "test")]
+    assert [(str(p), p.severity) for p in problems] == [
+        (f"{tmp_path / 'Flickr_8k.testImages.txt'}:2: 'c.jpg' is already listed at line 1.", "warning")
+    ]
+    assert read_captions(tmp_path).split_sizes()["test"] == 1
     # The same image in two lists is refused.
     _write(tmp_path / "Flickr_8k.devImages.txt", "a.jpg\nc.jpg\n")
     with pytest.raises(CaptionFileError, match=r"Flickr_8k.testImages.txt:1: 'c.jpg' is already listed in .*devImages.txt:2"):

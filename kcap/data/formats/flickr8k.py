@@ -58,25 +58,33 @@ def parse_token_line(line: str) -> tuple[str, str, str] | str:
 def read_split_lists(folder: Path, errors: list[DataProblem] | None = None) -> dict[str, str] | None:
     """Image name → split from the official lists in `folder`, or `None` when there are none.
 
-    With an `errors` list, a name listed twice is recorded there and keeps its first split.
+    A name in two lists is an error (with an `errors` list, recorded there; the name keeps its
+    first split); a name twice in one list is a warning there.
     """
     found = [(folder / file, split) for file, split in SPLIT_LISTS if (folder / file).is_file()]
     if not found:
         return None
     splits: dict[str, str] = {}
-    where: dict[str, str] = {}
+    where: dict[str, tuple[Path, int]] = {}
     for list_file, split in found:
         for number, line in enumerate(text_lines(read_text(list_file, errors)), start=1):
             name = line.strip()
             if not name:
                 continue
+            if name in splits and splits[name] == split:
+                # Listed twice in one list: the split is the same, so nothing is ambiguous.
+                if errors is not None:
+                    errors.append(DataProblem(
+                        str(list_file), number, f"{name!r} is already listed at line {where[name][1]}.", "warning"
+                    ))
+                continue
             if name in splits:
                 record(errors, CaptionFileError(
-                    f"{list_file}:{number}: {name!r} is already listed in {where[name]}; "
+                    f"{list_file}:{number}: {name!r} is already listed in {where[name][0]}:{where[name][1]}; "
                     f"an image can be in one split only."
                 ), list_file, number)
                 continue
-            splits[name], where[name] = split, f"{list_file}:{number}"
+            splits[name], where[name] = split, (list_file, number)
     return splits
 
 
