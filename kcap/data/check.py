@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from kcap.data.caption_files import read_captions
 from kcap.data.dataset import CaptionDataset
-from kcap.data.formats.common import CaptionFileError, DataProblem, read_text
+from kcap.data.formats.common import CaptionFileError, DataProblem, read_text, text_lines
 from kcap.utils import count
 from kcap.utils.files import read_json
 
@@ -364,7 +364,7 @@ def _add_mentions(problems: list[DataProblem], caption_file: Path, images_dir: P
         return
     # A whole name, not the end of a longer one: g1.jpg is not named by dog1.jpg.
     patterns = {name: re.compile(rf"(?<![\w.\-/\\]){re.escape(name)}(?![\w.\-])") for name in names}
-    for number, line in enumerate(text.split("\n"), start=1):
+    for number, line in enumerate(text_lines(text), start=1):
         for name in [n for n in names if not names[n] and n in line and patterns[n].search(line)]:
             names[name].append(number)
         if all(names.values()):

@@ -48,7 +48,7 @@ def read_csv_captions(
     reader = _reader(text)
     try:
         header = next(reader, None)
-        while header is not None and not any(cell.strip() for cell in header):  # blank lines first
+        while header is not None and _is_blank(header):  # blank lines before it
             header = next(reader, None)
     except csv.Error as error:
         raise CaptionFileError(f"{path}:{reader.line_num}: the header is not a CSV row ({error}){_json_hint(text)}.") from None
@@ -90,7 +90,7 @@ def read_csv_captions(
             continue
         if row is None:
             break
-        if not row or all(not cell.strip() for cell in row):
+        if _is_blank(row):
             continue
         end = offset + reader.line_num
         if end > line and _swallows_rows(row, images_root):
@@ -123,6 +123,10 @@ def _reader(text: str):
     # A space after the comma is common in hand-written files: `a.jpg, "A dog, running ."`
     # is then the quoted caption it looks like (the cells are stripped anyway).
     return csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
+
+
+def _is_blank(row: list[str]) -> bool:
+    return all(not cell.strip() for cell in row)
 
 
 def _after_line(text: str, line: int) -> str:
