@@ -173,6 +173,15 @@ def test_monitoring_a_validation_score_without_validation_images_is_refused(tmp_
     assert RunDir(tmp_path / "loss").best_model.is_file()
 
 
+def test_monitoring_cider_over_a_single_validation_image_is_refused(tmp_path, tiny_config):
+    import dataclasses
+
+    one = dataclasses.replace(tiny_config, monitor="val_cider", val_captions=1, epochs=1)
+    with pytest.raises(ValueError, match=r"val_cider needs at least 2 validation images.*captions 1 \(--val-captions 1"):
+        train(one, tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
 def test_kcap_train_without_flags_is_the_default_train_config():
     from kcap.cli import _train_config, build_parser
 

@@ -321,6 +321,18 @@ def _check_monitor_without_validation(config: TrainConfig, source: str) -> None:
     log.warning("No validation images: %s the training loss.", followers)
 
 
+def _check_cider_has_images_to_compare(config: TrainConfig, val_images: list) -> None:
+    """CIDEr-D over one image is 0 whatever the caption, so it cannot pick a checkpoint."""
+    captioned = min(config.val_captions, len(val_images))
+    if config.monitor == "val_cider" and captioned < 2:
+        raise ValueError(
+            f"--monitor val_cider needs at least 2 validation images captioned each epoch, and this run "
+            f"captions {captioned} (--val-captions {config.val_captions}, {len(val_images)} validation images). "
+            "CIDEr-D weighs each n-gram by how few images' references share it, so over one image every "
+            "weight is 0 and val_cider is 0 every epoch. Caption more images, or --monitor val_bleu4 or val_loss."
+        )
+
+
 def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) -> dict:
     """`source` is the run directory read to resume; `run` is where this process writes."""
     resuming = source.exists()
@@ -336,6 +348,8 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
     train_images, val_images = dataset.subset("train"), dataset.subset("val")
     if not val_images:
         _check_monitor_without_validation(config, dataset.source)
+    else:
+        _check_cider_has_images_to_compare(config, val_images)
     with strategy.scope():
         model = build_captioner(config, vocabulary, normalization)
     feature_cache, cache_stats = (None, None)
