@@ -87,11 +87,11 @@ def _free_ports(n):
     return ports
 
 
-def _run_two_workers(args: list[str], scratch) -> list[str]:
-    """Runs `kcap ARGS` as the two workers of a cluster on 127.0.0.1; returns their stdout."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+def _run_two_workers(args: list[str], scratch, num_workers: int = 2) -> list[str]:
+    """Runs `kcap ARGS` as the workers of a cluster on 127.0.0.1 (two by default); returns their stdout."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(num_workers)]}
     workers = []
-    for index in range(2):
+    for index in range(num_workers):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
                "TMPDIR": str(scratch)}
         workers.append(subprocess.Popen(kcap_command(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -137,6 +137,22 @@ def test_multi_worker_training_writes_only_the_chiefs_files(tmp_path):
     assert "val_bleu4" in history[-1] and 2 <= len(history) < 6
     assert json.loads((run_dir / "checkpoints" / "resume.json").read_text())["stopped_early"]
     assert not [p for p in scratch.iterdir() if p.name.startswith("kcap-worker-")]
+
+
+@pytest.mark.slow
+def test_multi_worker_training_in_a_cluster_of_one_worker(tmp_path):
+    # One machine in TF_CONFIG, as when trying a multi-worker setup out before adding machines.
+    run_dir = tmp_path / "run"
+    flags = [
+        "--data", "synthetic", "--run-dir", str(run_dir), "--verbose", "0", "--epochs", "1", "--val-captions", "0",
+        "--strategy", "multi-worker", "--no-train-backbone",
+        "--synthetic-images", str(TINY["synthetic_images"]), "--synthetic-image-size", str(TINY["synthetic_image_size"]),
+        "--batch-size", str(TINY["batch_size"]), "--embedding-dim", str(TINY["embedding_dim"]), "--units", str(TINY["units"]),
+    ]
+    _run_two_workers(["train", *flags], tmp_path, num_workers=1)
+    history = json.loads((run_dir / "history.json").read_text())["epochs"]
+    assert [e["epoch"] for e in history] == [1] and history[0]["loss"] > 0
+    assert (run_dir / "model.keras").is_file() and any((run_dir / "logs").rglob("events.out.tfevents.*"))
 
 
 @pytest.mark.slow

@@ -248,10 +248,13 @@ class Captioner(keras.Model):
         self.loss_tracker.update_state(loss, sample_weight=ops.sum(mask))
         self.accuracy_tracker.update_state(correct, sample_weight=mask)
         results = {m.name: m.result() for m in self.metrics}
-        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        strategy = tf.distribute.get_strategy()
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode():
             # Keras 3 reduces step outputs across workers with `axis=0`, which
             # fails on scalars (tensorflow/tensorflow#72388); the values are
             # already synchronised, so a shape-(1,) copy reduces to the same number.
+            # Only then: Keras' own test (a cluster of one worker is not in
+            # multi-worker mode) passes a (1,) copy on, and TensorBoard refuses it.
             results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
         return results
 
