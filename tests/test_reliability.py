@@ -1158,3 +1158,5 @@ def test_a_nan_loss_stops_training_cleanly_with_a_message(tmp_path):
     # No model with NaN weights is left as the run's result, and no checkpoint of the NaN epoch.
     assert not (run / "model.keras").exists() and not (run / "checkpoints" / "best.keras").exists()
     assert _completed(run) == 0
+    # Nor is the stopped epoch listed as finished (history.json would also not be valid JSON with NaN).
+    assert not (run / "history.json").exists()

@@ -209,6 +209,9 @@ class HistoryLog(keras.callbacks.Callback):
         self.epochs = list(previous or [])
 
     def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            return  # TerminateOnNaN stopped this epoch: it did not finish, and has no checkpoint
         entry = {"epoch": epoch + 1}
         for key, value in (logs or {}).items():
             entry[key] = float(value)
