@@ -157,6 +157,26 @@ def test_a_run_that_stopped_early_is_finished_when_run_again(tmp_path, tiny_conf
     with caplog.at_level("INFO", logger="kcap"):
         again = train(config, run_dir, verbose=0)["epochs"]
     assert again == stopped and f"{run_dir} already finished ({len(stopped)} epochs)" in caplog.text
+    # A larger --epochs does not train it on, says why, and leaves config.json saying how it was trained.
+    caplog.clear()
+    with caplog.at_level("INFO", logger="kcap"):
+        longer = train(dataclasses.replace(config, epochs=10), run_dir, verbose=0)["epochs"]
+    assert longer == stopped and "early stopping ended it, and a larger --epochs does not train it on" in caplog.text
+    assert TrainConfig.load(run_dir / "config.json").epochs == 4
+
+
+def test_a_finished_run_missing_its_resume_checkpoint_is_refused_not_trained_again(tmp_path, trained_run, tiny_config):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    history = (run_dir / "history.json").read_text()
+    best = (run_dir / "checkpoints" / "best.keras").read_bytes()
+    for state in (run_dir / "checkpoints").glob("resume*"):
+        state.unlink()
+    with pytest.raises(ValueError, match=r"history.json lists 2, and model.keras is there\), but its resume checkpoint .*resume.json is missing"):
+        train(tiny_config, run_dir, verbose=0)
+    # Nothing of the finished run was overwritten.
+    assert (run_dir / "history.json").read_text() == history
+    assert (run_dir / "checkpoints" / "best.keras").read_bytes() == best
 
 
 def test_monitoring_a_validation_score_without_validation_images_is_refused(tmp_path, tiny_config, caplog):

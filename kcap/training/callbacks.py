@@ -96,7 +96,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
             return 0
         state = read_json(state_path, "The resume checkpoint")
         weights_path = state_path.parent / state["weights"]
-        start_over = f"To train this run again from its start, delete {state_path}; or choose a new --run-dir."
+        start_over = "To train it again from its start, choose a new --run-dir."
         if not weights_path.is_file():
             raise FileNotFoundError(f"{state_path} names {weights_path}, which is missing. {start_over}")
         # Optimizer slots are created lazily; make them exist so their state loads too.

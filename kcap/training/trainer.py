@@ -125,6 +125,24 @@ def _check_resume(run: RunDir, config: TrainConfig) -> None:
             f"{run.path} holds a run with other settings ({details}). Re-run with the same "
             f"settings to resume it, or choose a new --run-dir."
         )
+    _check_resume_checkpoint_is_there(run)
+
+
+def _check_resume_checkpoint_is_there(run: RunDir) -> None:
+    """Without `resume.json` a run starts again at epoch 1, which is right only if it never finished one."""
+    if run.resume_state.is_file():
+        return
+    finished = max((e["epoch"] for e in HistoryLog.load(run.history, math.inf)), default=0)
+    # The history is written before the checkpoint: a run killed between the two in its
+    # first epoch has epoch 1 in its history and no checkpoint yet, and rightly starts again.
+    if finished > 1 or run.final_model.is_file():
+        raise ValueError(
+            f"{run.path} has finished epochs ({run.history} lists {finished}"
+            f"{', and model.keras is there' if run.final_model.is_file() else ''}), but its resume checkpoint "
+            f"{run.resume_state} is missing, so it cannot go on from where it stopped; training it again from "
+            f"epoch 1 would overwrite its history and models. Put {run.checkpoints} back (from a backup), "
+            "or choose a new --run-dir."
+        )
 
 
 def _warn_about_flip(config: TrainConfig, dataset: CaptionDataset) -> None:
@@ -333,6 +351,28 @@ def _check_cider_has_images_to_compare(config: TrainConfig, val_images: list) ->
         )
 
 
+def _write_run_files(config, run, dataset, vocabulary, normalization, skipped, feature_cache, cache_stats) -> None:
+    """`splits.json` and `config.json`: the data, every setting, and what was derived from them."""
+    ensure_dirs(run)
+    atomic_write_json(run.splits, dataset.to_manifest())
+    run_config = {
+        "kcap_version": kcap.__version__,
+        "settings": config.to_json(),
+        "data": {
+            "source": dataset.source,
+            "images": dataset.split_sizes(),
+            "excluded_images": len(dataset.excluded),
+            "skipped": skipped,
+            "captions": {s: sum(len(i.captions) for i in dataset.subset(s)) for s in ("train", "val", "test")},
+        },
+        "vocabulary": {"size": len(vocabulary), "max_length": vocabulary.max_length},
+        "normalization": normalization,
+    }
+    if feature_cache is not None:
+        run_config["feature_cache"] = {"path": str(feature_cache.directory), "size_bytes": feature_cache.size_bytes, **cache_stats}
+    atomic_write_json(run.config, run_config)
+
+
 def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) -> dict:
     """`source` is the run directory read to resume; `run` is where this process writes."""
     resuming = source.exists()
@@ -359,39 +399,30 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
         else:  # another worker: the chief builds the cache, on the shared file system
             feature_cache, cache_stats = wait_for_feature_cache(config, model, dataset)
 
-    # The manifest and config are written before any checkpoint, so every
-    # checkpoint has its settings and data beside it.
-    ensure_dirs(run)
-    atomic_write_json(run.splits, dataset.to_manifest())
-    run_config = {
-        "kcap_version": kcap.__version__,
-        "settings": config.to_json(),
-        "data": {
-            "source": dataset.source,
-            "images": dataset.split_sizes(),
-            "excluded_images": len(dataset.excluded),
-            "skipped": skipped,
-            "captions": {s: sum(len(i.captions) for i in dataset.subset(s)) for s in ("train", "val", "test")},
-        },
-        "vocabulary": {"size": len(vocabulary), "max_length": vocabulary.max_length},
-        "normalization": normalization,
-    }
-    if feature_cache is not None:
-        run_config["feature_cache"] = {"path": str(feature_cache.directory), "size_bytes": feature_cache.size_bytes, **cache_stats}
-    atomic_write_json(run.config, run_config)
-
     with strategy.scope():
         initial_epoch = ResumeCheckpoint.restore(model, source.resume_state)
     previous = HistoryLog.load(source.history, initial_epoch)
     if initial_epoch:
         log.info("Resuming %s after epoch %d of %d.", source.path, initial_epoch, config.epochs)
-    if initial_epoch >= config.epochs or ResumeCheckpoint.stopped_early(source.resume_state):
+    stopped_early = ResumeCheckpoint.stopped_early(source.resume_state)
+    finished = initial_epoch >= config.epochs or stopped_early
+    if not (finished and source.final_model.is_file()):
+        # Before any checkpoint, so every checkpoint has its settings and data beside it;
+        # left as they are for a finished run, whose config.json says how it was trained.
+        _write_run_files(config, run, dataset, vocabulary, normalization, skipped, feature_cache, cache_stats)
+    if finished:
         if not source.final_model.is_file():
-            # Killed while saving it: the resume checkpoint holds the same weights.
+            # Killed while saving it (or ended at a lower --epochs): the resume checkpoint holds the same weights.
             with atomic_path(run.final_model) as tmp:
                 model.save(tmp)
             log.info("Saved %s, which the run had not finished writing.", run.final_model)
-        log.info("%s already finished (%d epochs).", source.path, initial_epoch)
+        if stopped_early:
+            log.info(
+                "%s already finished (%d epochs): early stopping ended it, and a larger --epochs does not "
+                "train it on. Choose a new --run-dir to train longer.", source.path, initial_epoch,
+            )
+        else:
+            log.info("%s already finished (%d epochs).", source.path, initial_epoch)
         return {"epochs": previous}
 
     image_size = (config.image_size, config.image_size)
