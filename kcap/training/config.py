@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -128,12 +129,12 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
-            (self.learning_rate > 0, "learning_rate must be positive"),
+            (0 < self.learning_rate < math.inf, "learning_rate must be positive and finite"),
             (self.embedding_dim >= 1 and self.units >= 1, "embedding_dim and units must be positive"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (self.vocab_size >= 1, "vocab_size must be at least 1"),
             (self.min_word_count >= 1, "min_word_count must be at least 1"),
-            (self.seed >= 0, "seed must be 0 or more"),
+            (0 <= self.seed < 2**32, "seed must be from 0 to 2**32 - 1"),
             (self.image_size is None or self.image_size >= 32, "image_size must be at least 32"),
             (self.clipnorm is None or self.clipnorm > 0, "clipnorm must be positive"),
             (self.val_captions >= 0, "val_captions must be 0 or more"),
