@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -143,6 +144,56 @@ def test_an_interrupted_build_finishes_only_the_missing_images(cached_config):
     del array
     stats = cache.build(model, batch_size=16, progress=False)
     assert stats["computed"] == 48
+    np.testing.assert_array_equal(np.array(cache.open()), full)
+
+
+def test_a_damaged_cache_is_named_and_computed_again(cached_config, caplog):
+    cache, model, paths = _cache_for(cached_config)
+    cache.build(model, batch_size=16, progress=False)
+    full = np.array(cache.open())
+    size = cache.array_path.stat().st_size
+    for damage, reason in [
+        (lambda: os.truncate(cache.array_path, 1000), r"features.npy cannot be read \(mmap length"),
+        (lambda: cache.progress_path.write_text('{"do'), r"progress.json cannot be read \(JSONDecodeError"),
+        (lambda: cache.progress_path.write_text('{"done": 81}'), r"progress.json records 81 images done, of 80"),
+    ]:
+        damage()
+        # Reading it names the file and says what to do, rather than numpy's or json's bare words.
+        with pytest.raises(RuntimeError, match=rf"{cache.directory} is damaged: .*{reason}.*kcap features"):
+            cache.open()
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="kcap"):
+            assert cache.build(model, batch_size=16, progress=False)["computed"] == 80
+        assert re.search(rf"{cache.directory} is damaged: .*{reason}.*Computing it again", caplog.text)
+        np.testing.assert_array_equal(np.array(cache.open()), full)
+        assert cache.array_path.stat().st_size == size
+
+
+def test_a_build_started_again_never_trusts_an_earlier_arrays_count(cached_config):
+    cache, model, _ = _cache_for(cached_config)
+    cache.build(model, batch_size=16, progress=False)
+    full = np.array(cache.open())
+    cache.array_path.unlink()
+    # Killed before it recorded any progress of the new array (the first record comes after 5 s).
+    batches = []
+    original = model.feature_extractor
+
+    def stop_after_one_batch():
+        extract = original()
+
+        def counted(images):
+            if batches:
+                raise KeyboardInterrupt
+            batches.append(1)
+            return extract(images)
+        return counted
+
+    model.feature_extractor = stop_after_one_batch
+    with pytest.raises(KeyboardInterrupt):
+        cache.build(model, batch_size=16, progress=False)
+    model.feature_extractor = original
+    assert cache.num_done == 0  # not the 80 the removed array had
+    assert cache.build(model, batch_size=16, progress=False)["computed"] == 80
     np.testing.assert_array_equal(np.array(cache.open()), full)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -40,6 +41,8 @@ if TYPE_CHECKING:  # the model imports nothing of the data side
     from kcap.model.captioner import Captioner
 
 CACHE_FORMAT = 1
+
+log = logging.getLogger("kcap")
 
 
 def default_cache_dir() -> Path:
@@ -119,9 +122,32 @@ class FeatureCache:
 
     @property
     def num_done(self) -> int:
-        if not self.progress_path.is_file() or not self.array_path.is_file():
+        """Images whose features are on disk; 0 for a cache whose files are missing or damaged."""
+        if not self.progress_path.is_file() or not self.array_path.is_file() or self.damage():
             return 0
         return int(json.loads(self.progress_path.read_text())["done"])
+
+    def damage(self) -> str | None:
+        """Why the cache's files on disk cannot be this cache (cut short, edited), or None.
+
+        Missing files are not damage: the cache is new, or a build has not written them yet.
+        """
+        if not self.progress_path.is_file() or not self.array_path.is_file():
+            return None
+        try:
+            done = json.loads(self.progress_path.read_text())["done"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            return f"{self.progress_path} cannot be read ({type(error).__name__}: {error})"
+        if not isinstance(done, int) or not 0 <= done <= len(self.image_paths):
+            return f"{self.progress_path} records {done!r} images done, of {len(self.image_paths)}"
+        try:
+            array = np.load(self.array_path, mmap_mode="r")
+        except (OSError, ValueError) as error:
+            return f"{self.array_path} cannot be read ({error})"
+        expected = (len(self.image_paths), *self.feature_shape)
+        if array.shape != expected or array.dtype != np.float16:
+            return f"{self.array_path} holds {array.dtype} {array.shape}, not float16 {expected}"
+        return None
 
     def is_complete(self) -> bool:
         return self.num_done == len(self.image_paths)
@@ -145,6 +171,10 @@ class FeatureCache:
 
     def _build(self, model, batch_size: int, progress: bool) -> dict:
         total = len(self.image_paths)
+        damage = self.damage()
+        if damage:
+            # kcap's own derived files: computing them again loses nothing but time.
+            log.warning("The feature cache %s is damaged: %s. Computing it again.", self.directory, damage)
         done = self.num_done  # under the lock: a process that held it before may have finished the cache
         if done == total:
             return {"computed": 0, "seconds": 0.0, "images_per_s": None, "reused": True}
@@ -162,7 +192,9 @@ class FeatureCache:
         start = time.perf_counter()
         # Made before the files so that the first images decode while they are set up.
         batches = iter(image_dataset(self.image_paths[done:], model.image_size, batch_size))
-        if done == 0:  # (num_done is 0 when the array file is missing too)
+        if done == 0:  # (num_done is 0 when the array file is missing or damaged too)
+            # A count left from an earlier array must not vouch for the new one's rows.
+            self.progress_path.unlink(missing_ok=True)
             shape = (total, *self.feature_shape)
             key = self._key or cache_key(model, self.image_paths)
             atomic_write_json(self.meta_path, {**key, "shape": list(shape), "dtype": "float16"})
@@ -224,6 +256,12 @@ class FeatureCache:
 
     def open(self) -> np.memmap:
         """The whole array, read-only and memory-mapped."""
+        damage = self.damage()
+        if damage:
+            raise RuntimeError(
+                f"The feature cache {self.directory} is damaged: {damage}. Run `kcap features` (or train "
+                "with --cache-features) to compute it again."
+            )
         if not self.is_complete():
             raise RuntimeError(
                 f"The feature cache {self.directory} is incomplete ({self.num_done}/{len(self.image_paths)}); "
