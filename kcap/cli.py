@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -160,8 +161,13 @@ def cmd_preview_augmentation(args: argparse.Namespace) -> int:
 
 
 def _tsv_field(text: str) -> str:
-    """`text` as one field of a tab-separated line: backslash, tab and line breaks escaped (`\\t`, `\\n`)."""
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    """`text` as one field of a tab-separated line: backslash, tab and line breaks escaped (`\\t`, `\\n`).
+
+    A file name's bytes that are not UTF-8 (`os.fsdecode` holds them as surrogates)
+    are written `\\xNN`, so that the output stays UTF-8 text.
+    """
+    text = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return re.sub("[\udc80-\udcff]", lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text)
 
 
 def cmd_caption(args: argparse.Namespace) -> int:

@@ -44,6 +44,26 @@ def test_caption_command_prints_the_models_captions_for_each_decoding(trained_ru
         assert lines == [[r["image"], r["caption"]] for r in trained.caption_files(paths, **decoding)], flags
 
 
+def test_an_image_whose_file_name_is_not_utf8_is_captioned(trained_run, tmp_path, capsys):
+    import os
+
+    from kcap.cli import main
+    from kcap.inference import load_run
+
+    test_image = json.loads((trained_run / "splits.json").read_text())["splits"]["test"][0]["image"]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    # Linux allows any bytes in a name (a Latin-1 file system copied over, say); Python holds these as surrogates.
+    odd = os.fsdecode(os.fsencode(folder) + b"/caf\xe9.png")
+    shutil.copy(test_image, odd)
+    expected = load_run(trained_run).caption_files([test_image])[0]["caption"]
+    assert main(["caption", "--run-dir", str(trained_run), str(folder)]) == 0
+    # The byte that is not UTF-8 is written \xNN, as a tab in a name is written \t: the output stays UTF-8.
+    assert capsys.readouterr().out.splitlines() == [f"{folder}/caf\\xe9.png\t{expected}"]
+    assert main(["caption", "--run-dir", str(trained_run), "--attention-plot", str(tmp_path / "att.png"), odd]) == 0
+    assert (tmp_path / "att.png").is_file()
+
+
 def test_a_wrong_attention_plot_request_is_refused_before_any_captioning(trained_run, tmp_path, capsys):
     from kcap.cli import main
 

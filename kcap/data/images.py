@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,9 +28,20 @@ def decode_image(data: tf.Tensor, image_size: Sequence[int]) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-def load_image(path: tf.Tensor | str, image_size: Sequence[int]) -> tf.Tensor:
+def load_image(path: tf.Tensor | str | Path, image_size: Sequence[int]) -> tf.Tensor:
     """Reads an image file and decodes it as in `decode_image`."""
+    if isinstance(path, str | Path):
+        path = os.fsencode(path)
     return decode_image(tf.io.read_file(path), image_size)
+
+
+def path_tensor(paths: Sequence[str | Path]) -> tf.Tensor:
+    """File paths as a string tensor of their bytes on disk.
+
+    A Linux file name may be any bytes; Python holds those that are not UTF-8 as
+    surrogates, which TensorFlow refuses to convert. `os.fsencode` gives the bytes back.
+    """
+    return tf.constant([os.fsencode(p) for p in paths], tf.string)
 
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from kcap.data.dataset import CaptionedImage
-from kcap.data.images import load_image
+from kcap.data.images import load_image, path_tensor
 from kcap.text.vocabulary import Vocabulary
 
 if TYPE_CHECKING:  # kcap.data.feature_cache reads images through this module
@@ -45,7 +45,7 @@ def _batcher(paths: np.ndarray, tokens: np.ndarray, image_size, batch_size: int,
     """A function from row order to batches of (inputs, captions), from image files or the cache."""
     tokens_t = tf.constant(tokens)
     if feature_cache is None:
-        paths_t = tf.constant(paths)
+        paths_t = path_tensor(paths)
 
         def load(index):
             return {"images": load_image(paths_t[index], image_size)}, tokens_t[index]
@@ -115,7 +115,7 @@ def evaluation_dataset(
 
 def image_dataset(paths: Sequence[str], image_size: Sequence[int], batch_size: int) -> tf.data.Dataset:
     """Unique images, in order, as `{"images": uint8 batch}`: for captioning."""
-    ds = tf.data.Dataset.from_tensor_slices(np.asarray([str(p) for p in paths]))
+    ds = tf.data.Dataset.from_tensor_slices(path_tensor(paths))
     # A fixed pipeline (decode on every core, two batches ahead) instead of the
     # autotuned one: deleting an autotuned iterator after a busy loop blocks for
     # ~2.5 s in TF 2.21 (sometimes), as long as a whole 256-image cache build

@@ -23,6 +23,7 @@ global backend switch), so it is safe in servers, tests and callbacks.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -147,7 +148,7 @@ def image_pixels(path: str | Path) -> np.ndarray:
     TensorFlow's decoder, as training and captioning use: PIL's `convert("RGB")`
     would clip a 16-bit PNG to white.
     """
-    data = tf.io.read_file(str(path))
+    data = tf.io.read_file(os.fsencode(path))
     return tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8).numpy()
 
 
