@@ -536,6 +536,21 @@ def test_check_accepts_exactly_what_tensorflow_decodes(messy):
         assert decodes == (name in handled), name
 
 
+def test_a_palette_bmp_which_tensorflow_would_read_as_gray_is_refused(tmp_path):
+    rgb = Image.fromarray(_pixels())
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "palette.bmp")
+    rgb.convert("L").save(tmp_path / "gray.bmp")
+    # What the check guards against: TensorFlow decodes it, to other colours than the file's.
+    decoded = tf.io.decode_image((tmp_path / "palette.bmp").read_bytes(), channels=3).numpy()
+    assert np.abs(decoded.astype(int) - np.asarray(Image.open(tmp_path / "palette.bmp").convert("RGB"))).max() > 100
+    error, _ = check_image(tmp_path / "palette.bmp")
+    assert error.startswith("8-bit palette BMP: TensorFlow reads its palette indices as gray levels")
+    # An 8-bit grayscale BMP has a gray table, which TensorFlow does read right.
+    assert check_image(tmp_path / "gray.bmp") == (None, None)
+    gray = tf.io.decode_image((tmp_path / "gray.bmp").read_bytes(), channels=3).numpy()
+    np.testing.assert_array_equal(gray, np.asarray(Image.open(tmp_path / "gray.bmp").convert("RGB")))
+
+
 def test_unusual_images_decode_to_the_right_rgb_pixels(messy):
     folder = messy[0].parent / "images"  # holds every kind write_handled_images makes
     expected = _pixels().astype(np.float32)

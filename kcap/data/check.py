@@ -284,6 +284,12 @@ def check_image(path: str | Path, full_decode: bool = False) -> tuple[str | None
             if (is_jpeg and not ends_well) or "truncated" in (pil_error or "").lower():
                 return "truncated: the file ends before its image data does.", None
             return f"cannot be decoded ({tf_error}).", None
+    if format == "BMP" and mode == "P":
+        # TensorFlow's BMP decoder ignores the colour table: the model would see other colours.
+        return (
+            "8-bit palette BMP: TensorFlow reads its palette indices as gray levels, not its colours; "
+            "convert it to PNG or 24-bit BMP.", None
+        )
     if width * height > LARGE_PIXELS:
         return None, (
             f"very large image ({width}x{height} pixels): it is decoded again at every epoch; "
