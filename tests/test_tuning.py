@@ -170,6 +170,27 @@ def test_early_stopping_stops_each_trial_once_its_objective_stalls(tmp_path):
     assert any(t["epochs"] < 5 for t in trials)
 
 
+def test_a_diverged_trial_is_failed_with_a_null_objective_in_a_summary_strict_json_reads(tmp_path):
+    import warnings
+
+    from tuning.search import search
+
+    space = {"learning_rate": {"type": "choice", "values": [1e30, 0.001]}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = search(_tiny(tmp_path / "features"), tmp_path / "tune", max_trials=2, search_space=space, verbose=0)
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    summary = json.loads((tmp_path / "tune" / "summary.json").read_text(), parse_constant=refuse)
+    by_rate = {t["hyperparameters"]["learning_rate"]: t for t in summary["trials"]}
+    assert (by_rate[1e30]["status"], by_rate[1e30]["objective"]) == ("FAILED", None)
+    assert by_rate[0.001]["status"] == "COMPLETED" and summary["best"]["hyperparameters"] == {"learning_rate": 0.001}
+    assert result.best_hyperparameters == {"learning_rate": 0.001}
+    assert not [w for w in caught if "All-NaN" in str(w.message)]
+
+
 @pytest.mark.slow
 def test_hyperband_continues_a_trial_from_its_earlier_round(tmp_path):
     from tuning.search import search

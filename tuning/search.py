@@ -20,8 +20,10 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -279,7 +281,8 @@ def trial_rows(tuner: keras_tuner.Tuner) -> list[dict]:
             "trial_id": trial_id,
             "status": trial.status,
             "hyperparameters": hyperparameter_values(trial),
-            "objective": None if trial.score is None else float(trial.score),
+            # null, not NaN, for a trial that diverged: NaN is not JSON that jq or JavaScript reads.
+            "objective": None if trial.score is None or not math.isfinite(trial.score) else float(trial.score),
             # keras-tuner counts the epochs of this trial's fit, which for a trial Hyperband
             # continues begins after the earlier round's epochs.
             "best_epoch": None if trial.best_step is None else (
@@ -477,7 +480,9 @@ def _search(
         callbacks.append(keras.callbacks.EarlyStopping(
             objective, mode=OBJECTIVES[objective], patience=config.early_stopping
         ))
-    with one_decoder_per_trial():
+    with one_decoder_per_trial(), warnings.catch_warnings():
+        # keras-tuner's nanmin over a diverged trial's NaN scores; the trial is reported FAILED.
+        warnings.filterwarnings("ignore", r"All-NaN (axis|slice) encountered", RuntimeWarning)
         kt.search(epochs=config.epochs, callbacks=callbacks, verbose=verbose)
     summary = write_summary(kt, search_dir)
     failed = [r for r in summary["trials"] if r["status"] in ("FAILED", "INVALID")]
