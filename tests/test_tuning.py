@@ -518,6 +518,18 @@ def test_the_retrained_run_monitors_the_objective_unless_told_otherwise():
     assert monitor("--objective", "val_bleu4", "--val-captions", "0") == "val_loss"
 
 
+def test_a_wrong_retrain_epochs_is_refused_before_the_search(tmp_path, capsys):
+    from kcap.cli import main
+
+    base = ["tune", "--data", "synthetic", "--directory", str(tmp_path / "tune")]
+    with pytest.raises(SystemExit):  # argparse's own refusal
+        main([*base, "--retrain-best", str(tmp_path / "run"), "--retrain-epochs", "0"])
+    assert "argument --retrain-epochs: must be at least 1, got 0" in capsys.readouterr().err
+    assert main([*base, "--retrain-epochs", "3"]) == 2
+    assert "--retrain-epochs sets the epochs of the --retrain-best run; give --retrain-best RUN too" in capsys.readouterr().err
+    assert not (tmp_path / "tune").exists()
+
+
 def test_tune_directory_that_is_a_file_is_refused_by_name(tmp_path, capsys):
     from kcap.cli import main
 

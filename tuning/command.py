@@ -17,7 +17,7 @@ def add_tune_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     args.func(args)
     ```
     """
-    from kcap.cli import _add_train_arguments
+    from kcap.cli import _add_train_arguments, _positive_int
     from tuning.options import DEFAULT_SEARCH_SPACE, OBJECTIVES, TUNERS
 
     p = subparsers.add_parser(
@@ -40,7 +40,7 @@ def add_tune_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                    help="JSON file of hyperparameter ranges (default: tuning/search_space.json)")
     p.add_argument("--retrain-best", metavar="RUN", default=None,
                    help="after the search, train this run directory with the best hyperparameters")
-    p.add_argument("--retrain-epochs", type=int, default=None, help="epochs of the --retrain-best run (default: --epochs)")
+    p.add_argument("--retrain-epochs", type=_positive_int, default=None, help="epochs of the --retrain-best run (default: --epochs)")
     p.add_argument("--verbose", "-v", type=int, default=None, help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
     _add_train_arguments(p)
     p.set_defaults(func=cmd_tune, monitor=None)  # None: the --retrain-best run monitors the --objective
@@ -64,6 +64,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from tuning.search import format_summary, retrain_best, search
 
     config = tune_config(args)
+    if args.retrain_epochs is not None and not args.retrain_best:
+        # Checked before the search, not hours later.
+        raise ValueError("--retrain-epochs sets the epochs of the --retrain-best run; give --retrain-best RUN too.")
     result = search(
         config, args.directory, tuner=args.tuner, max_trials=args.max_trials, objective=args.objective,
         search_space=args.search_space, verbose=args.verbose,
