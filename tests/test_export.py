@@ -269,6 +269,23 @@ def test_an_output_written_meanwhile_by_another_export_is_not_replaced_without_f
     assert (output / "saved_model.pb").read_text() == "mine"
 
 
+def test_the_current_folder_or_one_above_it_is_never_replaced(trained_run, tmp_path, monkeypatch):
+    from kcap.utils.files import atomic_directory
+
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    # `kcap export --output .` from an empty folder: it once failed on its own staging folders inside it,
+    # and with --force left one behind; replaced whole, it would leave the shell in a deleted folder.
+    with pytest.raises(ValueError, match=rf"{here} is the current folder, which would be replaced whole; give a folder below it"):
+        export_run(trained_run, ".", force=True)
+    assert list(here.iterdir()) == []
+    with pytest.raises(ValueError, match="is the current folder or holds it"):
+        with atomic_directory(".."):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+
+
 def test_failed_export_leaves_the_previous_export_untouched(exported, trained_run, tmp_path):
     output = tmp_path / "model"
     shutil.copytree(exported, output)

@@ -95,6 +95,13 @@ def atomic_directory(path: str | Path, replace: bool = True) -> Iterator[Path]:
     next `atomic_directory` for the same `path` removes those whose process has died.
     """
     path = Path(path)
+    resolved, here = path.resolve(), Path.cwd().resolve()
+    if resolved == here or resolved in here.parents:
+        # Replaced whole, it would leave the shell in a deleted folder.
+        raise ValueError(
+            f"{resolved} is the current folder{'' if resolved == here else ' or holds it'}, which would be "
+            f"replaced whole; give a folder below it, e.g. {Path(path, 'out')}."
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_staging(path)
     tmp = _make_staging(path, "")
