@@ -36,6 +36,31 @@ def test_two_spellings_of_one_image_are_one_image(tmp_path):
     assert [(i.name, len(i.captions)) for i in read_captions(token)] == [("a.jpg", 2)]
 
 
+def test_an_absolute_path_inside_the_images_folder_is_the_same_image_as_its_name(tmp_path):
+    images = tmp_path / "Images"
+    csv_path = _write(tmp_path, f"image,caption\na.jpg,a dog\n{images / 'a.jpg'},a brown dog\nb.jpg,a cat\n")
+    dataset = read_captions(csv_path)
+    assert [(i.path, i.captions) for i in dataset] == [(images / "a.jpg", ["a dog", "a brown dog"]), (images / "b.jpg", ["a cat"])]
+    # An absolute name alone keeps its path: runs whose caption files name every image so read on.
+    _write(tmp_path, f"image,caption\n{images / 'a.jpg'},a dog\n")
+    assert [i.path for i in read_captions(csv_path)] == [images / "a.jpg"]
+    # The token file, and its split lists, which may spell names as "./a.jpg".
+    csv_path.unlink()
+    (tmp_path / "Flickr8k.token.txt").write_text(f"a.jpg#0\ta dog .\n{images / 'a.jpg'}#1\ta brown dog .\nb.jpg#0\ta cat .\n")
+    (tmp_path / "Flickr_8k.trainImages.txt").write_text("./a.jpg\n")
+    (tmp_path / "Flickr_8k.testImages.txt").write_text("b.jpg\n")
+    dataset = read_captions(tmp_path)
+    assert [(i.name, len(i.captions), i.split) for i in dataset] == [("a.jpg", 2, "train"), ("b.jpg", 1, "test")]
+    # COCO: the second spelling of a file is refused as the file it is.
+    coco = tmp_path / "captions.json"
+    coco.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": str(images / "a.jpg")}],
+        "annotations": [{"image_id": 1, "caption": "a dog"}, {"image_id": 2, "caption": "a brown dog"}],
+    }))
+    with pytest.raises(CaptionFileError, match=r"images\[1\]: file_name 'a.jpg' is already used by images\[0\]"):
+        read_captions(coco)
+
+
 def test_images_that_are_symbolic_links_to_another_folder_are_read(tmp_path):
     # A data set laid out as links into a shared folder; a name with ".." is still refused (below).
     shared = tmp_path / "shared"

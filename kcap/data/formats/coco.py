@@ -58,7 +58,7 @@ def coco_dataset(data: Any, path: Path, images_root: Path, errors: list[DataProb
         image_id = entry.get("id") if isinstance(entry, dict) else None
         try:
             image_id = json_field(entry, "id", (int, str), where)
-            file_name = same_image_name(json_field(entry, "file_name", str, where))
+            file_name = same_image_name(json_field(entry, "file_name", str, where), images_root)
             if image_id in by_id:
                 raise CaptionFileError(f"{where}: image id {image_id!r} is already used by {id_where[image_id]}.")
             if file_name in name_where:

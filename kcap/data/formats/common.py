@@ -88,13 +88,19 @@ def find_images_dir(caption_file: Path, images_dir: str | Path | None = None) ->
     )
 
 
-def same_image_name(name: str) -> str:
+def same_image_name(name: str, images_dir: Path | None = None) -> str:
     """One spelling per file, so that captions group by image: `./a.jpg` and `b/../a.jpg` → `a.jpg`.
 
-    Two spellings of one image would make two images, which could land in
-    different splits and leak test captions into training.
+    An absolute path inside `images_dir` becomes the path below it: `/data/Images/a.jpg`
+    → `a.jpg` for `images_dir` `/data/Images`. Two spellings of one image would make
+    two images, which could land in different splits and leak test captions into training.
     """
-    return os.path.normpath(name)
+    name = os.path.normpath(name)
+    if images_dir is not None and os.path.isabs(name):
+        root = os.path.abspath(images_dir)
+        if os.path.commonpath([root, name]) == root and name != root:
+            return Path(os.path.relpath(name, root)).as_posix()
+    return name
 
 
 def resolve_image(images_dir: Path, name: str, where: str) -> Path:

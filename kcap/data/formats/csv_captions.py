@@ -185,7 +185,7 @@ def _add_row(row, line, path, images_root, columns, image_col, caption_col, spli
     fault = caption_fault(caption)
     if fault:
         raise CaptionFileError(f"{path}:{line}: the caption of {name!r} {fault}.")
-    name = same_image_name(name)
+    name = same_image_name(name, images_root)
     split = None
     if split_col is not None:
         cell = row[split_col].strip().lower()

@@ -71,6 +71,7 @@ def read_split_lists(folder: Path, errors: list[DataProblem] | None = None) -> d
             name = line.strip()
             if not name:
                 continue
+            name = same_image_name(name)  # as the token file's names are: "./a.jpg" lists a.jpg
             if name in splits and splits[name] == split:
                 # Listed twice in one list: the split is the same, so nothing is ambiguous.
                 if errors is not None:
@@ -162,7 +163,7 @@ def _add_line(line: str, line_number: int, path: Path, images_root: Path, by_nam
         not_a_token_line = parsed.startswith("expected NAME#N")
         raise (_NotATokenLine if not_a_token_line else CaptionFileError)(f"{path}:{line_number}: {parsed}.")
     name, number, caption = parsed
-    name = same_image_name(name)
+    name = same_image_name(name, images_root)
     previous = numbered.get((name, number))
     if previous is not None:
         raise CaptionFileError(

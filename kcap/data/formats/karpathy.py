@@ -75,7 +75,7 @@ def _entry_image(
         raise CaptionFileError(f"{where}: 'sentences' is empty; every image needs a caption.")
     # Posix joining: the file names the path with '/', whatever the platform.
     name = str(PurePosixPath(filepath.strip(), filename)) if filepath and filepath.strip() else filename
-    name = same_image_name(name)
+    name = same_image_name(name, images_root)
     if name in seen:
         raise CaptionFileError(f"{where}: image {name!r} already appears at images[{seen[name]}].")
     image_path = resolve_image(images_root, name, where)
