@@ -219,6 +219,21 @@ def test_an_image_problem_names_the_line_that_names_that_image(tmp_path):
     assert (problem.file, problem.reason) == (str(tmp_path / "images" / "g1.jpg"), "image file is missing.")
 
 
+def test_captions_written_without_spaces_between_words_get_one_warning(tmp_path):
+    (tmp_path / "images").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(_pixels(32, 32)).save(tmp_path / "images" / name)
+    csv_path = tmp_path / "captions.csv"
+    csv_path.write_text("image,caption\na.png,一只狗在草地上奔跑\na.png,一只 狗 在 草地 上 奔跑\nb.png,两只猫在睡觉\n", encoding="utf-8")
+    report = check_data(csv_path, progress=False)
+    [warning] = report.warnings
+    assert warning.reason.startswith("2 of 3 captions are written without spaces between words (e.g. '一只狗在草地上奔跑')")
+    assert report.ok  # a warning: segmented captions, or a user who wants whole captions, still train
+    # Segmented, as a word segmenter writes them, they are words like any others.
+    csv_path.write_text("image,caption\na.png,一只 狗 在 草地 上 奔跑\nb.png,两只 猫 在 睡觉\n", encoding="utf-8")
+    assert check_data(csv_path, progress=False).warnings == []
+
+
 def test_repeated_captions_are_a_warning_for_a_caption_file_but_not_for_the_embedded_set(tmp_path, caplog):
     from kcap.data.check import load_checked_dataset
     from kcap.data.synthetic import write_synthetic_dataset

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 from kcap.data.caption_files import read_captions
 from kcap.data.dataset import CaptionDataset
 from kcap.data.formats.common import CaptionFileError, DataProblem, read_text, text_lines
+from kcap.text.tokenize import is_unsegmented
 from kcap.utils import count
 from kcap.utils.files import read_json
 
@@ -187,7 +188,22 @@ def check_data(
     _add_mentions(image_problems, Path(dataset.source), dataset.images_dir)
     if not dataset.images:
         problems.append(DataProblem(dataset.source, None, "no usable caption rows: every row has a problem."))
+    problems += _unsegmented_captions(dataset)
     return DataReport(dataset.source, dataset, problems + image_problems, paths)
+
+
+def _unsegmented_captions(dataset) -> list[DataProblem]:
+    """One warning for captions in a script written without spaces: each would be one or two 'words'."""
+    unsegmented = [c for image in dataset.images for c in image.captions if is_unsegmented(c)]
+    if not unsegmented:
+        return []
+    total = sum(len(image.captions) for image in dataset.images)
+    return [DataProblem(dataset.source, None, (
+        f"{len(unsegmented)} of {total} captions are written without spaces between words "
+        f"(e.g. {unsegmented[0]!r}). kcap's words are what spaces separate, so such a caption is one "
+        "long word and the model can only repeat whole training captions; split the captions into "
+        "words with spaces first (a word segmenter such as jieba for Chinese, fugashi for Japanese)."
+    ), "warning")]
 
 
 def check_images(

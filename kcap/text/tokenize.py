@@ -41,3 +41,18 @@ def tokenize(text: str) -> list[str]:
     """
     normalized = normalize_caption(text)
     return normalized.split(" ") if normalized else []
+
+
+# Scripts written without spaces between words: Han, Hiragana, Katakana, Thai, Lao, Khmer, Myanmar.
+_UNSPACED_RUN = re.compile(
+    "[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1780-\u17ff\u1000-\u109f]{4,}"
+)
+
+
+def is_unsegmented(text: str) -> bool:
+    """Whether `text` has a run of a script written without spaces, which `tokenize` keeps as one word.
+
+    >>> is_unsegmented("一只狗在草地上奔跑"), is_unsegmented("一只 狗 在 草地 上 奔跑"), is_unsegmented("a dog")
+    (True, False, False)
+    """
+    return _UNSPACED_RUN.search(text) is not None
