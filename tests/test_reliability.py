@@ -219,6 +219,17 @@ def test_an_image_problem_names_the_line_that_names_that_image(tmp_path):
     assert (problem.file, problem.reason) == (str(tmp_path / "images" / "g1.jpg"), "image file is missing.")
 
 
+def test_a_windows_path_in_a_caption_file_says_which_file_it_means(tmp_path):
+    (tmp_path / "images" / "sub").mkdir(parents=True)
+    Image.fromarray(_pixels(32, 32)).save(tmp_path / "images" / "sub" / "a.png")
+    (tmp_path / "captions.csv").write_text("image,caption\r\nsub\\a.png,a dog\r\n")
+    [problem] = check_data(tmp_path / "captions.csv", progress=False).errors
+    assert problem.reason == (
+        f"image file is missing; {tmp_path / 'images' / 'sub' / 'a.png'} exists: write the folders of its path "
+        "with '/', not '\\' (named at captions.csv:2)."
+    )
+
+
 def test_captions_written_without_spaces_between_words_get_one_warning(tmp_path):
     (tmp_path / "images").mkdir()
     for name in ("a.png", "b.png"):

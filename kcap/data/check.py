@@ -253,6 +253,10 @@ def check_image(path: str | Path, full_decode: bool = False) -> tuple[str | None
     try:
         size = path.stat().st_size
     except FileNotFoundError:
+        windows = Path(str(path).replace("\\", "/"))
+        if windows != path and windows.is_file():
+            # A caption file written on Windows; on Linux a backslash is a character of the name.
+            return f"image file is missing; {windows} exists: write the folders of its path with '/', not '\\'.", None
         return "image file is missing.", None
     except OSError as error:
         return f"cannot read the image file ({error.strerror}).", None
