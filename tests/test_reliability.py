@@ -230,6 +230,16 @@ def test_a_windows_path_in_a_caption_file_says_which_file_it_means(tmp_path):
     )
 
 
+def test_a_file_with_no_usable_row_counts_its_rows_not_the_file(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "captions.csv").write_text("image,caption\na.jpg,...\nb.jpg,\n")
+    report = check_data(tmp_path / "captions.csv", progress=False)
+    assert [p.line for p in report.bad_rows] == [2, 3]
+    assert report.summary().endswith(": 0 images, 0 captions; 0 bad images, 2 bad caption rows, 0 warnings.")
+    # Said once, of the whole file, and it fails the check.
+    assert "no usable caption rows: every row has a problem." in report.format() and not report.ok
+
+
 def test_captions_written_without_spaces_between_words_get_one_warning(tmp_path):
     (tmp_path / "images").mkdir()
     for name in ("a.png", "b.png"):

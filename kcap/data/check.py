@@ -79,6 +79,8 @@ TINY_SIDE = 8
 
 # File signatures of the formats tf.io.decode_image reads (and PIL's names for them).
 _TF_FORMATS = "JPEG, PNG, GIF, BMP and WebP"
+# Said of the whole file, not of a row: not counted among the bad rows.
+NO_USABLE_ROWS = "no usable caption rows: every row has a problem."
 _JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a camera's multi-picture JPEG; TF decodes its first picture
 
 
@@ -120,7 +122,10 @@ class DataReport:
     @property
     def bad_rows(self) -> list[DataProblem]:
         """Problems of the caption file(s): rows or entries the readers left out."""
-        return [p for p in self.errors if not (p.line is None and p.file in self._image_paths)]
+        return [
+            p for p in self.errors
+            if not (p.line is None and p.file in self._image_paths) and p.reason != NO_USABLE_ROWS
+        ]
 
     @property
     def _image_paths(self) -> set[str]:
@@ -187,7 +192,7 @@ def check_data(
     image_problems = check_images(paths, full_decode=full_decode, progress=progress, workers=workers)
     _add_mentions(image_problems, Path(dataset.source), dataset.images_dir)
     if not dataset.images:
-        problems.append(DataProblem(dataset.source, None, "no usable caption rows: every row has a problem."))
+        problems.append(DataProblem(dataset.source, None, NO_USABLE_ROWS))
     problems += _unsegmented_captions(dataset)
     return DataReport(dataset.source, dataset, problems + image_problems, paths)
 
