@@ -44,7 +44,6 @@ def path_tensor(paths: Sequence[str | Path]) -> tf.Tensor:
     return tf.constant([os.fsencode(p) for p in paths], tf.string)
 
 
-
 def expand_image_paths(paths: Sequence[str]) -> list[str]:
     """Paths of image files, with each folder in `paths` replaced by the images in it.
 
