@@ -123,31 +123,33 @@ class FeatureCache:
     @property
     def num_done(self) -> int:
         """Images whose features are on disk; 0 for a cache whose files are missing or damaged."""
-        if not self.progress_path.is_file() or not self.array_path.is_file() or self.damage():
-            return 0
-        return int(json.loads(self.progress_path.read_text())["done"])
+        return self._progress()[0]
 
     def damage(self) -> str | None:
         """Why the cache's files on disk cannot be this cache (cut short, edited), or None.
 
         Missing files are not damage: the cache is new, or a build has not written them yet.
         """
+        return self._progress()[1]
+
+    def _progress(self) -> tuple[int, str | None]:
+        """`(num_done, damage)`, from one read of the files."""
         if not self.progress_path.is_file() or not self.array_path.is_file():
-            return None
+            return 0, None
         try:
             done = json.loads(self.progress_path.read_text())["done"]
         except (OSError, ValueError, KeyError, TypeError) as error:
-            return f"{self.progress_path} cannot be read ({type(error).__name__}: {error})"
+            return 0, f"{self.progress_path} cannot be read ({type(error).__name__}: {error})"
         if not isinstance(done, int) or not 0 <= done <= len(self.image_paths):
-            return f"{self.progress_path} records {done!r} images done, of {len(self.image_paths)}"
+            return 0, f"{self.progress_path} records {done!r} images done, of {len(self.image_paths)}"
         try:
             array = np.load(self.array_path, mmap_mode="r")
         except (OSError, ValueError) as error:
-            return f"{self.array_path} cannot be read ({error})"
+            return 0, f"{self.array_path} cannot be read ({error})"
         expected = (len(self.image_paths), *self.feature_shape)
         if array.shape != expected or array.dtype != np.float16:
-            return f"{self.array_path} holds {array.dtype} {array.shape}, not float16 {expected}"
-        return None
+            return 0, f"{self.array_path} holds {array.dtype} {array.shape}, not float16 {expected}"
+        return done, None
 
     def is_complete(self) -> bool:
         return self.num_done == len(self.image_paths)
@@ -171,11 +173,11 @@ class FeatureCache:
 
     def _build(self, model, batch_size: int, progress: bool) -> dict:
         total = len(self.image_paths)
-        damage = self.damage()
+        # Under the lock: a process that held it before may have finished the cache.
+        done, damage = self._progress()
         if damage:
             # kcap's own derived files: computing them again loses nothing but time.
             log.warning("The feature cache %s is damaged: %s. Computing it again.", self.directory, damage)
-        done = self.num_done  # under the lock: a process that held it before may have finished the cache
         if done == total:
             return {"computed": 0, "seconds": 0.0, "images_per_s": None, "reused": True}
         row_bytes = int(np.prod(self.feature_shape)) * np.dtype(np.float16).itemsize
@@ -256,15 +258,15 @@ class FeatureCache:
 
     def open(self) -> np.memmap:
         """The whole array, read-only and memory-mapped."""
-        damage = self.damage()
+        done, damage = self._progress()
         if damage:
             raise RuntimeError(
                 f"The feature cache {self.directory} is damaged: {damage}. Run `kcap features` (or train "
                 "with --cache-features) to compute it again."
             )
-        if not self.is_complete():
+        if done != len(self.image_paths):
             raise RuntimeError(
-                f"The feature cache {self.directory} is incomplete ({self.num_done}/{len(self.image_paths)}); "
+                f"The feature cache {self.directory} is incomplete ({done}/{len(self.image_paths)}); "
                 "run `kcap features` (or train with --cache-features) to finish it."
             )
         return np.load(self.array_path, mmap_mode="r")
