@@ -57,8 +57,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
         self.state_path = Path(state_path)
 
     def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)):
+        if _diverged(logs):
             return  # TerminateOnNaN stopped this epoch: keep the last good checkpoint
         weights = self.state_path.parent / f"resume-{epoch + 1:04d}.weights.h5"
         with atomic_path(weights) as tmp:
@@ -115,6 +114,12 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     def stopped_early(state_path: str | Path) -> bool:
         state_path = Path(state_path)
         return state_path.is_file() and bool(read_json(state_path, "The resume checkpoint").get("stopped_early"))
+
+
+def _diverged(logs: dict | None) -> bool:
+    """Whether the epoch's loss is NaN or infinite: an epoch `TerminateOnNaN` cut short."""
+    loss = (logs or {}).get("loss")
+    return loss is not None and not np.isfinite(float(loss))
 
 
 def _seed_states(model: keras.Model) -> list:
@@ -209,8 +214,7 @@ class HistoryLog(keras.callbacks.Callback):
         self.epochs = list(previous or [])
 
     def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)):
+        if _diverged(logs):
             return  # TerminateOnNaN stopped this epoch: it did not finish, and has no checkpoint
         entry = {"epoch": epoch + 1}
         for key, value in (logs or {}).items():
