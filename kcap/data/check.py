@@ -197,14 +197,13 @@ def check_data(
     return DataReport(dataset.source, dataset, problems + image_problems, paths)
 
 
-def _unsegmented_captions(dataset) -> list[DataProblem]:
+def _unsegmented_captions(dataset: CaptionDataset) -> list[DataProblem]:
     """One warning for captions in a script written without spaces: each would be one or two 'words'."""
     unsegmented = [c for image in dataset.images for c in image.captions if is_unsegmented(c)]
     if not unsegmented:
         return []
-    total = sum(len(image.captions) for image in dataset.images)
     return [DataProblem(dataset.source, None, (
-        f"{len(unsegmented)} of {total} captions are written without spaces between words "
+        f"{len(unsegmented)} of {dataset.num_captions} captions are written without spaces between words "
         f"(e.g. {unsegmented[0]!r}). kcap's words are what spaces separate, so such a caption is one "
         "long word and the model can only repeat whole training captions; split the captions into "
         "words with spaces first (a word segmenter such as jieba for Chinese, fugashi for Japanese)."
