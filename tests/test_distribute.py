@@ -87,7 +87,7 @@ def _free_ports(n):
     return ports
 
 
-def _run_two_workers(args: list[str], scratch, num_workers: int = 2) -> list[str]:
+def _run_workers(args: list[str], scratch, num_workers: int = 2) -> list[str]:
     """Runs `kcap ARGS` as the workers of a cluster on 127.0.0.1 (two by default); returns their stdout."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(num_workers)]}
     workers = []
@@ -124,7 +124,7 @@ def test_multi_worker_training_writes_only_the_chiefs_files(tmp_path):
     ]
 
     def train(epochs):
-        _run_two_workers(["train", *flags, "--epochs", str(epochs)], scratch)
+        _run_workers(["train", *flags, "--epochs", str(epochs)], scratch)
         return json.loads((run_dir / "history.json").read_text())["epochs"]
 
     assert [e["epoch"] for e in train(1)] == [1]
@@ -149,7 +149,7 @@ def test_multi_worker_training_in_a_cluster_of_one_worker(tmp_path):
         "--synthetic-images", str(TINY["synthetic_images"]), "--synthetic-image-size", str(TINY["synthetic_image_size"]),
         "--batch-size", str(TINY["batch_size"]), "--embedding-dim", str(TINY["embedding_dim"]), "--units", str(TINY["units"]),
     ]
-    _run_two_workers(["train", *flags], tmp_path, num_workers=1)
+    _run_workers(["train", *flags], tmp_path, num_workers=1)
     history = json.loads((run_dir / "history.json").read_text())["epochs"]
     assert [e["epoch"] for e in history] == [1] and history[0]["loss"] > 0
     assert (run_dir / "model.keras").is_file() and any((run_dir / "logs").rglob("events.out.tfevents.*"))
@@ -174,7 +174,7 @@ def test_multi_worker_hyperband_writes_only_the_chiefs_files_and_reloads_its_sea
     ]
 
     def tune(max_trials):
-        outputs = _run_two_workers(["tune", *flags, "--max-trials", str(max_trials)], scratch)
+        outputs = _run_workers(["tune", *flags, "--max-trials", str(max_trials)], scratch)
         # Both workers ran the same search and found the same best trial.
         best = [[line for line in out.splitlines() if line.startswith("Best hyperparameters")] for out in outputs]
         assert best[0] == best[1] and len(best[0]) == 1
