@@ -36,13 +36,13 @@ def test_second_run_reuses_the_cache_without_a_backbone_forward_pass(cached_conf
     mtime = os.stat(array).st_mtime_ns
 
     calls = []
-    original = Captioner.extract_features
+    original = Captioner._backbone_inputs  # on the way to the backbone, in every extraction
 
     def counting(self, *args, **kwargs):
         calls.append(1)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Captioner, "extract_features", counting)
+    monkeypatch.setattr(Captioner, "_backbone_inputs", counting)
     train(cached_config, tmp_path / "second", verbose=0)
     second = json.loads((tmp_path / "second" / "config.json").read_text())["feature_cache"]
     assert second["reused"] and second["path"] == cache_info["path"]
@@ -117,6 +117,27 @@ def test_mixed_precision_training_reuses_the_float32_cache(cached_config):
 
     images = np.stack([load_image(p, model.image_size).numpy() for p in paths[:4]])
     np.testing.assert_array_equal(bf16_model.feature_extractor()(images).numpy(), cache.open()[:4])
+
+
+def test_the_cache_extractor_compiles_the_backbone_weights_it_has_now(cached_config):
+    import tensorflow as tf
+
+    from kcap.data.images import load_image
+
+    _, model, paths = _cache_for(cached_config)
+    images = np.stack([load_image(p, model.image_size).numpy() for p in paths[:4]])
+    extract = model.feature_extractor()
+    # Constants in the graph, which the optimizer folds into the convolutions: no variable is read.
+    graph = extract.get_concrete_function(tf.TensorSpec((None, *model.image_size, 3), tf.uint8))
+    assert graph.variables == () and graph.captured_inputs == []
+    before = extract(images).numpy()
+    np.testing.assert_allclose(before.astype("float32"), model.extract_features(images), rtol=2e-3, atol=2e-3)
+    assert model.feature_extractor() is extract  # the same weights: compiled once
+
+    model.backbone.set_weights([w * 2 for w in model.backbone.get_weights()])
+    after = model.feature_extractor()(images).numpy()
+    assert not np.allclose(after, before, rtol=0.1, atol=0.1)
+    np.testing.assert_allclose(after.astype("float32"), model.extract_features(images), rtol=2e-3, atol=2e-3)
 
 
 def test_caching_the_features_of_a_random_backbone_is_said_plainly(cached_config, caplog):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -174,21 +175,44 @@ class Captioner(keras.Model):
 
     def extract_features(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Pixels in [0, 255] → backbone feature map (batch, h', w', c)."""
+        return self.backbone(self._backbone_inputs(images, training), training=training and self.train_backbone)
+
+    def _backbone_inputs(self, images: tf.Tensor, training: bool) -> tf.Tensor:
         images = ops.cast(images, self.compute_dtype)
         images = self.augmentation(images, training=training)
-        images = self.preprocessing(images)
-        return self.backbone(images, training=training and self.train_backbone)
+        return self.preprocessing(images)
 
-    def feature_extractor(self) -> tf.types.experimental.PolymorphicFunction:
-        """`extract_features` compiled once (inference mode, float16 out): for the feature cache."""
-        fn = self.__dict__.get("_feature_extractor")  # kept out of Keras' attribute tracking
-        if fn is None:
-            fn = tf.function(
-                lambda images: tf.cast(self.extract_features(images, training=False), tf.float16),
-                reduce_retracing=True,
+    def feature_extractor(self) -> Callable[[tf.Tensor], tf.Tensor]:
+        """`extract_features` in inference mode, compiled, float16 out: for the feature cache.
+
+        The backbone's weights enter the compiled graph as constants, a snapshot
+        of them as they are now. TensorFlow's graph optimizer can then fold each
+        batch norm into its convolution and fuse the activations in, which it
+        cannot do with variables: on a CPU that makes MobileNetV2 about 1.3-1.5x
+        faster than calling the backbone. A later call takes a new snapshot if
+        the weights have changed since.
+        """
+        trainable = [v.numpy() for v in self.backbone.trainable_variables]
+        non_trainable = [v.numpy() for v in self.backbone.non_trainable_variables]
+        # Kept out of Keras' attribute tracking.
+        snapshot, extract = self.__dict__.get("_feature_extractor", (None, None))
+        if snapshot is not None and _same_arrays(snapshot, (trainable, non_trainable)):
+            return extract
+
+        @tf.function(reduce_retracing=True)
+        def extract(images: tf.Tensor) -> tf.Tensor:
+            # Made inside the function, the weights are graph constants; captured
+            # from outside, they would be inputs the optimizer cannot fold.
+            features, _ = self.backbone.stateless_call(
+                [tf.constant(w) for w in trainable],
+                [tf.constant(w) for w in non_trainable],
+                self._backbone_inputs(images, training=False),
+                training=False,
             )
-            self.__dict__["_feature_extractor"] = fn
-        return fn
+            return tf.cast(features, tf.float16)
+
+        self.__dict__["_feature_extractor"] = ((trainable, non_trainable), extract)
+        return extract
 
     def encode(self, inputs: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         """`{"images"}` or `{"features"}` → encoded locations (batch, h'*w', embedding_dim)."""
@@ -345,3 +369,10 @@ def _global_sum(value):
     if context is not None and context.num_replicas_in_sync > 1:
         return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
     return value
+
+
+def _same_arrays(a: Sequence[Sequence[np.ndarray]], b: Sequence[Sequence[np.ndarray]]) -> bool:
+    return all(
+        len(x) == len(y) and all(u.shape == v.shape and np.array_equal(u, v) for u, v in zip(x, y))
+        for x, y in zip(a, b)
+    )
