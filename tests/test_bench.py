@@ -67,10 +67,12 @@ def test_bench_reports_kcap_and_the_baseline(tmp_path):
     assert kcap["extract_images"] == 4 and kcap["extract_feature_shape"] == [7, 7, 1280]
     # One ratio per round of (bare backbone, cache build); the reported figures are the medians.
     assert len(kcap["extract_round_ratios"]) == config["extract_repeats"] == 3
-    # The pipeline alone, and the best ratio it leaves when it shares the backbone's cores.
+    # The extractor and the pipeline alone, and the best ratio they leave when they share the cores.
     pipeline_s = kcap["extract_images"] / kcap["pipeline_images_per_s"]
+    extractor_s = kcap["extract_images"] / kcap["extractor_images_per_s"]
     assert kcap["extract_ratio_if_sharing_cores"] == pytest.approx(
-        kcap["backbone_seconds"] / (kcap["backbone_seconds"] + pipeline_s), rel=1e-2)
+        kcap["backbone_seconds"] / (extractor_s + pipeline_s), rel=1e-2)
+    assert kcap["extract_vs_extractor"] == pytest.approx(extractor_s / kcap["extract_seconds"], rel=1e-2)
     assert_positive(kcap, ["extract_unwritten_images_per_s"])
     assert kcap["jit_compile"] is False and kcap["greedy_jit_compile"] is False
     # Captions cut to --pad-length: kcap's trimmed batches are never longer.
