@@ -84,6 +84,25 @@ def test_loss_ignores_padding():
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
 
+def test_loss_and_accuracy_are_the_means_over_the_captions_words():
+    # Training computes the output layers at the words only; the figures must be
+    # those of the full teacher-forced logits, masked.
+    model = _model()
+    model.compile(optimizer="adam")
+    images = np.random.default_rng(2).integers(0, 255, (3, 64, 64, 3)).astype("uint8")
+    captions = np.array([[1, 5, 2, 0, 0, 0], [1, 6, 7, 8, 9, 2], [1, 2, 0, 0, 0, 0]], "int32")
+    logits = model({"images": images, "tokens": captions[:, :-1]}).numpy()
+    targets = captions[:, 1:]
+    words = targets != PAD_ID
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    picked = np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+    expected_loss = -picked[words].mean()
+    expected_accuracy = (logits.argmax(-1) == targets)[words].mean()
+    got = model.evaluate({"images": images}, captions, batch_size=3, verbose=0, return_dict=True)
+    assert got["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert got["masked_accuracy"] == pytest.approx(expected_accuracy, abs=1e-6)
+
+
 def test_saved_model_file_gives_identical_captions(trained_run, tmp_path):
     trained = load_run(trained_run)
     paths = [i["image"] for i in trained.run.load_splits()["splits"]["test"]]

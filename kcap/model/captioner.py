@@ -237,40 +237,47 @@ class Captioner(keras.Model):
         return [self.loss_tracker, self.accuracy_tracker]
 
     def _loss_and_accuracy(self, inputs, captions, training):
+        """Mean cross-entropy and accuracy over the captions' words (padding left out)."""
         tokens, targets = captions[:, :-1], captions[:, 1:]
-        logits = self({**inputs, "tokens": tokens}, training=training)
-        mask = ops.cast(ops.not_equal(targets, PAD_ID), "float32")
+        encoded = self.encode(inputs, training=training)
+        states, contexts, _ = self.decoder.teacher_forced_states(tokens, encoded, training=training)
+        # The output layers only where there is a word to predict: a batch is as
+        # long as its longest caption, and about half its positions are padding.
+        words = tf.where(ops.not_equal(targets, PAD_ID))
+        logits = self.decoder.output(
+            tf.gather_nd(states, words), tf.gather_nd(contexts, words), training=training
+        )
         logits = ops.cast(logits, "float32")
+        targets = tf.gather_nd(targets, words)
         per_token = keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)
-        count = ops.maximum(ops.sum(mask), 1.0)
-        loss = ops.sum(per_token * mask) / count
+        count = ops.cast(ops.shape(targets)[0], "float32")
+        loss = ops.sum(per_token) / ops.maximum(count, 1.0)
         correct = ops.cast(ops.equal(ops.argmax(logits, axis=-1), ops.cast(targets, "int64")), "float32")
-        return loss, correct, mask
+        return loss, correct, count
 
     def train_step(self, data):
         inputs, captions = data
         with tf.GradientTape() as tape:
-            loss, correct, mask = self._loss_and_accuracy(inputs, captions, training=True)
+            loss, correct, tokens = self._loss_and_accuracy(inputs, captions, training=True)
             # Under tf.distribute each replica sees part of the global batch and
             # the optimizer sums the replicas' gradients: weight this replica's
             # mean by its share of the global batch's tokens, so the sum is the
             # gradient of the global token mean.
-            tokens = ops.sum(mask)
             replica_loss = loss * tokens / ops.maximum(_global_sum(tokens), 1.0)
             scaled_loss = self.optimizer.scale_loss(replica_loss)
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
-        return self._update_metrics(loss, correct, mask)
+        return self._update_metrics(loss, correct, tokens)
 
     def test_step(self, data):
         inputs, captions = data
-        loss, correct, mask = self._loss_and_accuracy(inputs, captions, training=False)
-        return self._update_metrics(loss, correct, mask)
+        loss, correct, tokens = self._loss_and_accuracy(inputs, captions, training=False)
+        return self._update_metrics(loss, correct, tokens)
 
-    def _update_metrics(self, loss, correct, mask):
+    def _update_metrics(self, loss, correct, tokens):
         # Token-weighted, so an epoch's loss is the mean over all its words.
-        self.loss_tracker.update_state(loss, sample_weight=ops.sum(mask))
-        self.accuracy_tracker.update_state(correct, sample_weight=mask)
+        self.loss_tracker.update_state(loss, sample_weight=tokens)
+        self.accuracy_tracker.update_state(correct)
         results = {m.name: m.result() for m in self.metrics}
         strategy = tf.distribute.get_strategy()
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode():

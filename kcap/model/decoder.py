@@ -78,7 +78,8 @@ class AttentionDecoder(keras.layers.Layer):
         state, _ = self.cell(inputs, [state], training=training)
         return state, context, weights
 
-    def _output(self, states, contexts, training=False):
+    def output(self, states, contexts, training=False):
+        """Logits from GRU states and attention contexts (any leading shape)."""
         hidden = self.hidden(ops.concatenate([states, contexts], axis=-1))
         return self.logits(self.dropout(hidden, training=training))
 
@@ -86,11 +87,22 @@ class AttentionDecoder(keras.layers.Layer):
         """One decoding step: (batch,) tokens → logits, new state, attention weights."""
         embedded = self.embedding(tokens)
         state, context, weights = self._recur(state, embedded, features, keys)
-        logits = self._output(state, context)
+        logits = self.output(state, context)
         return logits, state, weights
 
     def call(self, tokens, features, training=False):
         """Teacher forcing: (batch, time) input tokens → (batch, time, vocab) logits."""
+        states, contexts, weights = self.teacher_forced_states(tokens, features, training)
+        return self.output(states, contexts, training), weights
+
+    def teacher_forced_states(self, tokens, features, training=False):
+        """Teacher forcing up to the output layers: GRU states (batch, time, units),
+        contexts (batch, time, channels) and attention weights (batch, time, locations).
+
+        For a loss over some positions only, `output` of just those costs less
+        than all the logits: at a 5,000-word vocabulary the logits are the
+        largest matrix product of a training step.
+        """
         state, keys = self.start(features)
         embedded = self.dropout(self.embedding(tokens), training=training)
 
@@ -105,11 +117,8 @@ class AttentionDecoder(keras.layers.Layer):
             ops.zeros((batch, features.shape[-1]), features.dtype),
             ops.zeros((batch, ops.shape(features)[1]), features.dtype),
         )
-        _, (states, contexts, weights) = ops.scan(recur, init, ops.transpose(embedded, (1, 0, 2)))
-        states = ops.transpose(states, (1, 0, 2))
-        contexts = ops.transpose(contexts, (1, 0, 2))
-        weights = ops.transpose(weights, (1, 0, 2))
-        return self._output(states, contexts, training), weights
+        _, outputs = ops.scan(recur, init, ops.transpose(embedded, (1, 0, 2)))
+        return tuple(ops.transpose(output, (1, 0, 2)) for output in outputs)
 
     def get_config(self):
         return {
