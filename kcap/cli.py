@@ -66,6 +66,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--length-pool", type=int, default=d.length_pool,
+                   help="batches per pool sorted by caption length, so a batch spends few steps on padding (1: random batches)")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate)
     p.add_argument("--embedding-dim", type=int, default=d.embedding_dim)
     p.add_argument("--units", type=int, default=d.units, help="GRU and attention units")

@@ -20,8 +20,10 @@ channels, embedding 256, 512 units, 5000 words, batch 64), on the same captions
 (`--captions`, default the shared Flickr8k subset's `captions.txt`; the synthetic
 set's captions when that is absent), tokenised by kcap's `Vocabulary`:
 
-- training captions/s on cached features. kcap: `Captioner.fit`'s train step on
-  `{"features": float16}` batches that kcap's pipeline trims to their longest
+- training captions/s on cached features, both models on the same captions: the
+  first `--steps` batches of kcap's first epoch (`epoch_order`, with its pools
+  of like-length captions, `--length-pool`). kcap: `Captioner.fit`'s train step
+  on `{"features": float16}` batches that kcap's pipeline trims to their longest
   caption; one untimed pass over the `--steps` batches compiles every caption
   length, then the same batches are timed. Baseline: the tutorial's `train_step`
   on captions padded to 50 tokens, after `--warmup` untimed steps. The feature
@@ -123,6 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "and its decoding loop (auto, on: XLA, as Captioner.generate; off: none)")
     setup.add_argument("--mixed-precision", choices=("off", "mixed_float16", "mixed_bfloat16"), default="off",
                        help="Keras global dtype policy, for both models")
+    setup.add_argument("--length-pool", type=int, default=None,
+                       help="kcap's batches per pool sorted by caption length (default: kcap train's; 1: random batches)")
     setup.add_argument("--skip-baseline", action="store_true", help="measure kcap alone")
     setup.add_argument("--skip-extract", action="store_true", help="no feature-extraction measurement")
     setup.add_argument("--seed", type=int, default=0)
@@ -130,9 +134,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
 
     positive = ("batch_size", "embedding_dim", "units", "locations", "channels", "tokens", "steps",
-                "greedy_repeats", "latency_repeats", "extract_images", "extract_repeats")
+                "greedy_repeats", "latency_repeats", "extract_images", "extract_repeats", "length_pool")
     for name in positive:
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     if args.warmup < 0:
         parser.error(f"--warmup must be at least 0, got {args.warmup}.")
@@ -172,11 +176,13 @@ def load_captions(args):
     return images, "synthetic"
 
 
-def batch_rows(tokens, batch_size: int, steps: int, seed: int):
-    """`steps` batches of caption rows in one shuffled order, shared by both models."""
+def batch_rows(tokens, batch_size: int, steps: int, seed: int, length_pool: int):
+    """`steps` batches of caption rows, as kcap's pipeline orders its first epoch; both models train on them."""
     import numpy as np
 
-    order = np.random.default_rng(seed).permutation(len(tokens))
+    from kcap.data.pipeline import epoch_order
+
+    order = epoch_order(np.count_nonzero(tokens, axis=1), batch_size, seed, 0, length_pool).numpy()
     needed = batch_size * steps
     # Fewer captions than needed: go round again, as epochs would.
     order = np.resize(order, needed)
@@ -615,7 +621,11 @@ def main(argv: list[str] | None = None) -> int:
     # cut to the baseline's padded length, so both models see the same tokens.
     vocabulary = Vocabulary.build(all_captions, max_words=args.vocab_size - 4, max_length=args.pad_length - 2)
     _, tokens = caption_rows(images, vocabulary)
-    rows = batch_rows(tokens, args.batch_size, args.steps, args.seed)
+    if args.length_pool is None:
+        from kcap.training.config import TrainConfig
+
+        args.length_pool = TrainConfig(data="bench").length_pool
+    rows = batch_rows(tokens, args.batch_size, args.steps, args.seed, args.length_pool)
     side = math.isqrt(args.locations)
     # Post-ReLU-like values; neither model's cost depends on them.
     features = np.random.default_rng(args.seed).random((args.batch_size, side, side, args.channels), np.float32)
@@ -662,7 +672,8 @@ def main(argv: list[str] | None = None) -> int:
             "caption_count": len(all_captions),
             "caption_images": len(images),
             "vocabulary_words": len(vocabulary),
-            "kcap_batch_lengths": "each batch trimmed to its longest caption",
+            "kcap_batch_lengths": "each batch trimmed to its longest caption; the rows in kcap's batch order "
+                                  "(kcap.data.pipeline.epoch_order, --length-pool)",
             "kcap_settings": kcap_settings,
             "features": f"random float, kcap float16 (B, {side}, {side}, {args.channels}), "
                         f"baseline float32 (B, {args.locations}, {args.channels})",

@@ -52,6 +52,26 @@ def test_epoch_order_depends_on_seed_and_epoch_only(images):
     assert order(seed=2, epochs=1) != full[:per_epoch]
 
 
+def test_length_pools_batch_like_lengths_and_keep_every_row_once_an_epoch(images):
+    vocab = Vocabulary.build(c for i in images for c in i.captions)
+    everything = sorted(tuple(t[t > 0]) for t in (vocab.encode(c, pad=True) for i in images for c in i.captions))
+    per_epoch = steps_per_epoch(images, 4)
+
+    def epochs(length_pool):
+        ds = training_dataset(images, vocab, (16, 16), 4, seed=3, epochs=2, length_pool=length_pool)
+        batches = [captions.numpy() for _, captions in ds]
+        return batches[:per_epoch], batches[per_epoch:]
+
+    pooled, random = epochs(20), epochs(1)
+    for epoch in (*pooled, *random):
+        assert sorted(tuple(t[t > 0]) for batch in epoch for t in batch) == everything
+    # 20 short captions and 10 long ones: random batches of 4 mostly hold a long one and
+    # take its length; sorted, the short ones make batches of their own.
+    width = lambda epoch: sum(batch.shape[1] for batch in epoch)  # noqa: E731
+    assert width(pooled[0]) < width(random[0]) and width(pooled[1]) < width(random[1])
+    assert [b.shape[1] for b in pooled[0]] != [b.shape[1] for b in pooled[1]]  # batch order is shuffled too
+
+
 def test_evaluation_dataset_keeps_every_row_in_order(images):
     vocab = Vocabulary.build(c for i in images for c in i.captions)
     caps = np.concatenate([c.numpy()[:, :3] for _, c in evaluation_dataset(images, vocab, (16, 16), 3)])

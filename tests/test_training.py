@@ -297,6 +297,7 @@ def test_an_unknown_mixed_precision_policy_is_refused(tiny_config):
         ({"seed": 2**32}, r"seed must be from 0 to 2\*\*32 - 1"),
         ({"learning_rate": float("inf")}, "learning_rate must be positive and finite"),
         ({"min_word_count": 0}, "min_word_count must be at least 1"),
+        ({"length_pool": 0}, "length_pool must be at least 1"),
         ({"data": ""}, "data is empty"),
     ],
 )

@@ -409,7 +409,7 @@ class CaptionerHyperModel(keras_tuner.HyperModel):
         val_images = self.data.dataset.subset("val")
         train_ds = training_dataset(
             train_images, self.data.vocabulary, image_size, config.batch_size, config.seed, epochs, initial_epoch,
-            feature_cache=cache,
+            feature_cache=cache, length_pool=config.length_pool,
         )
         val_ds = evaluation_dataset(val_images, self.data.vocabulary, image_size, config.batch_size, feature_cache=cache)
         if self.objective == "val_bleu4":

@@ -66,6 +66,45 @@ def _batcher(paths: np.ndarray, tokens: np.ndarray, image_size, batch_size: int,
     )
 
 
+def epoch_order(
+    lengths: np.ndarray | tf.Tensor, batch_size: int, seed: int, epoch: int | tf.Tensor, length_pool: int = 20
+) -> tf.Tensor:
+    """The rows of epoch `epoch`, in batch order, from their caption `lengths`.
+
+    The rows are shuffled by `(seed, epoch)`. With `length_pool > 1` that order
+    is then cut into pools of `length_pool` batches, each pool is sorted by
+    caption length (ties stay shuffled) and cut into batches, and the whole
+    batches are shuffled again (a last, partial batch stays last). A batch is
+    trained only up to its longest caption, so batches of like lengths spend
+    almost no steps on padding: on Flickr8k's captions a batch of 64 is then
+    about 13 tokens long instead of 24. A pool is still a random draw of the
+    epoch's rows, so each batch mixes images from all over the data.
+
+    >>> lengths = np.array([3, 9, 4, 8, 5, 7])
+    >>> order = epoch_order(lengths, batch_size=2, seed=0, epoch=0, length_pool=3)
+    >>> sorted(lengths[order.numpy()].reshape(3, 2).tolist())
+    [[3, 4], [5, 7], [8, 9]]
+    """
+    lengths = tf.cast(lengths, tf.int64)
+    num_rows = tf.shape(lengths, out_type=tf.int64)[0]
+    epoch = tf.cast(epoch, tf.int64)
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(num_rows), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+    )
+    if length_pool <= 1:
+        return order
+    pool = tf.range(num_rows) // (length_pool * batch_size)
+    by_length = tf.argsort(pool * (tf.reduce_max(lengths) + 1) + tf.gather(lengths, order), stable=True)
+    order = tf.gather(order, by_length)
+    full = num_rows // batch_size
+    # Another seed than the rows': epochs never reach 2**32.
+    shuffled = tf.random.experimental.stateless_shuffle(
+        tf.range(full), seed=tf.stack([tf.constant(seed, tf.int64), epoch + (1 << 32)])
+    )
+    batches = tf.reshape(tf.gather(tf.reshape(order[: full * batch_size], (-1, batch_size)), shuffled), (-1,))
+    return tf.concat([batches, order[full * batch_size:]], axis=0)
+
+
 def training_dataset(
     images: Sequence[CaptionedImage],
     vocabulary: Vocabulary,
@@ -75,22 +114,22 @@ def training_dataset(
     epochs: int,
     initial_epoch: int = 0,
     feature_cache: FeatureCache | None = None,
+    length_pool: int = 20,
 ) -> tf.data.Dataset:
-    """Batches for epochs `initial_epoch .. epochs-1`, each shuffled by `(seed, epoch)`.
+    """Batches for epochs `initial_epoch .. epochs-1`, each ordered by `epoch_order`.
 
     The order of epoch `e` depends only on the seed and `e`, so a run resumed
     at epoch `e` sees exactly the batches an uninterrupted run would have.
-    With a `kcap.data.feature_cache.FeatureCache`, inputs are
+    `length_pool`: batches per pool sorted by caption length (1: random
+    batches). With a `kcap.data.feature_cache.FeatureCache`, inputs are
     `{"features": float16}` read from the cache instead of `{"images": uint8}`.
     """
     paths, tokens = caption_rows(images, vocabulary)
     batches = _batcher(paths, tokens, image_size, batch_size, feature_cache)
-    num_rows = len(paths)
+    lengths = tf.constant(np.count_nonzero(tokens, axis=1), tf.int64)
 
     def one_epoch(epoch):
-        seed_pair = tf.stack([tf.constant(seed, tf.int64), epoch])
-        order = tf.random.experimental.stateless_shuffle(tf.range(num_rows, dtype=tf.int64), seed=seed_pair)
-        return batches(order)
+        return batches(epoch_order(lengths, batch_size, seed, epoch, length_pool))
 
     epochs_ds = tf.data.Dataset.range(initial_epoch, epochs)
     return epochs_ds.flat_map(one_epoch).map(_trim_padding, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

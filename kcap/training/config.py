@@ -34,6 +34,7 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 10
     batch_size: int = 64
+    length_pool: int = 20  # batches per pool sorted by caption length (kcap.data.pipeline.epoch_order); 1: random batches
     learning_rate: float = 1e-3
     embedding_dim: int = 256
     units: int = 512
@@ -129,6 +130,7 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.length_pool >= 1, "length_pool must be at least 1"),
             (0 < self.learning_rate < math.inf, "learning_rate must be positive and finite"),
             (self.embedding_dim >= 1 and self.units >= 1, "embedding_dim and units must be positive"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),

@@ -428,7 +428,7 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
     image_size = (config.image_size, config.image_size)
     train_ds = training_dataset(
         train_images, vocabulary, image_size, config.batch_size, config.seed, config.epochs, initial_epoch,
-        feature_cache=feature_cache,
+        feature_cache=feature_cache, length_pool=config.length_pool,
     )
     val_ds = (
         evaluation_dataset(val_images, vocabulary, image_size, config.batch_size, feature_cache=feature_cache)
