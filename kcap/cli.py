@@ -67,7 +67,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--length-pool", type=int, default=d.length_pool,
-                   help="batches per pool sorted by caption length, so a batch spends few steps on padding (1: random batches)")
+                   help="batches per pool sorted by caption length, so a batch spends few steps on padding; 1: random "
+                        "batches (default: 20 with a frozen backbone, 1 when the backbone trains)")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate)
     p.add_argument("--embedding-dim", type=int, default=d.embedding_dim)
     p.add_argument("--units", type=int, default=d.units, help="GRU and attention units")

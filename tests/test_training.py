@@ -286,6 +286,17 @@ def test_an_unknown_mixed_precision_policy_is_refused(tiny_config):
         dataclasses.replace(tiny_config, mixed_precision="float16").resolved()
 
 
+def test_like_length_batches_are_the_default_only_where_the_backbone_is_frozen(tiny_config):
+    import dataclasses
+
+    from kcap.training.config import LENGTH_POOL
+
+    # A training backbone's batch norm sees each batch: like-length (so like-scene) batches skew it.
+    assert dataclasses.replace(tiny_config, train_backbone=True).resolved().length_pool == 1
+    assert dataclasses.replace(tiny_config, train_backbone=False).resolved().length_pool == LENGTH_POOL
+    assert dataclasses.replace(tiny_config, train_backbone=True, length_pool=5).resolved().length_pool == 5
+
+
 @pytest.mark.parametrize(
     "setting, message",
     [

@@ -67,7 +67,7 @@ def _batcher(paths: np.ndarray, tokens: np.ndarray, image_size, batch_size: int,
 
 
 def epoch_order(
-    lengths: np.ndarray | tf.Tensor, batch_size: int, seed: int, epoch: int | tf.Tensor, length_pool: int = 20
+    lengths: np.ndarray | tf.Tensor, batch_size: int, seed: int, epoch: int | tf.Tensor, length_pool: int = 1
 ) -> tf.Tensor:
     """The rows of epoch `epoch`, in batch order, from their caption `lengths`.
 
@@ -78,7 +78,8 @@ def epoch_order(
     trained only up to its longest caption, so batches of like lengths spend
     almost no steps on padding: on Flickr8k's captions a batch of 64 is then
     about 13 tokens long instead of 24. A pool is still a random draw of the
-    epoch's rows, so each batch mixes images from all over the data.
+    epoch's rows, but like lengths can mean like images: with a backbone in
+    training, whose batch norm uses each batch's statistics, keep 1.
 
     >>> lengths = np.array([3, 9, 4, 8, 5, 7])
     >>> order = epoch_order(lengths, batch_size=2, seed=0, epoch=0, length_pool=3)
@@ -114,7 +115,7 @@ def training_dataset(
     epochs: int,
     initial_epoch: int = 0,
     feature_cache: FeatureCache | None = None,
-    length_pool: int = 20,
+    length_pool: int = 1,
 ) -> tf.data.Dataset:
     """Batches for epochs `initial_epoch .. epochs-1`, each ordered by `epoch_order`.
 

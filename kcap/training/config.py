@@ -18,6 +18,8 @@ STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
 
 SYNTHETIC = "synthetic"
 MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16")
+# Batches per pool of like-length captions where the backbone is frozen (`TrainConfig.length_pool`).
+LENGTH_POOL = 20
 
 
 @dataclasses.dataclass
@@ -34,7 +36,7 @@ class TrainConfig:
     seed: int = 0
     epochs: int = 10
     batch_size: int = 64
-    length_pool: int = 20  # batches per pool sorted by caption length (kcap.data.pipeline.epoch_order); 1: random batches
+    length_pool: int | None = None  # batches per pool sorted by caption length (kcap.data.pipeline.epoch_order); None: see resolved()
     learning_rate: float = 1e-3
     embedding_dim: int = 256
     units: int = 512
@@ -100,6 +102,11 @@ class TrainConfig:
             c.preprocessing = spec.preprocessing
         if c.train_backbone is None:
             c.train_backbone = c.backbone_weights == "none" and not c.cache_features
+        if c.length_pool is None:
+            # Like-length captions are like scenes too (on the synthetic set, one shape or two), and
+            # a backbone in training normalises its batch norm by each batch's statistics: such
+            # batches trained it far worse there. A frozen backbone's features do not depend on the batch.
+            c.length_pool = 1 if c.train_backbone else LENGTH_POOL
         if c.cache_features:
             # Augmentation needs pixels; cached features have none.
             asked = [
@@ -130,7 +137,7 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
-            (self.length_pool >= 1, "length_pool must be at least 1"),
+            (self.length_pool is None or self.length_pool >= 1, "length_pool must be at least 1"),
             (0 < self.learning_rate < math.inf, "learning_rate must be positive and finite"),
             (self.embedding_dim >= 1 and self.units >= 1, "embedding_dim and units must be positive"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
