@@ -127,7 +127,7 @@ def test_the_cache_extractor_compiles_the_backbone_weights_it_has_now(cached_con
     _, model, paths = _cache_for(cached_config)
     images = np.stack([load_image(p, model.image_size).numpy() for p in paths[:4]])
     extract = model.feature_extractor()
-    # Constants in the graph, which the optimizer folds into the convolutions: no variable is read.
+    # Constants in the graph, which the optimizer can fold and fuse: no variable is read.
     graph = extract.get_concrete_function(tf.TensorSpec((None, *model.image_size, 3), tf.uint8))
     assert graph.variables == () and graph.captured_inputs == []
     before = extract(images).numpy()
