@@ -1181,7 +1181,8 @@ def test_a_damaged_or_missing_checkpoint_is_named_with_what_to_do(trained_run, t
 
 
 def test_hyperparameter_files_are_validated_on_load(tmp_path):
-    from tuning import search
+    from kcap.training.hparams import apply_hparams
+
     config = TrainConfig(data="synthetic")
     path = tmp_path / "best.json"
     for content, message in [
@@ -1192,9 +1193,9 @@ def test_hyperparameter_files_are_validated_on_load(tmp_path):
     ]:
         path.write_text(content)
         with pytest.raises(ValueError, match=message):
-            search.apply_hparams(config, path)
+            apply_hparams(config, path)
     with pytest.raises(IsADirectoryError, match=rf"{tmp_path} is a folder; give the JSON file itself"):
-        search.apply_hparams(config, tmp_path)
+        apply_hparams(config, tmp_path)
 
 
 @pytest.mark.slow
