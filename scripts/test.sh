@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install kcap with its test extras into .venv (or $KCAP_VENV) and run the test suite.
+# Install kcap with its test extras into .venv (or $KCAP_VENV), check the import contracts, run the test suite.
 #   scripts/test.sh [PYTEST ARGS...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+# The import contracts of setup.cfg's [importlinter] (layers, no cycles): seconds, so first.
+"$VENV/bin/lint-imports" --config setup.cfg
 # Each test file on one of up to four worker processes (pytest-xdist): a file's slow
 # fixtures are built once, and on two cores the suite takes about two thirds of the time.
 exec "$VENV/bin/python" -m pytest --numprocesses auto --maxprocesses 4 --dist loadfile "$@"

@@ -82,12 +82,12 @@ def test_flickr8k_token_file_reads_the_official_splits(flickr):
 
 
 def test_images_in_no_split_list_never_get_a_random_split(flickr):
-    from kcap.data.check import load_checked_dataset
+    from kcap.data.loading import load_checked_dataset
     from kcap.training.config import TrainConfig
 
     # The path the trainer takes: a folder holding the token file, format named.
     config = TrainConfig(data=str(FLICKR), format="flickr8k", val_fraction=0.3, test_fraction=0.3)
-    dataset, _ = load_checked_dataset(config, progress=False)
+    dataset, _ = load_checked_dataset(config.data_settings(), progress=False)
     assert dataset.split_sizes() == {"train": 753, "val": 113, "test": 125}
     assert _rows(dataset) == _rows(flickr)
     excluded = {image.path for image in dataset.excluded}
@@ -369,7 +369,7 @@ def test_a_folder_with_split_lists_reads_its_token_file_and_says_where_splits_co
 
     from PIL import Image
 
-    from kcap.data.check import load_checked_dataset
+    from kcap.data.loading import load_checked_dataset
     from kcap.training.config import TrainConfig
 
     for name in _images(tmp_path, names=[f"{i}.jpg" for i in range(6)]).iterdir():
@@ -378,7 +378,7 @@ def test_a_folder_with_split_lists_reads_its_token_file_and_says_where_splits_co
     _write(tmp_path / "Flickr8k.token.txt", "".join(f"{i}.jpg#0\tA dog number {i} .\n" for i in range(6)))
     config = TrainConfig(data=str(tmp_path), backbone="small_cnn")
     with caplog.at_level("INFO", logger="kcap"):
-        dataset, _ = load_checked_dataset(config, progress=False)
+        dataset, _ = load_checked_dataset(config.data_settings(), progress=False)
     assert dataset.source == str(tmp_path / "captions.txt")
     assert "splits drawn at random by image (--seed 0, --val-fraction 0.1, --test-fraction 0.1)" in caplog.text
 
@@ -386,7 +386,7 @@ def test_a_folder_with_split_lists_reads_its_token_file_and_says_where_splits_co
     _write(tmp_path / "Flickr_8k.testImages.txt", "4.jpg\n")
     caplog.clear()
     with caplog.at_level("INFO", logger="kcap"):
-        dataset, _ = load_checked_dataset(dataclasses.replace(config, val_fraction=0.3), progress=False)
+        dataset, _ = load_checked_dataset(dataclasses.replace(config, val_fraction=0.3).data_settings(), progress=False)
     assert dataset.source == str(tmp_path / "Flickr8k.token.txt")
     assert dataset.split_sizes() == {"train": 4, "val": 0, "test": 1}
     assert f"Data: {tmp_path / 'Flickr8k.token.txt'}, 5 images (train 4, val 0, test 1; 1 in no split list, left out); splits as the data gives them" in caplog.text

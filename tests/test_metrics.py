@@ -14,6 +14,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 from conftest import kcap_command
 from kcap.evaluation.evaluate import evaluate_run, image_ids
 from kcap.evaluation.metrics import METRIC_NAMES, MeteorUnavailableWarning, caption_metrics
+from kcap.inference import load_run
 from kcap.text.tokenize import normalize_caption
 
 JAVA = shutil.which("java")
@@ -214,7 +215,7 @@ def test_a_hung_java_is_killed_after_the_timeout(tmp_path):
 
 
 def test_evaluate_run_writes_every_metric_for_the_model_and_the_baseline_and_coco_results(trained_run):
-    report = evaluate_run(trained_run, "test", progress=False, meteor=JAVA is not None)
+    report = evaluate_run(load_run(trained_run), "test", progress=False, meteor=JAVA is not None)
 
     assert json.loads((trained_run / "eval_test.json").read_text()) == report
     for scores in (report, report["baseline"]):
@@ -243,9 +244,7 @@ def test_evaluate_run_writes_every_metric_for_the_model_and_the_baseline_and_coc
 
 
 def test_evaluate_scores_the_beam_search_captions(trained_run):
-    from kcap.inference import load_run
-
-    beam = evaluate_run(trained_run, "test", progress=False, meteor=False, beam_size=3)
+    beam = evaluate_run(load_run(trained_run), "test", progress=False, meteor=False, beam_size=3)
     assert beam["decoding"]["beam_size"] == 3
     paths = [c["image"] for c in beam["captions"]]
     expected = [r["caption"] for r in load_run(trained_run).caption_files(paths, beam_size=3)]
@@ -274,7 +273,7 @@ def test_results_name_images_by_their_coco_ids_where_the_data_has_them(trained_r
     for number, item in enumerate(manifest["splits"]["test"]):
         item["id"] = 1000 + number
     (run / "splits.json").write_text(json.dumps(manifest))
-    report = evaluate_run(run, "test", progress=False, meteor=False)
+    report = evaluate_run(load_run(run), "test", progress=False, meteor=False)
     results = json.loads((run / "results_test.json").read_text())
     assert [r["image_id"] for r in results] == list(range(1000, 1000 + len(manifest["splits"]["test"])))
     assert [r["caption"] for r in results] == [c["caption"] for c in report["captions"]]
@@ -304,7 +303,7 @@ def test_evaluating_a_run_whose_images_moved_says_where_they_were_expected(train
             item["image"] = str(tmp_path / "gone" / Path(item["image"]).relative_to(trained_at))
     (run / "splits.json").write_text(json.dumps(manifest))
     with pytest.raises(FileNotFoundError) as caught:
-        evaluate_run(run, "test", progress=False, meteor=False)
+        evaluate_run(load_run(run), "test", progress=False, meteor=False)
     message = str(caught.value)
     assert message.startswith(f"8 of the 8 images of the 'test' split are missing, e.g. {tmp_path / 'gone'}")
     assert f"{run / 'splits.json'} names each image by the path it had at training" in message
@@ -312,11 +311,11 @@ def test_evaluating_a_run_whose_images_moved_says_where_they_were_expected(train
     assert message.count("\n") == 0  # one line, not one per image
 
     with pytest.raises(NotADirectoryError, match="--images takes the folder"):
-        evaluate_run(run, "test", progress=False, meteor=False, images_dir=run / "splits.json")
+        evaluate_run(load_run(run), "test", progress=False, meteor=False, images_dir=run / "splits.json")
     with pytest.raises(FileNotFoundError, match=f"{run} does not hold them below the paths they had below"):
-        evaluate_run(run, "test", progress=False, meteor=False, images_dir=run)
+        evaluate_run(load_run(run), "test", progress=False, meteor=False, images_dir=run)
     # Given the folder they are in now, the run scores the images it was trained and split with.
-    moved = evaluate_run(run, "test", progress=False, meteor=False, images_dir=trained_at)
-    original = evaluate_run(shutil.copytree(trained_run, tmp_path / "original"), "test", progress=False, meteor=False)
+    moved = evaluate_run(load_run(run), "test", progress=False, meteor=False, images_dir=trained_at)
+    original = evaluate_run(load_run(shutil.copytree(trained_run, tmp_path / "original")), "test", progress=False, meteor=False)
     assert [c["caption"] for c in moved["captions"]] == [c["caption"] for c in original["captions"]]
     assert moved["bleu4"] == original["bleu4"] and moved["cider"] == original["cider"]

@@ -256,37 +256,37 @@ def test_captions_written_without_spaces_between_words_get_one_warning(tmp_path)
 
 
 def test_repeated_captions_are_a_warning_for_a_caption_file_but_not_for_the_embedded_set(tmp_path, caplog):
-    from kcap.data.check import load_checked_dataset
+    from kcap.data.loading import load_checked_dataset
     from kcap.data.synthetic import write_synthetic_dataset
 
     # The embedded set draws captions with replacement: its repeats are by design.
     settings = dict(synthetic_images=40, synthetic_image_size=64, seed=0)
     with caplog.at_level("WARNING"):
-        dataset, report = load_checked_dataset(TrainConfig(data="synthetic", **settings), progress=False)
+        dataset, report = load_checked_dataset(TrainConfig(data="synthetic", **settings).data_settings(), progress=False)
     assert any("word for word" in p.reason for p in report.warnings) and len(dataset.images) == 40
     assert "Data check" not in caplog.text
     # Nor the same set written out by `kcap data synthetic` (README's second train command).
     csv_path = write_synthetic_dataset(tmp_path / "shapes", num_images=40, seed=0, image_size=64)
     caplog.clear()
     with caplog.at_level("WARNING"):
-        load_checked_dataset(TrainConfig(data=str(csv_path), seed=0), progress=False)
+        load_checked_dataset(TrainConfig(data=str(csv_path), seed=0).data_settings(), progress=False)
     assert "Data check" not in caplog.text
     # The same rows in a user's caption file: the first few repeats are shown, with their lines.
     (csv_path.parent / "synthetic.json").unlink()
     caplog.clear()
     with caplog.at_level("WARNING"):
-        load_checked_dataset(TrainConfig(data=str(csv_path), seed=0), progress=False)
+        load_checked_dataset(TrainConfig(data=str(csv_path), seed=0).data_settings(), progress=False)
     assert f"Data check: {len(report.warnings)} warnings (nothing left out)" in caplog.text
     assert f"{csv_path}:" in caplog.text and "word for word" in caplog.text
 
 
 def test_a_relative_data_path_gives_a_run_whose_images_are_found_from_anywhere(tmp_path, monkeypatch):
-    from kcap.data.check import load_checked_dataset
+    from kcap.data.loading import load_checked_dataset
     from kcap.data.synthetic import write_synthetic_dataset
 
     write_synthetic_dataset(tmp_path / "shapes", num_images=12, seed=0, image_size=64)
     monkeypatch.chdir(tmp_path)
-    dataset, _ = load_checked_dataset(TrainConfig(data="shapes/captions.csv", test_fraction=0.25), progress=False)
+    dataset, _ = load_checked_dataset(TrainConfig(data="shapes/captions.csv", test_fraction=0.25).data_settings(), progress=False)
     manifest = dataset.to_manifest()  # what the run writes as splits.json
     monkeypatch.chdir("/")  # `kcap evaluate --run-dir ...` from elsewhere
     for split in manifest["splits"].values():
@@ -499,7 +499,7 @@ def test_an_image_damaged_inside_stops_training_with_its_name_then_is_skipped(tm
 def test_full_decode_finds_damage_inside_the_synthetic_sets_images_and_writes_them_again(tmp_path, monkeypatch, caplog):
     import zlib
 
-    from kcap.data.check import load_checked_dataset
+    from kcap.data.loading import load_checked_dataset
     from kcap.data.synthetic import cached_synthetic_dataset
 
     monkeypatch.setenv("KCAP_CACHE_DIR", str(tmp_path))
@@ -517,7 +517,7 @@ def test_full_decode_finds_damage_inside_the_synthetic_sets_images_and_writes_th
         data="synthetic", synthetic_images=12, synthetic_image_size=64, full_decode=True, on_bad_image="skip"
     ).resolved()
     with caplog.at_level(logging.WARNING, logger="kcap"):
-        dataset, report = load_checked_dataset(config, progress=False)
+        dataset, report = load_checked_dataset(config.data_settings(), progress=False)
     assert f"{damaged}: cannot be decoded" in caplog.text and "writing it again" in caplog.text
     assert report.ok and len(dataset.images) == 12
     assert check_image(damaged, full_decode=True) == (None, None)
@@ -1181,7 +1181,8 @@ def test_a_damaged_or_missing_checkpoint_is_named_with_what_to_do(trained_run, t
 
 
 def test_hyperparameter_files_are_validated_on_load(tmp_path):
-    from tuning import search
+    from kcap.training.hparams import apply_hparams
+
     config = TrainConfig(data="synthetic")
     path = tmp_path / "best.json"
     for content, message in [
@@ -1192,9 +1193,9 @@ def test_hyperparameter_files_are_validated_on_load(tmp_path):
     ]:
         path.write_text(content)
         with pytest.raises(ValueError, match=message):
-            search.apply_hparams(config, path)
+            apply_hparams(config, path)
     with pytest.raises(IsADirectoryError, match=rf"{tmp_path} is a folder; give the JSON file itself"):
-        search.apply_hparams(config, tmp_path)
+        apply_hparams(config, tmp_path)
 
 
 @pytest.mark.slow

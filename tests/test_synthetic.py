@@ -60,12 +60,12 @@ def test_the_cached_set_comes_back_whole_after_losing_or_damaging_an_image(tmp_p
     assert (captions.parent / "images" / "00001.png").is_file()
     # A file damaged in place: training on the set writes it again rather than asking the
     # user to fix a file in kcap's cache.
-    from kcap.data.check import load_checked_dataset
+    from kcap.data.loading import load_checked_dataset
     from kcap.training.config import TrainConfig
 
     intact = (captions.parent / "images" / "00002.png").read_bytes()
     (captions.parent / "images" / "00002.png").write_bytes(intact[: len(intact) // 2])
-    dataset, report = load_checked_dataset(TrainConfig(data="synthetic", synthetic_images=3, synthetic_image_size=64))
+    dataset, report = load_checked_dataset(TrainConfig(data="synthetic", synthetic_images=3, synthetic_image_size=64).data_settings())
     assert report.ok and len(dataset.images) == 3
     assert (captions.parent / "images" / "00002.png").read_bytes() == intact
 

@@ -223,10 +223,11 @@ def test_monitoring_cider_over_a_single_validation_image_is_refused(tmp_path, ti
 
 
 def test_kcap_train_without_flags_is_the_default_train_config():
-    from kcap.cli import _train_config, build_parser
+    from kcap.cli import build_parser
+    from kcap.training.flags import train_config
 
     for data in ("synthetic", "captions.csv"):
-        assert _train_config(build_parser().parse_args(["train", "--data", data, "--run-dir", "r"])) == TrainConfig(data=data)
+        assert train_config(build_parser().parse_args(["train", "--data", data, "--run-dir", "r"])) == TrainConfig(data=data)
 
 
 def test_changed_settings_on_an_existing_run_are_refused(trained_run, tiny_config):

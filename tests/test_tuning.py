@@ -335,7 +335,8 @@ def test_a_true_false_choice_reaches_best_hyperparameters_as_booleans_that_train
     import keras_tuner
 
     from tuning.hypermodel import declare_hyperparameters
-    from tuning.search import apply_hparams, hyperparameter_values
+    from kcap.training.hparams import apply_hparams
+    from tuning.search import hyperparameter_values
 
     hp = keras_tuner.HyperParameters()
     declare_hyperparameters(hp, {"position_embedding": {"type": "choice", "values": [False, True]}})
@@ -468,7 +469,7 @@ def test_default_search_space_is_valid():
 
 
 def test_apply_hparams_overrides_settings_and_rejects_bad_files(tmp_path, caplog):
-    from tuning.search import apply_hparams
+    from kcap.training.hparams import apply_hparams
 
     base = TrainConfig(data="synthetic", units=32)
     good = tmp_path / "best.json"

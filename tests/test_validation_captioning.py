@@ -7,7 +7,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY
-from kcap.data.check import load_checked_dataset
+from kcap.data.loading import load_checked_dataset
 from kcap.data.pipeline import image_dataset, steps_per_epoch, training_dataset
 from kcap.evaluation.metrics import caption_metrics
 from kcap.text.vocabulary import Vocabulary
@@ -19,7 +19,7 @@ from kcap.training.validation_captioning import ValidationCaptioning, caption_wo
 @pytest.fixture(scope="module")
 def tiny():
     config = TrainConfig(data="synthetic", **TINY).resolved()
-    dataset, _ = load_checked_dataset(config, progress=False)
+    dataset, _ = load_checked_dataset(config.data_settings(), progress=False)
     train, val = dataset.subset("train"), dataset.subset("val")
     vocabulary = Vocabulary.build((c for image in train for c in image.captions), max_words=config.vocab_size)
     image_size = (config.image_size, config.image_size)

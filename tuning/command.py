@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+
+from kcap.training.config import TrainConfig
+from kcap.training.flags import add_train_arguments, positive_int, train_config
+from kcap.utils import count
+from tuning.options import DEFAULT_SEARCH_SPACE, OBJECTIVES, TUNERS
 
 
 def add_tune_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -17,9 +23,6 @@ def add_tune_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     args.func(args)
     ```
     """
-    from kcap.cli import _add_train_arguments, _positive_int
-    from tuning.options import DEFAULT_SEARCH_SPACE, OBJECTIVES, TUNERS
-
     p = subparsers.add_parser(
         "tune",
         help="search hyperparameters with keras-tuner (re-run to resume)",
@@ -40,27 +43,22 @@ def add_tune_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                    help="JSON file of hyperparameter ranges (default: tuning/search_space.json)")
     p.add_argument("--retrain-best", metavar="RUN", default=None,
                    help="after the search, train this run directory with the best hyperparameters")
-    p.add_argument("--retrain-epochs", type=_positive_int, default=None, help="epochs of the --retrain-best run (default: --epochs)")
+    p.add_argument("--retrain-epochs", type=positive_int, default=None, help="epochs of the --retrain-best run (default: --epochs)")
     p.add_argument("--verbose", "-v", type=int, default=None, help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
-    _add_train_arguments(p)
+    add_train_arguments(p)
     p.set_defaults(func=cmd_tune, monitor=None)  # None: the --retrain-best run monitors the --objective
     return p
 
 
-def tune_config(args: argparse.Namespace):
+def tune_config(args: argparse.Namespace) -> TrainConfig:
     """The fixed settings of every trial, and of the `--retrain-best` run, from `kcap tune`'s flags."""
-    from kcap.cli import _train_config
-
     # Unless told otherwise, the retrained run keeps the checkpoint that is best by what ranked the
     # trials; with --val-captions 0 it captions nothing during training, so it can only watch val_loss.
     default_monitor = args.objective if args.val_captions > 0 else "val_loss"
-    return _train_config(argparse.Namespace(**{**vars(args), "monitor": args.monitor or default_monitor}))
+    return train_config(argparse.Namespace(**{**vars(args), "monitor": args.monitor or default_monitor}))
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from kcap.utils import count
     from tuning.search import format_summary, retrain_best, search
 
     config = tune_config(args)

@@ -43,7 +43,7 @@ from kcap.training.config import TrainConfig
 from kcap.training.trainer import build_captioner, build_feature_cache, prepare_data, wait_for_feature_cache
 from kcap.training.validation_captioning import ValidationCaptioning
 from kcap.utils.files import read_json
-from tuning.options import DEFAULT_SEARCH_SPACE
+from tuning.options import DEFAULT_SEARCH_SPACE, OBJECTIVES
 
 # Settings a trial may change. Everything else (data, vocabulary, backbone,
 # image size, normalisation, augmentation, the feature cache) is fixed for
@@ -364,8 +364,8 @@ class CaptionerHyperModel(keras_tuner.HyperModel):
         self.config = config
         self.data = data
         self.search_space = validate_search_space(dict(search_space))
-        if objective not in ("val_loss", "val_bleu4"):
-            raise ValueError(f"objective must be 'val_loss' or 'val_bleu4', got {objective!r}.")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {tuple(OBJECTIVES)}, got {objective!r}.")
         self.objective = objective
         if not data.dataset.subset("val"):
             raise ValueError(

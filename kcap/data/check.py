@@ -1,7 +1,7 @@
 """The data check: every problem of a data set, found before training spends an hour on it.
 
 `kcap data check --data DATA` runs it on its own; `kcap train`, `kcap features`
-and `kcap tune` run it first (through `kcap.training.trainer.prepare_data`).
+and `kcap tune` run it first (through `kcap.data.loading.load_checked_dataset`).
 It reports each problem with its file, line and reason:
 
 - caption rows: a missing field, an empty caption or one of punctuation alone,
@@ -24,11 +24,12 @@ checks every PNG chunk's CRC, so a cut PNG is caught), an end-of-image marker
 test for JPEGs, and a real TF decode for everything else or anything in doubt
 (`full_decode=True`, `--full-decode`, decodes every image).
 
-`--on-bad-image error` (the default) stops before training with the report
-(exit code 2); `--on-bad-image skip` leaves out the bad images and caption rows,
-logs them, and the run records them in `config.json` under `data.skipped`.
-Problems that leave nothing to read (no caption file, no images folder, no CSV
-header, JSON that does not parse) stop every run, whatever the switch.
+What a run does with the report is `kcap.data.loading`'s: `--on-bad-image error`
+(the default) stops before training with the report (exit code 2);
+`--on-bad-image skip` leaves out the bad images and caption rows, logs them, and
+the run records them in `config.json` under `data.skipped`. Problems that leave
+nothing to read (no caption file, no images folder, no CSV header, JSON that
+does not parse) stop every run, whatever the switch.
 
 Example:
 
@@ -43,31 +44,20 @@ report.ok                       # False when any image or row is bad
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
-import contextlib
 import dataclasses
-import logging
 import os
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kcap.data.caption_files import read_captions
 from kcap.data.dataset import CaptionDataset
 from kcap.data.formats.common import CaptionFileError, DataProblem, read_text, text_lines
 from kcap.text.tokenize import is_unsegmented
 from kcap.utils import count
-from kcap.utils.files import read_json
-
-if TYPE_CHECKING:  # kcap.training imports kcap.data
-    from kcap.training.config import TrainConfig
-
-log = logging.getLogger("kcap")
-
-ON_BAD_IMAGE = ("error", "skip")
 
 # Above this many pixels an image is reported as too large: decoding it takes
 # gigabytes (PIL's own decompression-bomb limit, 2 * Image.MAX_IMAGE_PIXELS).
@@ -324,36 +314,6 @@ def check_image(path: str | Path, full_decode: bool = False) -> tuple[str | None
     return None, None
 
 
-@contextlib.contextmanager
-def explain_decode_failures(images: Sequence, on_bad_image: str = "error") -> Iterator[None]:
-    """Turns an image that TensorFlow cannot decode, mid-run, into a `DataCheckError` naming it.
-
-    The data check reads each image's header and end, not all of it (that is
-    `full_decode`), so damage inside a file shows only when a batch decodes it.
-    Then every image of `images` (paths or `CaptionedImage`s) is decoded to
-    find which, and the error says what to do. Other errors pass unchanged.
-    """
-    import tensorflow as tf
-
-    try:
-        yield
-    except tf.errors.InvalidArgumentError as error:
-        if "decode" not in str(error).lower():
-            raise
-        log.warning("An image could not be decoded; decoding all %d images to find which.", len(images))
-        paths = [str(getattr(image, "path", image)) for image in images]
-        bad = image_errors(paths, full_decode=True, progress=True)
-        if not bad:
-            raise
-        skip = "" if on_bad_image == "skip" else " --on-bad-image skip"
-        raise DataCheckError(
-            f"{count(len(bad), 'image')} cannot be decoded, damage inside the file that the data check at the "
-            f"start does not read:\n" + "\n".join(f"  {problem}" for problem in bad) + "\n"
-            f"Fix or remove them, or add --full-decode{skip} to find and leave out such images before training. "
-            "Run the same command again to go on where it stopped."
-        ) from None
-
-
 def _known_signature(head: bytes) -> bool:
     return (
         head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM"))
@@ -407,150 +367,3 @@ def _add_mentions(problems: list[DataProblem], caption_file: Path, images_dir: P
         if names.get(name):
             reason = f"{problem.reason.rstrip('.')} (named at {caption_file.name}:{names[name][0]})."
             problems[index] = dataclasses.replace(problem, reason=reason)
-
-
-def apply_on_bad_image(report: DataReport, on_bad_image: str) -> CaptionDataset:
-    """The data set to train on: unchanged when clean; without the bad images under `"skip"`;
-    a `DataCheckError` listing every problem under `"error"`.
-
-    Example: `dataset = apply_on_bad_image(check_data("flickr8k"), "skip")`.
-    """
-    if on_bad_image not in ON_BAD_IMAGE:
-        raise ValueError(f"on_bad_image must be one of {ON_BAD_IMAGE}, got {on_bad_image!r}.")
-    dataset = report.dataset
-    if report.ok:
-        return dataset
-    if on_bad_image == "error":
-        raise DataCheckError(
-            f"The data check found problems:\n{report.format()}\n"
-            "Fix them, or pass --on-bad-image skip to train without the bad images and rows."
-        )
-    bad = report.bad_images
-    dataset.images = [image for image in dataset.images if str(image.path) not in bad]
-    if not dataset.images:
-        raise DataCheckError(f"The data check left nothing to train on:\n{report.format()}")
-    return dataset
-
-
-def load_checked_dataset(
-    config: TrainConfig, progress: bool = True, run_splits: str | Path | None = None
-) -> tuple[CaptionDataset, DataReport]:
-    """The data a run names, checked and split: what training, `kcap features` and `kcap tune` read.
-
-    Reads (or generates) the data, runs the data check, and gives every image a
-    split. Splits are drawn over every readable image before bad ones are left
-    out, so the split of a good image never depends on which others are bad. A
-    run being resumed gives its `splits.json` as `run_splits` and keeps those
-    splits (`kcap.data.splits.restore_splits`).
-    """
-    from kcap.data.splits import assign_splits, restore_splits
-    from kcap.data.synthetic import cached_synthetic_dataset
-
-    synthetic = dict(num_images=config.synthetic_images, seed=config.seed, image_size=config.synthetic_image_size)
-    if config.is_synthetic:
-        data = cached_synthetic_dataset(**synthetic)
-        images, data_format = None, "auto"
-    else:
-        # Absolute: the run's splits.json then names images that `kcap evaluate` (and a
-        # resumed run) finds from any working directory.
-        data = os.path.abspath(config.data)
-        images = os.path.abspath(config.images) if config.images else None
-        data_format = config.format
-    report = check_data(data, images, data_format, config.full_decode, progress=progress)
-    if config.is_synthetic and not report.ok:
-        # kcap's own cache, not the user's data: nothing for them to fix, so it heals itself.
-        log.warning("The cached synthetic set %s is damaged (%s); writing it again.", Path(data).parent, report.errors[0])
-        data = cached_synthetic_dataset(**synthetic, force=True)
-        report = check_data(data, images, data_format, config.full_decode, progress=progress)
-    given = {id(image) for image in report.dataset.images if image.split is not None}
-    assign_splits(report.dataset, config.val_fraction, config.test_fraction, seed=config.seed)
-    if run_splits is not None:
-        # Before bad images are left out: one found bad since the run began, or one the run
-        # left out when it began, is not a change of data.
-        left_out = set(report.bad_images) | _skipped_before(Path(run_splits).parent / "config.json")
-        restore_splits(report.dataset, read_json(run_splits, "The run's split file"), run_splits, left_out)
-    dataset = apply_on_bad_image(report, config.on_bad_image)
-    sizes = dataset.split_sizes()
-    used = [image for image in dataset.images if image.split is not None]
-    origin = (
-        f"kept from {run_splits}" if run_splits is not None
-        else _split_origin(config, sum(id(image) in given for image in used), len(used))
-    )
-    excluded = f"; {len(dataset.excluded)} in no split list, left out" if dataset.excluded else ""
-    log.info(
-        "Data: %s, %d images (train %d, val %d, test %d%s); splits %s.",
-        dataset.source, len(used), sizes["train"], sizes["val"], sizes["test"], excluded, origin,
-    )
-    # The synthetic set (embedded, or written out by `kcap data synthetic`, which leaves its
-    # synthetic.json beside the captions) draws each image's five captions with replacement,
-    # so it repeats some word for word by design: nothing its user could act on.
-    ours = config.is_synthetic or (Path(dataset.source).parent / "synthetic.json").is_file()
-    if report.warnings and not ours:
-        # Only a few: a caption file can repeat rows by the thousand.
-        shown = [f"  {p}" for p in report.warnings[:3]]
-        if len(report.warnings) > 3:
-            shown.append(f"  ... and {len(report.warnings) - 3} more (`kcap data check` lists them all)")
-        log.warning("Data check: %s (nothing left out):\n%s", count(len(report.warnings), "warning"), "\n".join(shown))
-    if not report.ok:
-        skipped = report.skipped_json()
-        log.warning(
-            "--on-bad-image skip: leaving out %s and %s:\n%s",
-            count(len(skipped["images"]), "image"), count(len(skipped["rows"]), "caption row"),
-            "\n".join(f"  {p}" for p in report.errors),
-        )
-    return dataset, report
-
-
-def _skipped_before(run_config: Path) -> set[str]:
-    """The images a run's `config.json` says `--on-bad-image skip` left out when it began."""
-    if not run_config.is_file():
-        return set()
-    skipped = read_json(run_config, "The run's config").get("data", {}).get("skipped") or {}
-    return {item["path"] for item in skipped.get("images", [])}
-
-
-def _split_origin(config, given: int, total: int) -> str:
-    """Where the splits of `total` images came from, `given` of them by the data itself."""
-    drawn = f"drawn at random by image (--seed {config.seed}, --val-fraction {config.val_fraction:g}, " \
-            f"--test-fraction {config.test_fraction:g})"
-    if given == 0:
-        return drawn
-    defaults = {f.name: f.default for f in dataclasses.fields(config)}
-    if given == total and (config.val_fraction, config.test_fraction) != (defaults["val_fraction"], defaults["test_fraction"]):
-        log.warning(
-            "--val-fraction and --test-fraction do not apply: the data gives every image its split "
-            "(split lists, a split column or a split field)."
-        )
-    if given == total:
-        return "as the data gives them (split lists, a split column or a split field)"
-    return f"of {given} images as the data gives them, the other {total - given} {drawn}"
-
-
-# -- `kcap data check` ---------------------------------------------------------
-
-
-def add_check_command(data_sub: argparse._SubParsersAction) -> None:
-    """Adds `kcap data check` to the `kcap data` sub-parsers (see `kcap.cli.build_parser`)."""
-    from kcap.data.caption_files import FORMATS
-
-    q = data_sub.add_parser("check", help="report every bad image and caption row of a data set (exit 2 if any)")
-    q.add_argument("--data", required=True, help="a caption file or a folder holding one ('synthetic': the embedded set)")
-    q.add_argument("--images", default=None, help="images folder (default: Images/ or images/ beside the caption file)")
-    q.add_argument("--format", default="auto", choices=FORMATS, help="caption file format (default: detected)")
-    q.add_argument("--full-decode", action="store_true", help="decode every image with TensorFlow (slower, certain)")
-    q.add_argument("--json", action="store_true", help="print the report as JSON")
-    q.set_defaults(func=cmd_check)
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    """Prints the report; 0 when training would find nothing to refuse, 2 otherwise."""
-    import json
-
-    data = args.data
-    if data == "synthetic":
-        from kcap.data.synthetic import cached_synthetic_dataset
-
-        data = cached_synthetic_dataset()
-    report = check_data(data, args.images, args.format, full_decode=args.full_decode)
-    print(json.dumps(report.to_json(), indent=2, ensure_ascii=False) if args.json else report.format())
-    return 0 if report.ok else 2

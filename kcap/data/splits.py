@@ -14,11 +14,15 @@ from kcap.utils import count
 
 log = logging.getLogger("kcap")
 
+# The default fractions of images drawn for validation and for test.
+VAL_FRACTION = 0.1
+TEST_FRACTION = 0.1
+
 
 def assign_splits(
     dataset: CaptionDataset,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
     seed: int = 0,
 ) -> CaptionDataset:
     """Gives every image without a split one of train/val/test, at random.

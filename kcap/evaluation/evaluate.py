@@ -7,11 +7,14 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path, PurePath, PurePosixPath
+from typing import TYPE_CHECKING
 
 from kcap.evaluation.metrics import MeteorError, MeteorScorer, MeteorUnavailableWarning, caption_metrics
-from kcap.inference import load_run
 from kcap.text.tokenize import normalize_caption
 from kcap.utils.files import atomic_write_json
+
+if TYPE_CHECKING:  # kcap.inference is a layer above; evaluation is handed what it loads
+    from kcap.inference import TrainedRun
 
 
 def blind_baseline(train_captions: list[str]) -> str:
@@ -50,17 +53,19 @@ def _id_candidates(paths: list[str]) -> Iterator[list[str]]:
 
 
 def evaluate_run(
-    run_dir: str | Path,
+    trained: TrainedRun,
     split: str = "test",
     batch_size: int = 32,
-    checkpoint: str = "best",
     progress: bool = True,
     beam_size: int = 1,
     temperature: float | None = None,
     meteor: bool = True,
     images_dir: str | Path | None = None,
 ) -> dict:
-    """Captions every image of `split` and scores them against all their references.
+    """Captions every image of `split` of a loaded run and scores them against all their references.
+
+    `trained` is what `kcap.inference.load_run` returns: the run's model (the
+    checkpoint it loaded), vocabulary and run directory.
 
     Writes `RUN/eval_<split>.json` and returns the same dict: `bleu1`..`bleu4`,
     `meteor`, `rouge_l`, `cider` (see `kcap.evaluation.metrics`; `meteor` is
@@ -83,11 +88,10 @@ def evaluate_run(
     Example:
 
     ```python
-    report = evaluate_run("runs/shapes", "test", beam_size=1)
+    report = evaluate_run(load_run("runs/shapes", "best"), "test", beam_size=1)
     print(report["bleu4"], report["cider"], report["baseline"]["cider"])
     ```
     """
-    trained = load_run(run_dir, checkpoint)
     manifest = trained.run.load_splits()
     images = manifest["splits"].get(split) or []
     if not images:

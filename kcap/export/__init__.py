@@ -4,8 +4,7 @@ __all__ = ["SERVING_DEFAULT", "SERVING_IMAGES", "build_export_archive", "caption
 
 
 def __getattr__(name: str):
-    # On first use: `kcap --help` reaches `kcap.export.command` through this package and
-    # should not wait for TensorFlow.
+    # On first use: importing the package alone should not wait for TensorFlow.
     if name in __all__:
         from kcap.export import savedmodel
 

@@ -35,11 +35,11 @@ from kcap.data.images import decode_image
 from kcap.model import decoding
 from kcap.model.decoder import AttentionDecoder
 from kcap.text.vocabulary import END_ID, PAD_ID, START_ID
+from kcap.training.run_dir import CHECKPOINTS
 from kcap.utils.files import atomic_directory
 
 SERVING_DEFAULT = "serving_default"
 SERVING_IMAGES = "serving_images"
-CHECKPOINTS = ("best", "last")
 EXPORT_FORMAT = "kcap.export"
 EXPORT_VERSION = 1
 

@@ -11,13 +11,21 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from kcap.data.loading import ON_BAD_IMAGE, SYNTHETIC, DataSettings
+from kcap.data.splits import TEST_FRACTION, VAL_FRACTION
 from kcap.utils.files import atomic_write_json
 
 # tf.distribute strategies `--strategy` names (`kcap.training.distribute.make_strategy`).
 STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
 
-SYNTHETIC = "synthetic"
 MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16")
+# What `--monitor` may watch: the loss, or a score of the validation captions
+# (`kcap.training.validation_captioning`). Kept here, not there: that module imports Keras,
+# and `kcap train --help` lists these without loading it.
+MONITORS = ("val_loss", "val_bleu4", "val_cider")
+# Pixel normalisation: the backbone's own preprocessing, or the training images'
+# per-channel mean and std (`kcap.data.normalization`).
+NORMALIZE = ("backbone", "dataset")
 # Batches per pool of like-length captions where the backbone is frozen (`TrainConfig.length_pool`).
 LENGTH_POOL = 20
 
@@ -31,8 +39,8 @@ class TrainConfig:
     images: str | None = None
     synthetic_images: int = 3000
     synthetic_image_size: int = 96
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    val_fraction: float = VAL_FRACTION
+    test_fraction: float = TEST_FRACTION
     seed: int = 0
     epochs: int = 10
     batch_size: int = 64
@@ -70,6 +78,10 @@ class TrainConfig:
     @property
     def is_synthetic(self) -> bool:
         return self.data == SYNTHETIC
+
+    def data_settings(self) -> DataSettings:
+        """What `kcap.data.loading.load_checked_dataset` reads of this configuration."""
+        return DataSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataSettings)})
 
     def resolved(self) -> "TrainConfig":
         """A copy with every `None` default replaced by its actual value."""
@@ -150,11 +162,11 @@ class TrainConfig:
             (self.max_length is None or self.max_length >= 1, "max_length must be at least 1"),
             (self.synthetic_images >= 10, "synthetic_images must be at least 10"),
             (self.fine_tune_layers >= 0, "fine_tune_layers must be 0 or more"),
-            (self.normalize in ("backbone", "dataset"), "normalize must be 'backbone' or 'dataset'"),
+            (self.normalize in NORMALIZE, f"normalize must be {_alternatives(NORMALIZE)}"),
             (self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}"),
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}"),
-            (self.on_bad_image in ("error", "skip"), "on_bad_image must be 'error' or 'skip'"),
-            (self.monitor in ("val_loss", "val_bleu4", "val_cider"), "monitor must be val_loss, val_bleu4 or val_cider"),
+            (self.on_bad_image in ON_BAD_IMAGE, f"on_bad_image must be {_alternatives(ON_BAD_IMAGE)}"),
+            (self.monitor in MONITORS, f"monitor must be {_alternatives(MONITORS)}"),
             (self.monitor == "val_loss" or self.val_captions > 0, "monitor val_bleu4/val_cider needs val_captions > 0"),
             (self.early_stopping is None or self.early_stopping >= 1, "early_stopping must be at least 1"),
         ]
@@ -218,6 +230,11 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is str:
         return isinstance(value, str)
     return True
+
+
+def _alternatives(values: tuple[str, ...]) -> str:
+    """`('a', 'b', 'c')` → `"'a', 'b' or 'c'"`."""
+    return ", ".join(map(repr, values[:-1])) + f" or {values[-1]!r}"
 
 
 def _absolute(path: str | None) -> str | None:

@@ -10,6 +10,9 @@ from pathlib import Path
 
 from kcap.utils.files import read_json
 
+# The checkpoints of a run `--checkpoint` names (`RunDir.model_path`).
+CHECKPOINTS = ("best", "last")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunDir:

@@ -14,9 +14,10 @@ from pathlib import Path
 import keras
 
 import kcap
-from kcap.data.check import explain_decode_failures, load_checked_dataset
+from kcap.data.decode_failures import explain_decode_failures
 from kcap.data.dataset import CaptionDataset
 from kcap.data.feature_cache import FeatureCache
+from kcap.data.loading import load_checked_dataset
 from kcap.data.normalization import channel_statistics
 from kcap.data.pipeline import evaluation_dataset, steps_per_epoch, training_dataset
 from kcap.model.augmentation import ImageAugmentation
@@ -173,7 +174,7 @@ def prepare_data(
     """
     # Data check (issue #8): every problem is reported before any training.
     resumed_splits = run.splits if run is not None and run.splits.is_file() else None
-    dataset, report = load_checked_dataset(config, run_splits=resumed_splits)
+    dataset, report = load_checked_dataset(config.data_settings(), run_splits=resumed_splits)
     if skipped is not None:
         skipped.update(report.skipped_json())
         # Images a resumed run keeps out as it did when it began (no split): recorded again.

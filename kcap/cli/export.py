@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from kcap.training.run_dir import CHECKPOINTS
+
 
 def add_export_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Adds `kcap export --run-dir RUN --output DIR [--beam-size K] [--force] [--checkpoint best|last]`.
@@ -31,7 +33,7 @@ def add_export_command(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--output", required=True, help="SavedModel directory to write")
     p.add_argument("--beam-size", type=int, default=1, help="1: greedy, as `kcap caption` (default); more: beam search")
     p.add_argument("--force", action="store_true", help="replace an existing export at --output")
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     p.set_defaults(func=cmd_export)
     return p
 
