@@ -11,6 +11,9 @@ Formats (`FORMATS`; `--format` on the command line):
 - `auto` (the default): a `.json` file is COCO or Karpathy by its keys, a file whose
   first line is `NAME#N<TAB>...` is a token file, anything else is CSV.
 
+A new format is one reader module under `kcap.data.formats` and one `register_format`
+line below (`docs/architecture.md` has the recipe).
+
 The path may be the caption file or a folder holding one (see `find_caption_file`).
 Images are in `Images/` or `images/` beside the caption file unless `images_dir`
 names the folder; an image path that leads outside that folder is refused. Each
@@ -19,7 +22,9 @@ format's details are in its module under `kcap.data.formats`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from kcap.data.dataset import CaptionDataset
@@ -32,33 +37,86 @@ from kcap.data.formats.karpathy import karpathy_dataset, read_karpathy_captions
 __all__ = [
     "FORMATS",
     "CaptionFileError",
+    "CaptionFormat",
     "DataProblem",
     "detect_format",
     "find_caption_file",
     "find_images_dir",
     "read_captions",
     "read_csv_captions",
+    "register_format",
     "resolve_image",
 ]
 
-FORMATS = ("auto", "csv", "flickr8k", "coco", "karpathy")
+@dataclasses.dataclass(frozen=True)
+class CaptionFormat:
+    """A caption file format: its name, its reader and the files it looks for in a folder.
 
-_READERS = {
-    "csv": read_csv_captions,
-    "flickr8k": read_flickr8k_captions,
-    "coco": read_coco_captions,
-    "karpathy": read_karpathy_captions,
-}
+    `read(path, images_dir, errors)` returns a `CaptionDataset`; with an
+    `errors` list it records each bad row there as a `DataProblem` and goes on
+    (see `read_captions`). `folder_patterns` are the glob patterns tried, in
+    order, when `--data` names a folder.
+    """
 
-# What a folder is searched for, per format, in this order; the first pattern
-# that matches exactly one file wins.
-_FOLDER_CANDIDATES = {
-    "csv": ("captions.csv", "captions.txt"),
-    "flickr8k": ("Flickr8k.token.txt", "*.token.txt", "*.token"),
-    "coco": ("*.json",),
-    "karpathy": ("*.json",),
-}
-_FOLDER_CANDIDATES["auto"] = _FOLDER_CANDIDATES["csv"] + _FOLDER_CANDIDATES["flickr8k"] + ("*.json",)
+    name: str
+    read: Callable[[Path, str | Path | None, list[DataProblem] | None], CaptionDataset]
+    folder_patterns: tuple[str, ...] = ()
+
+
+_REGISTRY: dict[str, CaptionFormat] = {}
+
+
+def register_format(caption_format: CaptionFormat) -> CaptionFormat:
+    """Makes a format readable by `read_captions` and `--format NAME`.
+
+    Example:
+
+    ```python
+    register_format(CaptionFormat("tsv", read_tsv_captions, ("captions.tsv",)))
+    dataset = read_captions("data/captions.tsv", format="tsv")
+    ```
+    """
+    name = caption_format.name
+    if name == "auto" or not name.isidentifier():
+        raise ValueError(f"A caption format needs a name that is an identifier other than 'auto', got {name!r}.")
+    if name in _REGISTRY:
+        raise ValueError(f"The caption format {name!r} is registered already.")
+    _REGISTRY[name] = caption_format
+    return caption_format
+
+
+def caption_formats() -> tuple[str, ...]:
+    """The names `--format` takes: `auto`, then every registered format.
+
+    >>> caption_formats()[:5]
+    ('auto', 'csv', 'flickr8k', 'coco', 'karpathy')
+    """
+    return ("auto", *_REGISTRY)
+
+
+register_format(CaptionFormat("csv", read_csv_captions, ("captions.csv", "captions.txt")))
+register_format(CaptionFormat("flickr8k", read_flickr8k_captions, ("Flickr8k.token.txt", "*.token.txt", "*.token")))
+register_format(CaptionFormat("coco", read_coco_captions, ("*.json",)))
+register_format(CaptionFormat("karpathy", read_karpathy_captions, ("*.json",)))
+
+# The built-in formats, for `--format`'s help; `caption_formats()` adds registered ones.
+FORMATS = caption_formats()
+
+
+def _folder_patterns(format: str) -> tuple[str, ...]:
+    """What a folder is searched for, in this order; the first pattern that matches exactly one file wins."""
+    if format != "auto":
+        return _REGISTRY[format].folder_patterns
+    builtin = ("captions.csv", "captions.txt", "Flickr8k.token.txt", "*.token.txt", "*.token", "*.json")
+    return builtin + tuple(
+        pattern for f in _REGISTRY.values() for pattern in f.folder_patterns if pattern not in builtin
+    )
+
+
+def _check_format(format: str) -> None:
+    if format not in _REGISTRY and format != "auto":
+        raise ValueError(f"Unknown caption format {format!r}; expected one of {caption_formats()}.")
+
 
 # The start of a token-file line: NAME#N, then whitespace (a name may hold spaces, not commas or tabs).
 _TOKEN_START = re.compile(r"^[^\t,]*[^\s,]#\d+\s")
@@ -76,12 +134,12 @@ def find_caption_file(folder: str | Path, format: str = "auto") -> Path:
 
     Example: `find_caption_file("flickr8k")` → `flickr8k/captions.txt`.
     """
-    if format not in FORMATS:
-        raise ValueError(f"Unknown caption format {format!r}; expected one of {FORMATS}.")
+    _check_format(format)
     folder = Path(folder)
-    patterns = _FOLDER_CANDIDATES[format]
+    patterns = _folder_patterns(format)
     if format == "auto" and any((folder / name).is_file() for name, _ in SPLIT_LISTS):
-        patterns = _FOLDER_CANDIDATES["flickr8k"] + tuple(p for p in patterns if p not in _FOLDER_CANDIDATES["flickr8k"])
+        token_files = _folder_patterns("flickr8k")
+        patterns = token_files + tuple(p for p in patterns if p not in token_files)
     for pattern in patterns:
         matches = sorted(p for p in folder.glob(pattern) if p.is_file())
         if len(matches) == 1:
@@ -128,8 +186,7 @@ def read_captions(
     dataset = read_captions("captions.csv", errors=problems)  # the good rows; problems lists the rest
     ```
     """
-    if format not in FORMATS:
-        raise ValueError(f"Unknown caption format {format!r}; expected one of {FORMATS}.")
+    _check_format(format)
     path = Path(path)
     if path.is_dir():
         path = find_caption_file(path, format)
@@ -143,7 +200,7 @@ def read_captions(
             build = coco_dataset if _json_format(data, path) == "coco" else karpathy_dataset
             return build(data, path, images_root, errors)
         format = _text_format(path)
-    return _READERS[format](path, images_dir, errors)
+    return _REGISTRY[format].read(path, images_dir, errors)
 
 
 def _is_json(path: Path) -> bool:

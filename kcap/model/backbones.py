@@ -23,7 +23,9 @@ class BackboneSpec:
     pretrained: bool  # whether "imagenet" weights exist
 
 
-def _application(constructor: Callable, **extra) -> Callable[..., keras.Model]:
+def keras_application(constructor: Callable, **extra) -> Callable[..., keras.Model]:
+    """A `BackboneSpec.build` for a `keras.applications` constructor, without its classifier head."""
+
     def build(weights: str | None, image_size: int) -> keras.Model:
         return constructor(
             include_top=False, weights=weights, input_shape=(image_size, image_size, 3), **extra
@@ -53,30 +55,53 @@ def small_cnn(weights: str | None = None, image_size: int = 96) -> keras.Model:
     return keras.Model(inputs, x, name="small_cnn")
 
 
-BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in [
-        BackboneSpec("inception_v3", _application(keras.applications.InceptionV3), 299, "tf", (8, 8, 2048), True),
-        BackboneSpec("mobilenet_v2", _application(keras.applications.MobileNetV2), 224, "tf", (7, 7, 1280), True),
-        BackboneSpec(
-            "mobilenet_v3_small",
-            _application(keras.applications.MobileNetV3Small, include_preprocessing=True),
-            224, "none", (7, 7, 576), True,
-        ),
-        BackboneSpec(
-            "mobilenet_v3_large",
-            _application(keras.applications.MobileNetV3Large, include_preprocessing=True),
-            224, "none", (7, 7, 960), True,
-        ),
-        BackboneSpec("efficientnet_b0", _application(keras.applications.EfficientNetB0), 224, "none", (7, 7, 1280), True),
-        BackboneSpec("resnet50", _application(keras.applications.ResNet50), 224, "caffe", (7, 7, 2048), True),
-        BackboneSpec("small_cnn", small_cnn, 96, "scale", (6, 6, 128), False),
-    ]
-}
+BACKBONES: dict[str, BackboneSpec] = {}  # by name; add to it with `register_backbone`
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    """Makes a backbone buildable by name (`--backbone NAME`, `build_backbone(NAME)`).
+
+    `spec.build(weights, image_size)` returns a Keras model from RGB pixels to a
+    4-D feature map; `spec.preprocessing` is the `ImagePreprocessing` mode its
+    pixels need and `spec.feature_shape` its output at `spec.image_size`.
+
+    Example:
+
+    ```python
+    register_backbone(BackboneSpec("convnext_tiny", keras_application(keras.applications.ConvNeXtTiny),
+                                   224, "none", (7, 7, 768), pretrained=True))
+    ```
+    """
+    if is_backbone_file(spec.name) or not spec.name.isidentifier():
+        raise ValueError(f"A backbone needs a name that is an identifier, got {spec.name!r}.")
+    if spec.name in BACKBONES:
+        raise ValueError(f"The backbone {spec.name!r} is registered already.")
+    BACKBONES[spec.name] = spec
+    return spec
 
 
 def is_backbone_file(name: str) -> bool:
     return name.endswith(".keras")
+
+
+for _spec in [
+    BackboneSpec("inception_v3", keras_application(keras.applications.InceptionV3), 299, "tf", (8, 8, 2048), True),
+    BackboneSpec("mobilenet_v2", keras_application(keras.applications.MobileNetV2), 224, "tf", (7, 7, 1280), True),
+    BackboneSpec(
+        "mobilenet_v3_small",
+        keras_application(keras.applications.MobileNetV3Small, include_preprocessing=True),
+        224, "none", (7, 7, 576), True,
+    ),
+    BackboneSpec(
+        "mobilenet_v3_large",
+        keras_application(keras.applications.MobileNetV3Large, include_preprocessing=True),
+        224, "none", (7, 7, 960), True,
+    ),
+    BackboneSpec("efficientnet_b0", keras_application(keras.applications.EfficientNetB0), 224, "none", (7, 7, 1280), True),
+    BackboneSpec("resnet50", keras_application(keras.applications.ResNet50), 224, "caffe", (7, 7, 2048), True),
+    BackboneSpec("small_cnn", small_cnn, 96, "scale", (6, 6, 128), False),
+]:
+    register_backbone(_spec)
 
 
 def get_backbone_spec(name: str, image_size: int | None = None) -> BackboneSpec:
