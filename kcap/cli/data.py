@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from kcap.data.caption_files import FORMATS
+from kcap.data.caption_files import caption_formats
 from kcap.data.loading import SYNTHETIC
 from kcap.training.flags import positive_int
 from kcap.utils import count
@@ -27,7 +27,7 @@ def add_data_command(subparsers: argparse._SubParsersAction) -> None:
     q = data_sub.add_parser("check", help="report every bad image and caption row of a data set (exit 2 if any)")
     q.add_argument("--data", required=True, help=f"a caption file or a folder holding one ({SYNTHETIC!r}: the embedded set)")
     q.add_argument("--images", default=None, help="images folder (default: Images/ or images/ beside the caption file)")
-    q.add_argument("--format", default="auto", choices=FORMATS, help="caption file format (default: detected)")
+    q.add_argument("--format", default="auto", choices=caption_formats(), help="caption file format (default: detected)")
     q.add_argument("--full-decode", action="store_true", help="decode every image with TensorFlow (slower, certain)")
     q.add_argument("--json", action="store_true", help="print the report as JSON")
     q.set_defaults(func=cmd_data_check)

@@ -1,6 +1,6 @@
 """Reading caption files into a `CaptionDataset`, whatever their format.
 
-Formats (`FORMATS`; `--format` on the command line):
+Formats (`caption_formats()`; `--format` on the command line):
 
 - `csv`: a header `image,caption`, optionally a `split` column (Kaggle's Flickr8k `captions.txt`).
 - `flickr8k`: `NAME.jpg#N<TAB>caption` lines (`Flickr8k.token.txt`, Flickr30k's
@@ -35,7 +35,6 @@ from kcap.data.formats.flickr8k import SPLIT_LISTS, read_flickr8k_captions
 from kcap.data.formats.karpathy import karpathy_dataset, read_karpathy_captions
 
 __all__ = [
-    "FORMATS",
     "CaptionFileError",
     "CaptionFormat",
     "DataProblem",
@@ -98,10 +97,6 @@ register_format(CaptionFormat("csv", read_csv_captions, ("captions.csv", "captio
 register_format(CaptionFormat("flickr8k", read_flickr8k_captions, ("Flickr8k.token.txt", "*.token.txt", "*.token")))
 register_format(CaptionFormat("coco", read_coco_captions, ("*.json",)))
 register_format(CaptionFormat("karpathy", read_karpathy_captions, ("*.json",)))
-
-# The built-in formats, for `--format`'s help; `caption_formats()` adds registered ones.
-FORMATS = caption_formats()
-
 
 def _folder_patterns(format: str) -> tuple[str, ...]:
     """What a folder is searched for, in this order; the first pattern that matches exactly one file wins."""

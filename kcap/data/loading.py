@@ -44,7 +44,7 @@ class DataSettings:
 
     data: str  # a caption file or a folder holding one, or SYNTHETIC
     images: str | None  # the images folder; None: found beside the caption file
-    format: str  # a caption file format (`kcap.data.caption_files.FORMATS`)
+    format: str  # a caption file format (`kcap.data.caption_files.caption_formats()`)
     synthetic_images: int
     synthetic_image_size: int
     seed: int  # of the synthetic set and of the split draw

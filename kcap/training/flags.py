@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 import math
 
-from kcap.data.caption_files import FORMATS
+from kcap.data.caption_files import caption_formats
 from kcap.data.loading import ON_BAD_IMAGE
 from kcap.training.config import MIXED_PRECISION, MONITORS, NORMALIZE, STRATEGIES, TrainConfig
 from kcap.training.hparams import apply_hparams
@@ -66,7 +66,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     d = TrainConfig(data="")
     p.add_argument("--data", required=True, help="'synthetic' (the embedded set) or a caption file / folder")
     p.add_argument("--images", default=None, help="images folder (default: Images/ or images/ beside the caption file)")
-    p.add_argument("--format", default=d.format, choices=FORMATS, help="caption file format (default: detected)")
+    p.add_argument("--format", default=d.format, choices=caption_formats(), help="caption file format (default: detected)")
     p.add_argument("--synthetic-images", type=int, default=d.synthetic_images, help="images in the synthetic set")
     p.add_argument("--synthetic-image-size", type=int, default=d.synthetic_image_size, help="side of synthetic images (64-512)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="images for validation, without split lists")
