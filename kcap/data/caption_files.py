@@ -44,8 +44,10 @@ __all__ = [
     "read_captions",
     "read_csv_captions",
     "register_format",
+    "caption_formats",
     "resolve_image",
 ]
+
 
 @dataclasses.dataclass(frozen=True)
 class CaptionFormat:
