@@ -10,7 +10,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
 # The import contracts of setup.cfg's [importlinter] (layers, no cycles): seconds, so first.
-"$VENV/bin/lint-imports" --config setup.cfg
+"$VENV/bin/lint-imports" setup.cfg
 # Each test file on one of up to four worker processes (pytest-xdist): a file's slow
 # fixtures are built once, and on two cores the suite takes about two thirds of the time.
 exec "$VENV/bin/python" -m pytest --numprocesses auto --maxprocesses 4 --dist loadfile "$@"

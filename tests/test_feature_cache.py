@@ -13,7 +13,8 @@ from kcap.cli import main
 from kcap.data.feature_cache import FeatureCache
 from kcap.model.captioner import Captioner
 from kcap.training.config import TrainConfig
-from kcap.training.trainer import build_captioner, prepare_data, train
+from kcap.training.assembly import build_feature_cache, prepare_data
+from kcap.training.trainer import build_captioner, train
 
 
 @pytest.fixture()
@@ -54,9 +55,9 @@ def test_second_run_reuses_the_cache_without_a_backbone_forward_pass(cached_conf
 
 def _cache_for(config):
     config = config.resolved()
-    dataset, vocabulary, normalization = prepare_data(config)
-    model = build_captioner(config, vocabulary, normalization)
-    paths = [str(i.path) for i in dataset.images]
+    data = prepare_data(config)
+    model = build_captioner(config, data.vocabulary, data.normalization)
+    paths = [str(i.path) for i in data.dataset.images]
     return FeatureCache.for_model(model, paths, config.cache_dir), model, paths
 
 
@@ -142,12 +143,10 @@ def test_the_cache_extractor_compiles_the_backbone_weights_it_has_now(cached_con
 
 def test_caching_the_features_of_a_random_backbone_is_said_plainly(cached_config, caplog):
     # small_cnn has no pretrained weights: frozen for the cache, it stays random.
-    from kcap.training.trainer import build_feature_cache
-
     config = cached_config.resolved()
-    dataset, vocabulary, normalization = prepare_data(config)
+    data = prepare_data(config)
     with caplog.at_level("WARNING"):
-        build_feature_cache(config, build_captioner(config, vocabulary, normalization), dataset, progress=False)
+        build_feature_cache(config, build_captioner(config, data.vocabulary, data.normalization), data.dataset, progress=False)
     assert "The small_cnn backbone starts from random weights (--backbone-weights none) and stays so" in caplog.text
 
 

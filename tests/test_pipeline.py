@@ -99,3 +99,28 @@ def test_image_dataset_batches_unique_images(images):
     assert [int(b["images"].shape[0]) for b in batches] == [4, 4, 2]
     decoded = np.concatenate([b["images"].numpy() for b in batches])
     np.testing.assert_array_equal(decoded, np.stack([load_image(str(i.path), (20, 20)) for i in images]))
+
+
+def test_feature_batches_hold_each_rows_own_features_in_the_order_asked(images, tmp_path):
+    from kcap.data.feature_cache import FeatureCache
+    from kcap.data.pipeline import feature_batcher
+
+    paths = [str(i.path) for i in images]
+    cache = FeatureCache(tmp_path / "cache", paths, (2, 2, 3))
+    cache.directory.mkdir()
+    features = np.arange(len(paths) * 12, dtype=np.float16).reshape(len(paths), 2, 2, 3)
+    np.save(cache.array_path, features)
+    cache.progress_path.write_text(f'{{"done": {len(paths)}}}')
+    rows = [paths[3], paths[1], paths[3], paths[0], paths[7]]  # one row per caption: an image repeats
+    tokens = np.arange(len(rows) * 4, dtype=np.int32).reshape(len(rows), 4)
+    order = [4, 0, 2, 1, 3]
+
+    batches = list(feature_batcher(cache, rows, 2, tokens)(tf.constant(order, tf.int64)))
+    assert [len(captions) for _, captions in batches] == [2, 2, 1]
+    read = np.concatenate([inputs["features"] for inputs, _ in batches])
+    np.testing.assert_array_equal(read, features[[paths.index(rows[i]) for i in order]])
+    np.testing.assert_array_equal(np.concatenate([captions for _, captions in batches]), tokens[order])
+    # Without captions (validation captioning): the inputs alone.
+    first = next(iter(feature_batcher(cache, rows, 2)(tf.constant(order, tf.int64))))
+    assert set(first) == {"features"} and first["features"].dtype == tf.float16
+    np.testing.assert_array_equal(first["features"], read[:2])

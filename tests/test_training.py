@@ -250,11 +250,12 @@ def test_mixed_bfloat16_training_computes_in_bfloat16_and_saves_a_float32_model(
 
     from kcap.data.images import load_image
     from kcap.inference import load_run
-    from kcap.training.trainer import build_captioner, prepare_data
+    from kcap.training.assembly import prepare_data
+    from kcap.training.trainer import build_captioner
 
     config = dataclasses.replace(tiny_config, mixed_precision="mixed_bfloat16")
-    dataset, vocabulary, _ = prepare_data(config.resolved())
-    model = build_captioner(config.resolved(), vocabulary)
+    data = prepare_data(config.resolved())
+    model = build_captioner(config.resolved(), data.vocabulary)
     assert model.decoder.compute_dtype == "bfloat16" and model.encoder.compute_dtype == "bfloat16"
     assert {v.dtype for v in model.trainable_variables} == {"float32"}
     assert keras.config.dtype_policy().name == "float32"  # restored once the model is built
@@ -273,7 +274,7 @@ def test_mixed_bfloat16_training_computes_in_bfloat16_and_saves_a_float32_model(
     trained = load_run(run_dir)
     # Every layer: the backbone and the preprocessing were built under the mixed policy too.
     assert {layer.dtype_policy.name for layer in trained.model._flatten_layers()} == {"float32"}
-    images = [str(image.path) for image in dataset.subset("test")[:3]]
+    images = [str(image.path) for image in data.dataset.subset("test")[:3]]
     pixels = np.stack([load_image(path, trained.model.image_size) for path in images])
     assert trained.model.extract_features(pixels).dtype.name == "float32"
     captions = [row["caption"] for row in trained.caption_files(images)]
@@ -350,3 +351,20 @@ def test_help_and_version_do_not_load_tensorflow():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False"], done.stderr[-2000:]
+
+
+def test_the_validation_captions_come_before_every_callback_that_reads_their_scores(tiny_config, tmp_path):
+    import dataclasses
+
+    from kcap.training.assembly import prepare_data
+    from kcap.training.trainer import _callbacks
+
+    config = dataclasses.replace(tiny_config, monitor="val_cider", early_stopping=2).resolved()
+    data = prepare_data(config)
+    callbacks = _callbacks(config, RunDir(tmp_path), data, previous=[])
+    assert [type(c).__name__ for c in callbacks] == [
+        "VocabularyExport", "TerminateOnNaN", "ValidationCaptioning", "BestModelCheckpoint",
+        "ResumableEarlyStopping", "HistoryLog", "ResumeCheckpoint", "TensorBoard",
+    ]
+    assert callbacks[2].log_dir == tmp_path / "logs" / "captions"
+    assert len(callbacks[2].image_paths) == min(config.val_captions, len(data.val_images))

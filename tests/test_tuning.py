@@ -103,7 +103,7 @@ def test_each_trial_has_tensorboard_logs_with_its_hyperparameters(searched):
 
 @pytest.mark.slow
 def test_best_model_from_keras_tuner_has_the_best_trials_weights(searched):
-    from kcap.data.pipeline import evaluation_dataset, steps_per_epoch
+    from kcap.training.assembly import fit_arguments
 
     _, result = searched
     model = result.tuner.get_best_models(1)[0]
@@ -111,15 +111,12 @@ def test_best_model_from_keras_tuner_has_the_best_trials_weights(searched):
     assert (model.embedding_dim, model.units) == (best["hyperparameters"]["embedding_dim"], best["hyperparameters"]["units"])
     data = result.tuner.hypermodel.data
     config = result.tuner.hypermodel.config
-    val_ds = evaluation_dataset(
-        data.dataset.subset("val"), data.vocabulary, (config.image_size,) * 2, config.batch_size,
-        feature_cache=data.feature_cache,
-    )
+    arguments = fit_arguments(config, data)  # what each trial trained and was scored on
     # Its validation loss is the one the trial reported: the trained weights, not fresh ones.
-    loss = model.evaluate(val_ds, verbose=0, return_dict=True)["loss"]
+    loss = model.evaluate(arguments["validation_data"], verbose=0, return_dict=True)["loss"]
     assert loss == pytest.approx(best["objective"], rel=1e-4)
     # The optimizer state came back too: one epoch's steps.
-    assert int(model.optimizer.iterations.numpy()) == steps_per_epoch(data.dataset.subset("train"), config.batch_size)
+    assert int(model.optimizer.iterations.numpy()) == arguments["steps_per_epoch"]
 
 
 @pytest.mark.slow

@@ -34,14 +34,10 @@ from typing import Any
 import keras
 import keras_tuner
 
-from kcap.data.dataset import CaptionDataset
-from kcap.data.feature_cache import FeatureCache
-from kcap.data.pipeline import evaluation_dataset, steps_per_epoch, training_dataset
 from kcap.model.captioner import Captioner
-from kcap.text.vocabulary import Vocabulary
+from kcap.training.assembly import RunData, fit_arguments, prepare_data, validation_captioning, with_feature_cache
 from kcap.training.config import TrainConfig
-from kcap.training.trainer import build_captioner, build_feature_cache, prepare_data, wait_for_feature_cache
-from kcap.training.validation_captioning import ValidationCaptioning
+from kcap.training.trainer import build_captioner
 from kcap.utils.files import read_json
 from tuning.options import DEFAULT_SEARCH_SPACE, OBJECTIVES
 
@@ -291,17 +287,7 @@ def typed_value(name: str, value: Any) -> Any:
 # -- data prepared once ---------------------------------------------------------
 
 
-@dataclasses.dataclass
-class TuningData:
-    """What every trial shares: the split data, the vocabulary and (optionally) the feature cache."""
-
-    dataset: CaptionDataset
-    vocabulary: Vocabulary
-    normalization: dict | None
-    feature_cache: FeatureCache | None
-
-
-def prepare_tuning_data(config: TrainConfig, progress: bool = True, build_cache: bool = True) -> TuningData:
+def prepare_tuning_data(config: TrainConfig, progress: bool = True, build_cache: bool = True) -> RunData:
     """Loads the data and builds the vocabulary once; with `cache_features`, builds the cache too.
 
     The cache is built (or reused) here, before the search, with the base
@@ -316,17 +302,13 @@ def prepare_tuning_data(config: TrainConfig, progress: bool = True, build_cache:
     data = prepare_tuning_data(config)
     ```
     """
-    dataset, vocabulary, normalization = prepare_data(config)
-    cache = None
+    data = prepare_data(config)
     if config.cache_features:
-        model = build_captioner(config, vocabulary, normalization)
-        if build_cache:
-            cache, _ = build_feature_cache(config, model, dataset, progress=progress)
-        else:
-            cache, _ = wait_for_feature_cache(config, model, dataset)
+        model = build_captioner(config, data.vocabulary, data.normalization)
+        data = with_feature_cache(data, config, model, build=build_cache, progress=progress)
         del model
         keras.backend.clear_session()
-    return TuningData(dataset, vocabulary, normalization, cache)
+    return data
 
 
 # -- the hypermodel -------------------------------------------------------------
@@ -354,7 +336,7 @@ class CaptionerHyperModel(keras_tuner.HyperModel):
     def __init__(
         self,
         config: TrainConfig,
-        data: TuningData,
+        data: RunData,
         search_space: Mapping[str, dict],
         objective: str = "val_loss",
         name: str | None = "captioner",
@@ -403,37 +385,8 @@ class CaptionerHyperModel(keras_tuner.HyperModel):
         epochs = int(kwargs.pop("epochs", config.epochs))
         initial_epoch = int(kwargs.pop("initial_epoch", 0))
         callbacks = list(kwargs.pop("callbacks", None) or [])
-        cache = self.data.feature_cache
-        image_size = (config.image_size, config.image_size)
-        train_images = self.data.dataset.subset("train")
-        val_images = self.data.dataset.subset("val")
-        train_ds = training_dataset(
-            train_images, self.data.vocabulary, image_size, config.batch_size, config.seed, epochs, initial_epoch,
-            feature_cache=cache, length_pool=config.length_pool,
-        )
-        val_ds = evaluation_dataset(val_images, self.data.vocabulary, image_size, config.batch_size, feature_cache=cache)
+        arguments = fit_arguments(config, self.data, epochs, initial_epoch)
         if self.objective == "val_bleu4":
             # First: keras-tuner's checkpoint and TensorBoard callbacks read val_bleu4 from the same logs.
-            callbacks.insert(0, self._validation_captioning(config, val_images))
-        return model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps_per_epoch(train_images, config.batch_size),
-            callbacks=callbacks,
-            shuffle=False,  # the dataset shuffles, by (seed, epoch)
-            **kwargs,
-        )
-
-    def _validation_captioning(self, config: TrainConfig, val_images) -> keras.callbacks.Callback:
-        paths = [str(i.path) for i in val_images]
-        references = [list(i.captions) for i in val_images]
-        options = dict(batch_size=config.batch_size, log_dir=None, num_examples=0)
-        if self.data.feature_cache is None:
-            return ValidationCaptioning.from_images(
-                paths, references, self.data.vocabulary, (config.image_size,) * 2, **options
-            )
-        return ValidationCaptioning.from_feature_cache(
-            paths, references, self.data.vocabulary, self.data.feature_cache, **options
-        )
+            callbacks.insert(0, validation_captioning(config, self.data))
+        return model.fit(**arguments, callbacks=callbacks, **kwargs)

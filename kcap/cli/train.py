@@ -49,12 +49,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from kcap.training.trainer import build_captioner, build_feature_cache, prepare_data
+    from kcap.training.assembly import build_feature_cache, prepare_data
+    from kcap.training.trainer import build_captioner
 
     config = dataclasses.replace(train_config(args), cache_features=True).resolved()
-    dataset, vocabulary, normalization = prepare_data(config)
-    model = build_captioner(config, vocabulary, normalization)
-    cache, stats = build_feature_cache(config, model, dataset)
+    data = prepare_data(config)
+    model = build_captioner(config, data.vocabulary, data.normalization)
+    cache, stats = build_feature_cache(config, model, data.dataset)
     print(json.dumps({"cache": str(cache.directory), "images": len(cache.image_paths),
                       "size_bytes": cache.size_bytes, **stats}, indent=2))
     return 0

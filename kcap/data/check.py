@@ -1,7 +1,8 @@
 """The data check: every problem of a data set, found before training spends an hour on it.
 
 `kcap data check --data DATA` runs it on its own; `kcap train`, `kcap features`
-and `kcap tune` run it first (through `kcap.data.loading.load_checked_dataset`).
+and `kcap tune` run it first (through `kcap.data.loading.load_checked_dataset`, which
+`kcap.training.assembly.prepare_data` calls).
 It reports each problem with its file, line and reason:
 
 - caption rows: a missing field, an empty caption or one of punctuation alone,

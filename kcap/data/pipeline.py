@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,23 +43,44 @@ def steps_per_epoch(images: Sequence[CaptionedImage], batch_size: int) -> int:
 
 def _batcher(paths: np.ndarray, tokens: np.ndarray, image_size, batch_size: int, feature_cache):
     """A function from row order to batches of (inputs, captions), from image files or the cache."""
+    if feature_cache is not None:
+        return feature_batcher(feature_cache, paths, batch_size, tokens)
     tokens_t = tf.constant(tokens)
-    if feature_cache is None:
-        paths_t = path_tensor(paths)
+    paths_t = path_tensor(paths)
 
-        def load(index):
-            return {"images": load_image(paths_t[index], image_size)}, tokens_t[index]
+    def load(index):
+        return {"images": load_image(paths_t[index], image_size)}, tokens_t[index]
 
-        return lambda order: (
-            tf.data.Dataset.from_tensor_slices(order).map(load, num_parallel_calls=AUTOTUNE).batch(batch_size)
-        )
+    return lambda order: (
+        tf.data.Dataset.from_tensor_slices(order).map(load, num_parallel_calls=AUTOTUNE).batch(batch_size)
+    )
 
+
+def feature_batcher(
+    feature_cache: FeatureCache, paths: Sequence[str], batch_size: int, tokens: np.ndarray | None = None
+) -> Callable[[tf.Tensor], tf.data.Dataset]:
+    """A function from an order of `paths` (int64 indices) to batches of their cached features.
+
+    Each batch is `{"features": float16}`, or `({"features": ...}, captions)`
+    with `tokens` (one row of token ids per path). Training, validation loss
+    and validation captioning all read the cache through this.
+
+    Example:
+
+    ```python
+    batches = feature_batcher(cache, paths, batch_size=32)
+    for batch in batches(tf.range(len(paths), dtype=tf.int64)):
+        batch["features"]  # (32, h, w, channels) float16, in the order of paths
+    ```
+    """
     rows = tf.constant(feature_cache.rows(paths))
     gather = feature_cache.gather_fn()
+    tokens_t = None if tokens is None else tf.constant(tokens)
 
     def load_batch(indices):
         # One read per batch, not per caption: the memory map is read in order.
-        return {"features": gather(tf.gather(rows, indices))}, tf.gather(tokens_t, indices)
+        inputs = {"features": gather(tf.gather(rows, indices))}
+        return inputs if tokens_t is None else (inputs, tf.gather(tokens_t, indices))
 
     return lambda order: (
         tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(load_batch, num_parallel_calls=AUTOTUNE)

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import logging
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,16 +14,13 @@ import keras
 
 import kcap
 from kcap.data.decode_failures import explain_decode_failures
-from kcap.data.dataset import CaptionDataset
-from kcap.data.feature_cache import FeatureCache
-from kcap.data.loading import load_checked_dataset
-from kcap.data.normalization import channel_statistics
-from kcap.data.pipeline import evaluation_dataset, steps_per_epoch, training_dataset
+from kcap.data.dataset import SPLITS, CaptionDataset
 from kcap.model.augmentation import ImageAugmentation
 from kcap.model.backbones import build_backbone
 from kcap.model.captioner import Captioner
 from kcap.model.preprocessing import ImagePreprocessing
-from kcap.text.vocabulary import SPECIAL_TOKENS, Vocabulary
+from kcap.text.vocabulary import Vocabulary
+from kcap.training.assembly import RunData, fit_arguments, prepare_data, validation_captioning, with_feature_cache
 from kcap.training.callbacks import (
     BestModelCheckpoint,
     HistoryLog,
@@ -35,7 +31,6 @@ from kcap.training.callbacks import (
 from kcap.training.config import TrainConfig
 from kcap.training.distribute import make_strategy, writable_directory
 from kcap.training.run_dir import RunDir, ensure_dirs
-from kcap.training.validation_captioning import ValidationCaptioning, subset
 from kcap.utils.files import atomic_temporary_name, atomic_path, atomic_write_json, exclusive_use
 
 log = logging.getLogger("kcap")
@@ -162,109 +157,6 @@ def _warn_about_flip(config: TrainConfig, dataset: CaptionDataset) -> None:
         log.warning(message)
 
 
-def prepare_data(
-    config: TrainConfig, run: RunDir | None = None, skipped: dict | None = None
-) -> tuple[CaptionDataset, Vocabulary, dict | None]:
-    """The split data set, the vocabulary and (for `normalize="dataset"`) the channel statistics.
-
-    A run being resumed keeps the vocabulary and statistics it started with.
-    The data check runs first (`kcap.data.check`): with `on_bad_image="error"`
-    any bad image or caption row stops here; with `"skip"` they are left out
-    and, when `skipped` is a dict, listed in it (`{"images": [...], "rows": [...]}`).
-    """
-    # Data check (issue #8): every problem is reported before any training.
-    resumed_splits = run.splits if run is not None and run.splits.is_file() else None
-    dataset, report = load_checked_dataset(config.data_settings(), run_splits=resumed_splits)
-    if skipped is not None:
-        skipped.update(report.skipped_json())
-        # Images a resumed run keeps out as it did when it began (no split): recorded again.
-        recorded = {item["path"] for item in skipped["images"]}
-        skipped["images"] += [
-            {"path": str(image.path), "reason": "left out when the run began (--on-bad-image skip)."}
-            for image in dataset.images if image.split is None and str(image.path) not in recorded
-        ]
-    train_images = dataset.subset("train")
-    if not train_images:
-        raise ValueError(f"No training images in {dataset.source}.")
-    if run is not None and run.vocabulary.is_file():
-        vocabulary = Vocabulary.load(run.vocabulary)
-    else:
-        vocabulary = Vocabulary.build(
-            (c for image in train_images for c in image.captions),
-            max_words=config.vocab_size,
-            max_length=config.max_length,
-            min_count=config.min_word_count,
-        )
-        if len(vocabulary) == len(SPECIAL_TOKENS):
-            raise ValueError(
-                f"No word of the training captions appears {config.min_word_count} times or more, so the "
-                "vocabulary would hold no words; lower --min-word-count."
-            )
-    normalization = None
-    if config.normalize == "dataset":
-        if run is not None and run.config.is_file():
-            normalization = run.read_config().get("normalization")
-        if not normalization:
-            mean, std = channel_statistics([str(i.path) for i in train_images], (config.image_size,) * 2)
-            normalization = {"mean": mean, "std": std}
-    return dataset, vocabulary, normalization
-
-
-def cached_images(dataset: CaptionDataset) -> list[str]:
-    """The images a feature cache holds: every image with a split, in file order."""
-    return [str(i.path) for i in dataset.images if i.split is not None]
-
-
-def build_feature_cache(
-    config: TrainConfig, model: Captioner, dataset: CaptionDataset, progress: bool = True
-) -> tuple[FeatureCache, dict]:
-    """Finds (or builds, or finishes building) the feature cache for this model and data."""
-    if config.backbone_weights == "none":
-        log.warning(
-            "The %s backbone starts from random weights (--backbone-weights none) and stays so: "
-            "--cache-features freezes it, and the decoder learns from an untrained CNN's features. "
-            "Give pretrained weights, or drop --cache-features to train the backbone with the decoder.",
-            config.backbone,
-        )
-    cache = FeatureCache.for_model(model, cached_images(dataset), config.cache_dir)
-    with explain_decode_failures(cache.image_paths, config.on_bad_image):
-        stats = cache.build(model, batch_size=config.batch_size, progress=progress)
-    if stats["reused"]:
-        log.info("Reusing the feature cache %s.", cache.directory)
-    else:
-        log.info(
-            "Cached features of %d images in %.1f s (%.1f images/s): %s, %.1f MiB.",
-            stats["computed"], stats["seconds"], stats["images_per_s"] or 0, cache.directory, cache.size_bytes / 2**20,
-        )
-    return cache, stats
-
-
-def _validation_captioning(config, run, vocabulary, val_images, feature_cache):
-    chosen = [val_images[i] for i in subset(val_images, config.val_captions)]
-    paths, references = [str(i.path) for i in chosen], [i.captions for i in chosen]
-    options = dict(log_dir=run.logs / "captions", every=1, num_examples=4)
-    if feature_cache is not None:
-        return ValidationCaptioning.from_feature_cache(
-            paths, references, vocabulary, feature_cache, config.batch_size, **options
-        )
-    return ValidationCaptioning.from_images(
-        paths, references, vocabulary, (config.image_size,) * 2, config.batch_size, **options
-    )
-
-
-def wait_for_feature_cache(
-    config: TrainConfig, model: Captioner, dataset: CaptionDataset, timeout_s: float = 3600.0
-) -> tuple[FeatureCache, dict]:
-    """The feature cache another process (the chief) is building, once it is complete."""
-    cache = FeatureCache.for_model(model, cached_images(dataset), config.cache_dir)
-    deadline = time.monotonic() + timeout_s
-    while not cache.is_complete():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"The chief did not finish the feature cache {cache.directory} in {timeout_s:.0f} s.")
-        time.sleep(2)
-    return cache, {"computed": 0, "seconds": 0.0, "images_per_s": None, "reused": True}
-
-
 def train(config: TrainConfig, run_dir: str | Path, verbose: int | str = "auto") -> dict:
     """Trains (or resumes) the run in `run_dir`; returns its history entries.
 
@@ -285,6 +177,49 @@ def train(config: TrainConfig, run_dir: str | Path, verbose: int | str = "auto")
             if created:
                 _remove_if_empty(run)  # a run refused at the start leaves no folder behind
             raise
+
+
+def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) -> dict:
+    """`source` is the run directory read to resume; `run` is where this process writes."""
+    resuming = source.exists()
+    if resuming:
+        _check_resume(source, config)
+    else:
+        _check_new_run_folder(run)
+    _remove_partial_files(run)
+
+    skipped: dict = {}  # what the data check left out (--on-bad-image skip), for config.json
+    data = prepare_data(config, source if resuming else None, skipped)
+    _check_data(config, data.dataset)
+    with strategy.scope():
+        model = build_captioner(config, data.vocabulary, data.normalization)
+    if config.cache_features:
+        # Another worker waits for the chief, which builds the cache on the shared file system.
+        data = with_feature_cache(data, config, model, build=run.path == source.path)
+
+    with strategy.scope():
+        initial_epoch = ResumeCheckpoint.restore(model, source.resume_state)
+    previous = HistoryLog.load(source.history, initial_epoch)
+    if initial_epoch:
+        log.info("Resuming %s after epoch %d of %d.", source.path, initial_epoch, config.epochs)
+    stopped_early = ResumeCheckpoint.stopped_early(source.resume_state)
+    finished = initial_epoch >= config.epochs or stopped_early
+    if not (finished and source.final_model.is_file()):
+        # Before any checkpoint, so every checkpoint has its settings and data beside it;
+        # left as they are for a finished run, whose config.json says how it was trained.
+        _write_run_files(config, run, data, skipped)
+    if finished:
+        _finish_finished_run(model, source, run, initial_epoch, stopped_early)
+        return {"epochs": previous}
+
+    arguments = fit_arguments(config, data, config.epochs, initial_epoch)
+    callbacks = _callbacks(config, run, data, previous)
+    with explain_decode_failures(data.train_images + data.val_images, config.on_bad_image):
+        fitted = model.fit(**arguments, callbacks=callbacks, verbose=verbose)
+    _check_not_diverged(fitted, run, initial_epoch)
+    with atomic_path(run.final_model) as tmp:
+        model.save(tmp)
+    return json.loads(run.history.read_text())
 
 
 def _remove_if_empty(run: RunDir) -> None:
@@ -352,8 +287,9 @@ def _check_cider_has_images_to_compare(config: TrainConfig, val_images: list) ->
         )
 
 
-def _write_run_files(config, run, dataset, vocabulary, normalization, skipped, feature_cache, cache_stats) -> None:
+def _write_run_files(config: TrainConfig, run: RunDir, data: RunData, skipped: dict) -> None:
     """`splits.json` and `config.json`: the data, every setting, and what was derived from them."""
+    dataset = data.dataset
     ensure_dirs(run)
     atomic_write_json(run.splits, dataset.to_manifest())
     run_config = {
@@ -364,109 +300,70 @@ def _write_run_files(config, run, dataset, vocabulary, normalization, skipped, f
             "images": dataset.split_sizes(),
             "excluded_images": len(dataset.excluded),
             "skipped": skipped,
-            "captions": {s: sum(len(i.captions) for i in dataset.subset(s)) for s in ("train", "val", "test")},
+            "captions": {s: sum(len(i.captions) for i in dataset.subset(s)) for s in SPLITS},
         },
-        "vocabulary": {"size": len(vocabulary), "max_length": vocabulary.max_length},
-        "normalization": normalization,
+        "vocabulary": {"size": len(data.vocabulary), "max_length": data.vocabulary.max_length},
+        "normalization": data.normalization,
     }
-    if feature_cache is not None:
-        run_config["feature_cache"] = {"path": str(feature_cache.directory), "size_bytes": feature_cache.size_bytes, **cache_stats}
+    if data.feature_cache is not None:
+        cache = data.feature_cache
+        run_config["feature_cache"] = {"path": str(cache.directory), "size_bytes": cache.size_bytes, **data.cache_stats}
     atomic_write_json(run.config, run_config)
 
 
-def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) -> dict:
-    """`source` is the run directory read to resume; `run` is where this process writes."""
-    resuming = source.exists()
-    if resuming:
-        _check_resume(source, config)
-    else:
-        _check_new_run_folder(run)
-    _remove_partial_files(run)
-
-    skipped: dict = {}  # what the data check left out (--on-bad-image skip), for config.json
-    dataset, vocabulary, normalization = prepare_data(config, source if resuming else None, skipped)
+def _check_data(config: TrainConfig, dataset: CaptionDataset) -> None:
+    """What these settings need of the data: no flips over sided captions, validation images for the monitor."""
     _warn_about_flip(config, dataset)
-    train_images, val_images = dataset.subset("train"), dataset.subset("val")
+    val_images = dataset.subset("val")
     if not val_images:
         _check_monitor_without_validation(config, dataset.source)
     else:
         _check_cider_has_images_to_compare(config, val_images)
-    with strategy.scope():
-        model = build_captioner(config, vocabulary, normalization)
-    feature_cache, cache_stats = (None, None)
-    if config.cache_features:
-        if run.path == source.path:
-            feature_cache, cache_stats = build_feature_cache(config, model, dataset)
-        else:  # another worker: the chief builds the cache, on the shared file system
-            feature_cache, cache_stats = wait_for_feature_cache(config, model, dataset)
 
-    with strategy.scope():
-        initial_epoch = ResumeCheckpoint.restore(model, source.resume_state)
-    previous = HistoryLog.load(source.history, initial_epoch)
-    if initial_epoch:
-        log.info("Resuming %s after epoch %d of %d.", source.path, initial_epoch, config.epochs)
-    stopped_early = ResumeCheckpoint.stopped_early(source.resume_state)
-    finished = initial_epoch >= config.epochs or stopped_early
-    if not (finished and source.final_model.is_file()):
-        # Before any checkpoint, so every checkpoint has its settings and data beside it;
-        # left as they are for a finished run, whose config.json says how it was trained.
-        _write_run_files(config, run, dataset, vocabulary, normalization, skipped, feature_cache, cache_stats)
-    if finished:
-        if not source.final_model.is_file():
-            # Killed while saving it (or ended at a lower --epochs): the resume checkpoint holds the same weights.
-            with atomic_path(run.final_model) as tmp:
-                model.save(tmp)
-            log.info("Saved %s, which the run had not finished writing.", run.final_model)
-        if stopped_early:
-            log.info(
-                "%s already finished (%d epochs): early stopping ended it, and a larger --epochs does not "
-                "train it on. Choose a new --run-dir to train longer.", source.path, initial_epoch,
-            )
-        else:
-            log.info("%s already finished (%d epochs).", source.path, initial_epoch)
-        return {"epochs": previous}
 
-    image_size = (config.image_size, config.image_size)
-    train_ds = training_dataset(
-        train_images, vocabulary, image_size, config.batch_size, config.seed, config.epochs, initial_epoch,
-        feature_cache=feature_cache, length_pool=config.length_pool,
-    )
-    val_ds = (
-        evaluation_dataset(val_images, vocabulary, image_size, config.batch_size, feature_cache=feature_cache)
-        if val_images else None
-    )
-    monitor = config.monitor if val_ds is not None else "loss"
+def _finish_finished_run(model: Captioner, source: RunDir, run: RunDir, epochs: int, stopped_early: bool) -> None:
+    """A run with no epoch left to train: its final model is saved if it is missing, and the user told why."""
+    if not source.final_model.is_file():
+        # Killed while saving it (or ended at a lower --epochs): the resume checkpoint holds the same weights.
+        with atomic_path(run.final_model) as tmp:
+            model.save(tmp)
+        log.info("Saved %s, which the run had not finished writing.", run.final_model)
+    if stopped_early:
+        log.info(
+            "%s already finished (%d epochs): early stopping ended it, and a larger --epochs does not "
+            "train it on. Choose a new --run-dir to train longer.", source.path, epochs,
+        )
+    else:
+        log.info("%s already finished (%d epochs).", source.path, epochs)
+
+
+def _callbacks(config: TrainConfig, run: RunDir, data: RunData, previous: list[dict]) -> list[keras.callbacks.Callback]:
+    """The run's callbacks, in the order Keras calls them at the end of each epoch."""
+    val_images = data.val_images
+    monitor = config.monitor if val_images else "loss"
     mode = "min" if monitor.endswith("loss") else "max"
     seen = [e[monitor] for e in previous if monitor in e]
     best = (min(seen) if mode == "min" else max(seen)) if seen else None
-    callbacks = [VocabularyExport(vocabulary, run.vocabulary), keras.callbacks.TerminateOnNaN()]
+    callbacks = [VocabularyExport(data.vocabulary, run.vocabulary), keras.callbacks.TerminateOnNaN()]
     if val_images and config.val_captions:
         # Before the checkpoint and history callbacks: it adds val_bleu4/val_cider to their logs.
         # On every worker (another writes its pictures to a scratch folder): all must stop alike.
-        callbacks.append(_validation_captioning(config, run, vocabulary, val_images, feature_cache))
+        callbacks.append(validation_captioning(config, data, config.val_captions, log_dir=run.logs / "captions"))
     callbacks.append(BestModelCheckpoint(run.best_model, monitor=monitor, mode=mode, best=best))
     if config.early_stopping:
         # Before ResumeCheckpoint, which records whether it stopped the run.
         callbacks.append(ResumableEarlyStopping(seen, monitor=monitor, mode=mode, patience=config.early_stopping))
-    callbacks += [
+    return callbacks + [
         # History before the resume checkpoint (issue #8): a run killed between the two
         # redoes the epoch; the other way round it would skip the epoch's history entry.
         HistoryLog(run.history, previous),
         ResumeCheckpoint(run.resume_state),
         keras.callbacks.TensorBoard(log_dir=str(run.logs)),
     ]
-    with explain_decode_failures(train_images + val_images, config.on_bad_image):
-        fitted = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=config.epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps_per_epoch(train_images, config.batch_size),
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,  # the dataset shuffles, by (seed, epoch)
-        )
-    # NaN guard (issue #8): TerminateOnNaN ends `fit` quietly; saving now would ship NaN weights.
+
+
+def _check_not_diverged(fitted: keras.callbacks.History, run: RunDir, initial_epoch: int) -> None:
+    """NaN guard (issue #8): `TerminateOnNaN` ends `fit` quietly; saving now would ship NaN weights."""
     losses = fitted.history.get("loss", [])
     if losses and not math.isfinite(losses[-1]):
         raise TrainingDiverged(
@@ -474,6 +371,3 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
             f"{run.path} keeps the checkpoints of the epochs before it (none were written for this one). "
             "Start a new --run-dir with a lower --learning-rate, or with --clipnorm (e.g. 1.0)."
         )
-    with atomic_path(run.final_model) as tmp:
-        model.save(tmp)
-    return json.loads(run.history.read_text())

@@ -157,14 +157,10 @@ class ValidationCaptioning(keras.callbacks.Callback):
         `feature_cache` is a complete `kcap.data.feature_cache.FeatureCache`
         holding every path; the pictures in TensorBoard still come from the files.
         """
-        rows = tf.constant(feature_cache.rows([str(p) for p in image_paths]))
-        gather = feature_cache.gather_fn()
-        inputs = (
-            tf.data.Dataset.from_tensor_slices(rows)
-            .batch(batch_size)
-            .map(lambda r: {"features": gather(r)})
-            .prefetch(tf.data.AUTOTUNE)
-        )
+        from kcap.data.pipeline import feature_batcher
+
+        batches = feature_batcher(feature_cache, [str(p) for p in image_paths], batch_size)
+        inputs = batches(tf.range(len(image_paths), dtype=tf.int64)).prefetch(tf.data.AUTOTUNE)
         return cls(image_paths, references, inputs, vocabulary, **kwargs)
 
     # -- decoding ------------------------------------------------------------
