@@ -45,8 +45,6 @@ Details worth knowing:
 from __future__ import annotations
 
 import shutil
-import subprocess
-import threading
 import warnings
 from collections.abc import Sequence
 
@@ -55,6 +53,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 
+from kcap import compat
 from kcap.text.tokenize import normalize_caption
 
 # Each score's key in the results, and its name in papers.
@@ -101,57 +100,20 @@ class MeteorScorer:
 
     def score(self, gts: dict, res: dict) -> float:
         """Corpus METEOR of `res` (id → [hypothesis]) against `gts` (id → references)."""
-        process = self._meteor.meteor_p
-        timed_out = threading.Event()
-
-        def kill():
-            timed_out.set()
-            process.kill()
-
-        # pycocoevalcap reads the jar's answers line by line with no timeout;
-        # killing a hung process turns the blocking read into an error.
-        watchdog = threading.Timer(self.timeout, kill)
-        watchdog.start()
         try:
-            return float(self._meteor.compute_score(gts, res)[0])
-        except (OSError, ValueError) as error:
-            watchdog.cancel()
-            reason = f"did not answer within {self.timeout:g} s" if timed_out.is_set() else f"failed ({error!r})"
-            raise MeteorError(f"METEOR's Java process {reason}.{_read_stderr(process)}") from None
-        finally:
-            watchdog.cancel()
-            # An exception inside compute_score leaves its lock held, and the
-            # scorer's __del__ would then wait for it forever.
-            if self._meteor.lock.locked():
-                self._meteor.lock.release()
+            return compat.meteor_score(self._meteor, gts, res, self.timeout)
+        except compat.MeteorProcessError as error:
+            raise MeteorError(str(error)) from None
 
     def close(self) -> None:
         """Stops the Java process."""
-        process = self._meteor.meteor_p
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        for pipe in (process.stdin, process.stdout, process.stderr):
-            try:
-                pipe.close()
-            except OSError:  # a broken pipe to a dead process has nothing left to say
-                pass
+        compat.stop_meteor(self._meteor)
 
     def __enter__(self) -> MeteorScorer:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _read_stderr(process: subprocess.Popen) -> str:
-    if process.poll() is None:
-        process.kill()
-    try:
-        text = process.stderr.read().decode(errors="replace").strip()
-    except (OSError, ValueError):
-        return ""
-    return f" Its error output: {text[-500:]}" if text else ""
 
 
 def _prepare(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[dict, dict]:
