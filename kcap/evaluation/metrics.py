@@ -140,24 +140,6 @@ def _prepare(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> 
     return gts, res
 
 
-def corpus_bleu_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
-    """BLEU-1..4 of generated captions, each against all references of its image.
-
-    pycocoevalcap's `Bleu(4)`, as in `caption_metrics`, without the other metrics:
-    n-gram counts clipped by the most any one reference holds and summed over the
-    corpus, the brevity penalty against the reference length closest to each
-    hypothesis, and a tiny smoothing, so an n-gram order without a single match
-    gives a small positive score rather than 0.
-
-    Example:
-
-    >>> scores = corpus_bleu_scores(["a red circle"], [["a red circle", "a circle"]])
-    >>> round(scores["bleu1"], 6), round(scores["bleu3"], 6)
-    (1.0, 1.0)
-    """
-    return _bleu(*_prepare(hypotheses, references))
-
-
 def _bleu(gts: dict, res: dict) -> dict[str, float]:
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     return {f"bleu{n + 1}": float(b) for n, b in enumerate(bleu)}

@@ -11,7 +11,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from kcap.utils.files import atomic_write_json
 
 # tf.distribute strategies `--strategy` names (`kcap.training.distribute.make_strategy`).
 STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
@@ -184,9 +183,6 @@ class TrainConfig:
         if missing:
             raise ValueError(f"{source}: missing key(s) {missing}.")
         return cls(**data)
-
-    def save(self, path: str | Path) -> None:
-        atomic_write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
