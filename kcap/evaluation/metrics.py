@@ -61,7 +61,6 @@ METRIC_LABELS = {
     "bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
     "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr-D",
 }
-METRIC_NAMES = tuple(METRIC_LABELS)
 
 
 class MeteorUnavailableWarning(UserWarning):
