@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from kcap import compat
 from kcap.data.check import image_errors
 from kcap.data.pipeline import image_dataset
 from kcap.model.captioner import Captioner
@@ -106,8 +107,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> TrainedRun:
     model = load_keras_file(model_file, hint)
     # A mixed-precision run's backbone and preprocessing come back with the mixed policy their
     # configs recorded; captioning, evaluation and export run in float32, like any other run's.
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        layer.dtype_policy = "float32"
+    compat.set_dtype_policy_everywhere(model, "float32")
     if model.vocabulary_size != len(vocabulary):
         raise ValueError(
             f"{run.path}: the model expects {model.vocabulary_size} words but vocab.json has "

@@ -2,10 +2,15 @@ import math
 
 import pytest
 
-from kcap.evaluation.metrics import corpus_bleu_scores
+from kcap.evaluation.metrics import caption_metrics
 
 # pycocoevalcap's smoothing of each n-gram precision (and of the length ratio).
 TINY, SMALL = 1e-15, 1e-9
+
+
+def bleu(hypotheses, references):
+    """BLEU-1..4 as `kcap evaluate` reports them (METEOR, which needs Java, left out)."""
+    return caption_metrics(hypotheses, references, meteor=False)
 
 
 def precision(matches, guesses):
@@ -25,7 +30,7 @@ def test_bleu_matches_hand_computed_multi_reference_values():
     p = [precision(8, 9), precision(5, 7), precision(2, 5), precision(0, 3)]
     # Brevity: hyp 1 has 6 words, closest reference 6; hyp 2 has 3, closest 4 → r=10, c=9.
     bp = math.exp(1 - 1 / ((9 + TINY) / (10 + SMALL)))
-    scores = corpus_bleu_scores(hypotheses, references)
+    scores = bleu(hypotheses, references)
     assert scores["bleu1"] == pytest.approx(bp * p[0], abs=1e-12)
     assert scores["bleu2"] == pytest.approx(bp * math.sqrt(p[0] * p[1]), abs=1e-12)
     assert scores["bleu3"] == pytest.approx(bp * (p[0] * p[1] * p[2]) ** (1 / 3), abs=1e-12)
@@ -44,26 +49,26 @@ def test_bleu4_with_four_gram_matches_equals_the_hand_computed_value():
     # the smoothed length ratio (12 + 1e-15) / (12 + 1e-9) leaves a brevity penalty a hair below 1.
     p = [precision(11, 12), precision(8, 10), precision(5, 8), precision(3, 6)]
     bp = math.exp(1 - 1 / ((12 + TINY) / (12 + SMALL)))
-    scores = corpus_bleu_scores(hypotheses, references)
+    scores = bleu(hypotheses, references)
     assert scores["bleu4"] == pytest.approx(bp * (p[0] * p[1] * p[2] * p[3]) ** 0.25, abs=1e-12)
     assert scores["bleu2"] == pytest.approx(bp * (p[0] * p[1]) ** 0.5, abs=1e-12)
 
 
 def test_bleu_is_one_for_an_exact_match_and_normalises_text():
-    scores = corpus_bleu_scores(["A red circle, left of a blue square."], [["a red circle left of a blue square"]])
+    scores = bleu(["A red circle, left of a blue square."], [["a red circle left of a blue square"]])
     assert scores["bleu4"] == pytest.approx(1.0, abs=1e-9)
 
 
 def test_bleu_brevity_penalty_uses_the_closest_reference_length_shorter_on_ties():
     # 4 words; references of 3 and 5 words are equally close: the shorter (3) counts, so no penalty.
-    scores = corpus_bleu_scores(["a b c d"], [["a b c", "a b c d e"]])
+    scores = bleu(["a b c d"], [["a b c", "a b c d e"]])
     assert scores["bleu1"] == pytest.approx(precision(4, 4), abs=1e-12)
     # 2 words against references of 3 and 6: the closest is 3, penalty exp(1 - 3/2).
-    scores = corpus_bleu_scores(["a b"], [["a b c", "a b c d e f"]])
+    scores = bleu(["a b"], [["a b c", "a b c d e f"]])
     bp = math.exp(1 - 1 / ((2 + TINY) / (3 + SMALL)))
     assert scores["bleu1"] == pytest.approx(bp * precision(2, 2), abs=1e-12)
 
 
 def test_bleu_needs_matching_lengths():
     with pytest.raises(ValueError, match="hypotheses"):
-        corpus_bleu_scores(["a"], [])
+        bleu(["a"], [])

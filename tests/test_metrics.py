@@ -13,7 +13,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 
 from conftest import kcap_command
 from kcap.evaluation.evaluate import evaluate_run, image_ids
-from kcap.evaluation.metrics import METRIC_NAMES, MeteorUnavailableWarning, caption_metrics
+from kcap.evaluation.metrics import METRIC_LABELS, MeteorUnavailableWarning, caption_metrics
 from kcap.inference import load_run
 from kcap.text.tokenize import normalize_caption
 
@@ -78,7 +78,7 @@ def test_bleu_rouge_and_cider_equal_pycocoevalcaps_scorers():
 
     scores = caption_metrics(HYPOTHESES, REFERENCES, meteor=False)
 
-    assert set(scores) == set(METRIC_NAMES)
+    assert set(scores) == set(METRIC_LABELS)
     for n in range(4):
         assert scores[f"bleu{n + 1}"] == pytest.approx(bleu[n], abs=1e-6)
     assert scores["rouge_l"] == pytest.approx(rouge, abs=1e-6)
@@ -219,7 +219,7 @@ def test_evaluate_run_writes_every_metric_for_the_model_and_the_baseline_and_coc
 
     assert json.loads((trained_run / "eval_test.json").read_text()) == report
     for scores in (report, report["baseline"]):
-        for key in METRIC_NAMES:
+        for key in METRIC_LABELS:
             assert key in scores
             if key != "meteor" or JAVA:
                 assert scores[key] is not None and scores[key] >= 0.0

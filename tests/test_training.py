@@ -8,6 +8,7 @@ import pytest
 
 from conftest import kcap_command
 
+from kcap.training.callbacks import ResumeCheckpoint
 from kcap.training.config import TrainConfig
 from kcap.training.run_dir import RunDir
 from kcap.training.trainer import train
@@ -16,7 +17,7 @@ from kcap.training.trainer import train
 def test_run_directory_holds_everything_a_run_needs(trained_run, tiny_config):
     run = RunDir(trained_run)
     for path in (run.config, run.vocabulary, run.splits, run.history, run.final_model,
-                 run.best_model, run.resume_weights, run.resume_state):
+                 run.best_model, ResumeCheckpoint.weights_path(run.resume_state), run.resume_state):
         assert path.is_file(), path
     assert any(run.logs.rglob("events.out.tfevents.*"))
     config = json.loads(run.config.read_text())

@@ -34,6 +34,7 @@ from typing import Any
 import keras
 import keras_tuner
 
+from kcap import compat
 from kcap.model.captioner import Captioner
 from kcap.training.assembly import RunData, fit_arguments, prepare_data, validation_captioning, with_feature_cache
 from kcap.training.config import TrainConfig
@@ -216,7 +217,7 @@ def declare_hyperparameters(hp: keras_tuner.HyperParameters, space: Mapping[str,
         elif kind == "int":
             value = hp.Int(name, spec["min"], spec["max"], step=spec.get("step"), sampling=spec.get("sampling", "linear"))
         elif kind == "float":
-            grid = _linear_float_grid(spec)
+            grid = compat.linear_float_grid(spec["min"], spec["max"], spec.get("step"), spec.get("sampling", "linear"))
             if grid is not None:
                 value = hp.Choice(name, grid, ordered=True)
             else:
@@ -227,40 +228,6 @@ def declare_hyperparameters(hp: keras_tuner.HyperParameters, space: Mapping[str,
             value = hp.Fixed(name, spec["value"])
         values[name] = typed_value(name, value)
     return values
-
-
-_MAX_GRID = 1000
-
-
-def _linear_float_grid(spec: Mapping[str, Any]) -> list[float] | None:
-    """The values of a linear float range with a step, max included when a whole number of steps away.
-
-    keras-tuner's own stepped `Float` counts steps with floor division, in which
-    0.5 // 0.1 == 4.0: it never draws max, and the Bayesian oracle maps a drawn
-    0.3 back to 0.2's slot (keras-team/keras-tuner#1001). The values as an
-    ordered choice are drawn and mapped back exactly. `None` for a range with
-    no step, another sampling, or more values than a choice should hold.
-
-    >>> _linear_float_grid({"type": "float", "min": 0.0, "max": 0.5, "step": 0.1})
-    [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
-    """
-    low, high, step = spec["min"], spec["max"], spec.get("step")
-    if not step or spec.get("sampling", "linear") != "linear":
-        return None
-    count = math.floor((high - low) / step + 1e-9) + 1
-    if count > _MAX_GRID:
-        return None
-    # Rounding never takes a value past the bounds the user wrote.
-    return [min(max(_without_binary_noise(low + i * step), low), high) for i in range(count)]
-
-
-def _without_binary_noise(value: float) -> float:
-    """`value` to 15 significant digits: what steps add up to in binary goes, any number JSON can write stays.
-
-    >>> 0.1 * 3, _without_binary_noise(0.1 * 3), _without_binary_noise(0.9999999999999)
-    (0.30000000000000004, 0.3, 0.9999999999999)
-    """
-    return float(f"{value:.15g}")
 
 
 def typed_value(name: str, value: Any) -> Any:
@@ -280,7 +247,7 @@ def typed_value(name: str, value: Any) -> Any:
         return int(round(value))
     if float in args and isinstance(value, float):
         # A search begun before its float steps were choices draws 0.1 * 3 from keras-tuner.
-        return _without_binary_noise(value)
+        return compat.without_binary_noise(value)
     return value
 
 

@@ -31,10 +31,10 @@ from typing import Any
 import keras
 import keras_tuner
 import tensorflow as tf
-from keras_tuner.src.engine import tuner_utils
-from keras_tuner.src.engine.tuner import maybe_distribute
+from keras_tuner.engine.tuner import maybe_distribute
 
 import kcap
+from kcap import compat
 from kcap.training.config import TrainConfig
 from kcap.training.distribute import barrier, is_chief, make_strategy, writable_directory
 from kcap.training.hparams import apply_hparams
@@ -81,21 +81,14 @@ class _AtomicOracleState:
     """
 
     def save(self):
-        atomic_write_text(self._get_oracle_fname(), json.dumps(self.get_state()))
+        atomic_write_text(compat.oracle_file(self), json.dumps(self.get_state()))
 
-    def _save_trial(self, trial):
-        atomic_write_text(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), json.dumps(trial.get_state()))
+    def _save_trial(self, trial):  # keras-tuner's private hook: see kcap.compat.trial_file
+        atomic_write_text(compat.trial_file(self, trial.trial_id), json.dumps(trial.get_state()))
 
     def reload(self):
         super().reload()
-        # Killed between writing a finished trial's trial.json and oracle.json,
-        # the oracle still lists the trial as running and would run it again.
-        for trial_id in list(self._retry_queue):
-            trial = self.trials[trial_id]
-            if trial.status == "COMPLETED" and trial.score is not None:
-                self._retry_queue.remove(trial_id)
-                if trial_id not in self.end_order:
-                    self.end_order.append(trial_id)
+        compat.forget_finished_retries(self)
 
 
 def _oracle_class(base: type) -> type:
@@ -115,15 +108,15 @@ class KcapTuner(keras_tuner.Tuner):
         # Where the chief writes the search, when this process works in a copy of it (another worker
         # of a multi-worker search): the trials' checkpoints are written there only.
         self.chief_directory = Path(chief_directory or directory)
-        if not os.path.exists(self._get_tuner_fname()):
+        if not os.path.exists(compat.tuner_file(self)):
             # Saved now, so a search killed in its first trial also resumes (keras-tuner
             # reloads only when this file exists, and writes it only after a trial).
             self.save()
 
     def save(self):
-        if not self._is_worker():
+        if not compat.tuner_is_worker(self):
             self.oracle.save()
-        atomic_write_text(self._get_tuner_fname(), json.dumps(self.get_state()))
+        atomic_write_text(compat.tuner_file(self), json.dumps(self.get_state()))
 
     def run_trial(self, trial, *args, **kwargs):
         start = time.perf_counter()
@@ -140,22 +133,19 @@ class KcapTuner(keras_tuner.Tuner):
         super().on_trial_end(trial)
         write_summary(self, self.search_dir)
 
-    def _get_tensorboard_dir(self, logdir, trial_id, execution):
+    def _get_tensorboard_dir(self, logdir, trial_id, execution):  # keras-tuner's private hook
         if self.executions_per_trial == 1:
             return os.path.join(str(logdir), str(trial_id))
-        return super()._get_tensorboard_dir(logdir, trial_id, execution)
+        return compat.default_tensorboard_dir(self, logdir, trial_id, execution)
 
 
 class KcapHyperband(KcapTuner, keras_tuner.Hyperband):
     """Hyperband's trial logic (epoch budgets, weights carried between rounds) in a `KcapTuner`."""
 
-    def _build_hypermodel(self, hp):
-        # Hyperband's own version calls model.build_from_config() on the freshly built
-        # model before loading the earlier round's weights; a Captioner is built in its
-        # constructor already, and building it twice fails. Only the loading is kept.
-        model = keras_tuner.Tuner._build_hypermodel(self, hp)
+    def _build_hypermodel(self, hp):  # keras-tuner's private hook: see kcap.compat.build_trial_model
+        model = compat.build_trial_model(self, hp)
         if "tuner/trial_id" in hp.values:
-            checkpoint = Path(self._get_checkpoint_fname(hp.values["tuner/trial_id"]))
+            checkpoint = Path(compat.checkpoint_file(self, hp.values["tuner/trial_id"]))
             # keras-tuner saves checkpoints on the chief only (other workers' go to a temporary folder).
             checkpoint = self.chief_directory / checkpoint.relative_to(self.directory)
             with maybe_distribute(self.distribution_strategy):
@@ -204,9 +194,7 @@ def make_tuner(
     check_tuner_arguments(kind, objective, max_trials, max_epochs)
     goal = keras_tuner.Objective(objective, direction=OBJECTIVES[objective])
     oracles = keras_tuner.oracles
-    # keras-tuner reads a seed of 0 (kcap's default) as "none" and draws one at random; and it
-    # seeds its n-th draw with seed + n, so seeds 1 apart would draw the same values one slot apart.
-    seed = 1 + seed * 1_000_003
+    seed = compat.oracle_seed(seed)
     if kind == "random":
         oracle = _oracle_class(oracles.RandomSearchOracle)(objective=goal, max_trials=max_trials, seed=seed)
         return KcapTuner(oracle, hypermodel, directory, chief_directory, distribution_strategy=distribution_strategy)
@@ -218,7 +206,7 @@ def make_tuner(
         oracle = _oracle_class(oracles.BayesianOptimizationOracle)(objective=goal, max_trials=max_trials, seed=seed)
         return KcapTuner(oracle, hypermodel, directory, chief_directory, distribution_strategy=distribution_strategy)
     oracle = _oracle_class(oracles.HyperbandOracle)(objective=goal, max_epochs=max_epochs, factor=3, seed=seed)
-    oracle.max_trials = max_trials  # HyperbandOracle takes no max_trials, but Oracle.create_trial honours it
+    compat.limit_trials(oracle, max_trials)
     return KcapHyperband(oracle, hypermodel, directory, chief_directory, distribution_strategy=distribution_strategy)
 
 
@@ -481,7 +469,7 @@ def _write_hparams_config(tuner: keras_tuner.Tuner, search_dir: SearchDir, objec
     """The HParams dashboard's experiment: the searched ranges and the metrics to show per trial."""
     from tensorboard.plugins.hparams import api as hparams_api
 
-    hparams = tuner_utils.convert_hyperparams_to_hparams(tuner.oracle.get_space(), hparams_api)
+    hparams = compat.hparams_of_space(tuner.oracle.get_space(), hparams_api)
     metric = objective.removeprefix("val_")
     metrics = [
         hparams_api.Metric(f"epoch_{metric}", group="validation", display_name=objective),
@@ -489,7 +477,7 @@ def _write_hparams_config(tuner: keras_tuner.Tuner, search_dir: SearchDir, objec
     ]
     writer = tf.summary.create_file_writer(str(search_dir.logs))
     with writer.as_default():
-        hparams_api.hparams_config(hparams=list(hparams), metrics=metrics)
+        hparams_api.hparams_config(hparams=hparams, metrics=metrics)
     writer.close()
 
 

@@ -125,13 +125,6 @@ class FeatureCache:
         """Images whose features are on disk; 0 for a cache whose files are missing or damaged."""
         return self._progress()[0]
 
-    def damage(self) -> str | None:
-        """Why the cache's files on disk cannot be this cache (cut short, edited), or None.
-
-        Missing files are not damage: the cache is new, or a build has not written them yet.
-        """
-        return self._progress()[1]
-
     def _progress(self) -> tuple[int, str | None]:
         """`(num_done, damage)`, from one read of the files."""
         if not self.progress_path.is_file() or not self.array_path.is_file():

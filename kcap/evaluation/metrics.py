@@ -45,8 +45,6 @@ Details worth knowing:
 from __future__ import annotations
 
 import shutil
-import subprocess
-import threading
 import warnings
 from collections.abc import Sequence
 
@@ -55,6 +53,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 
+from kcap import compat
 from kcap.text.tokenize import normalize_caption
 
 # Each score's key in the results, and its name in papers.
@@ -62,7 +61,6 @@ METRIC_LABELS = {
     "bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
     "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr-D",
 }
-METRIC_NAMES = tuple(METRIC_LABELS)
 
 
 class MeteorUnavailableWarning(UserWarning):
@@ -101,57 +99,20 @@ class MeteorScorer:
 
     def score(self, gts: dict, res: dict) -> float:
         """Corpus METEOR of `res` (id → [hypothesis]) against `gts` (id → references)."""
-        process = self._meteor.meteor_p
-        timed_out = threading.Event()
-
-        def kill():
-            timed_out.set()
-            process.kill()
-
-        # pycocoevalcap reads the jar's answers line by line with no timeout;
-        # killing a hung process turns the blocking read into an error.
-        watchdog = threading.Timer(self.timeout, kill)
-        watchdog.start()
         try:
-            return float(self._meteor.compute_score(gts, res)[0])
-        except (OSError, ValueError) as error:
-            watchdog.cancel()
-            reason = f"did not answer within {self.timeout:g} s" if timed_out.is_set() else f"failed ({error!r})"
-            raise MeteorError(f"METEOR's Java process {reason}.{_read_stderr(process)}") from None
-        finally:
-            watchdog.cancel()
-            # An exception inside compute_score leaves its lock held, and the
-            # scorer's __del__ would then wait for it forever.
-            if self._meteor.lock.locked():
-                self._meteor.lock.release()
+            return compat.meteor_score(self._meteor, gts, res, self.timeout)
+        except compat.MeteorProcessError as error:
+            raise MeteorError(str(error)) from None
 
     def close(self) -> None:
         """Stops the Java process."""
-        process = self._meteor.meteor_p
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        for pipe in (process.stdin, process.stdout, process.stderr):
-            try:
-                pipe.close()
-            except OSError:  # a broken pipe to a dead process has nothing left to say
-                pass
+        compat.stop_meteor(self._meteor)
 
     def __enter__(self) -> MeteorScorer:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _read_stderr(process: subprocess.Popen) -> str:
-    if process.poll() is None:
-        process.kill()
-    try:
-        text = process.stderr.read().decode(errors="replace").strip()
-    except (OSError, ValueError):
-        return ""
-    return f" Its error output: {text[-500:]}" if text else ""
 
 
 def _prepare(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[dict, dict]:
@@ -176,24 +137,6 @@ def _prepare(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> 
         # An empty hypothesis (the model said <end> first) is a valid, zero-scoring caption.
         res[index] = [normalize_caption(hypothesis)]
     return gts, res
-
-
-def corpus_bleu_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
-    """BLEU-1..4 of generated captions, each against all references of its image.
-
-    pycocoevalcap's `Bleu(4)`, as in `caption_metrics`, without the other metrics:
-    n-gram counts clipped by the most any one reference holds and summed over the
-    corpus, the brevity penalty against the reference length closest to each
-    hypothesis, and a tiny smoothing, so an n-gram order without a single match
-    gives a small positive score rather than 0.
-
-    Example:
-
-    >>> scores = corpus_bleu_scores(["a red circle"], [["a red circle", "a circle"]])
-    >>> round(scores["bleu1"], 6), round(scores["bleu3"], 6)
-    (1.0, 1.0)
-    """
-    return _bleu(*_prepare(hypotheses, references))
 
 
 def _bleu(gts: dict, res: dict) -> dict[str, float]:

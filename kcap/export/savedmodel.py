@@ -31,6 +31,7 @@ import keras
 import tensorflow as tf
 
 import kcap
+from kcap import compat
 from kcap.data.images import decode_image
 from kcap.model import decoding
 from kcap.model.decoder import AttentionDecoder
@@ -227,15 +228,7 @@ def export_run(
             "kcap_version": tf.saved_model.Asset(str(staging / "kcap_version.txt")),
             "export": tf.saved_model.Asset(str(staging / "export.json")),
         }
-        # ExportArchive.track() keeps only variables and lookup tables; Assets must hang off
-        # the object it saves (its root trackable) to be written and restored.
-        root = getattr(archive, "_tf_trackable", None)
-        if root is None:
-            raise RuntimeError(
-                f"keras {keras.__version__}: ExportArchive has no root trackable to attach "
-                "assets to; kcap's export needs updating for this Keras version."
-            )
-        root.kcap_assets = assets
+        compat.attach_assets(archive, "kcap_assets", assets)
         with atomic_directory(output, replace=force) as tmp, _quiet_tensorflow_logger():
             archive.write_out(str(tmp), verbose=False)
     return output

@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from kcap import compat
 from kcap.model.augmentation import ImageAugmentation
 from kcap.model.decoding import DEFAULT_LENGTH_PENALTY, Decoded, beam_search, greedy_decode, sample_decode
 from kcap.model.decoder import AttentionDecoder
@@ -131,14 +132,7 @@ class Captioner(keras.Model):
         self.built = True
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras' TF trainer calls this at the start of fit under a
-        # tf.distribute strategy: it reduces the first batch across replicas
-        # (which fails for dict inputs under MultiWorkerMirroredStrategy) only
-        # to build unbuilt layers. Every layer here is built in __init__, so
-        # only the optimizer is left to build.
-        if self.optimizer is not None and not self.optimizer.built:
-            with self.distribute_strategy.scope():
-                self.optimizer.build(self.trainable_variables)
+        compat.build_optimizer_only(self)  # every layer is built in __init__; see kcap.compat
 
     def get_build_config(self):
         return {}
@@ -278,16 +272,7 @@ class Captioner(keras.Model):
         # Token-weighted, so an epoch's loss is the mean over all its words.
         self.loss_tracker.update_state(loss, sample_weight=tokens)
         self.accuracy_tracker.update_state(correct)
-        results = {m.name: m.result() for m in self.metrics}
-        strategy = tf.distribute.get_strategy()
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode():
-            # Keras 3 reduces step outputs across workers with `axis=0`, which
-            # fails on scalars (tensorflow/tensorflow#72388); the values are
-            # already synchronised, so a shape-(1,) copy reduces to the same number.
-            # Only then: Keras' own test (a cluster of one worker is not in
-            # multi-worker mode) passes a (1,) copy on, and TensorBoard refuses it.
-            results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
-        return results
+        return compat.multi_worker_step_outputs({m.name: m.result() for m in self.metrics})
 
     # -- captioning ----------------------------------------------------------
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from kcap.data.loading import ON_BAD_IMAGE, SYNTHETIC, DataSettings
 from kcap.data.splits import TEST_FRACTION, VAL_FRACTION
-from kcap.utils.files import atomic_write_json
 
 # tf.distribute strategies `--strategy` names (`kcap.training.distribute.make_strategy`).
 STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
@@ -196,9 +195,6 @@ class TrainConfig:
         if missing:
             raise ValueError(f"{source}: missing key(s) {missing}.")
         return cls(**data)
-
-    def save(self, path: str | Path) -> None:
-        atomic_write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":

@@ -53,12 +53,6 @@ class RunDir:
     best_model = property(lambda self: self.path / "checkpoints" / "best.keras")
     resume_state = property(lambda self: self.path / "checkpoints" / "resume.json")
 
-    @property
-    def resume_weights(self) -> Path:
-        """The weights of the last finished epoch, as `resume.json` names them."""
-        from kcap.training.callbacks import ResumeCheckpoint
-
-        return ResumeCheckpoint.weights_path(self.resume_state) or self.checkpoints / "resume-0000.weights.h5"
     logs = property(lambda self: self.path / "logs")
 
     def evaluation(self, split: str) -> Path:
