@@ -334,13 +334,13 @@ class Captioner(keras.Model):
             raise ValueError(f"max_length must be at least 1, got {max_length}.")
         if sampler is None:
             sampler = sampler_for(beam_size, temperature, length_penalty, seed)
-        elif (beam_size, temperature, length_penalty, seed) != (1, None, DEFAULT_LENGTH_PENALTY, 0):
-            raise ValueError(
-                f"Give the settings to the sampler ({sampler!r}), not as beam_size, temperature, "
-                "length_penalty or seed as well."
-            )
         else:
             sampler = get_sampler(sampler)
+            if (beam_size, temperature, length_penalty, seed) != (1, None, DEFAULT_LENGTH_PENALTY, 0):
+                raise ValueError(
+                    f"Give the settings to the sampler ({sampler!r}), not as beam_size, temperature, "
+                    "length_penalty or seed as well."
+                )
         length = tf.constant(max_length, tf.int32)
         return self._decode_function(sampler, jit_compile)(inputs, length, sampler.tensors())
 

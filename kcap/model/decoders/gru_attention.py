@@ -51,9 +51,8 @@ class AttentionDecoder(Decoder):
         self.logits = keras.layers.Dense(vocabulary_size, name="logits")
         self.dropout = keras.layers.Dropout(dropout)
 
-    def build(self, tokens_shape=None, features_shape=None):
-        features_shape = features_shape or (None, None, self.embedding_dim)
-        feature_dim = features_shape[-1]
+    def build(self, tokens_shape=None, encoded_shape=None):
+        feature_dim = (encoded_shape or (None, None, self.embedding_dim))[-1]
         # Decoding without a teacher-forced call may have built some of these already.
         for layer, shapes in (
             (self.embedding, [(None, None)]),

@@ -50,6 +50,7 @@ class Sampler:
     Example:
 
     ```python
+    # Uncompiled; `Captioner.generate(inputs, sampler)` compiles the same loop.
     ids, attention, scores = BeamSampler(beam_size=3)(model.decoder, model.encode(inputs), 20)
     ```
     """

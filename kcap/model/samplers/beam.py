@@ -50,7 +50,7 @@ class BeamSampler(Sampler):
     Example:
 
     ```python
-    ids, attention, scores = BeamSampler(beam_size=5)(model.decoder, model.encode(inputs), tf.constant(20))
+    ids, attention, scores = model.generate(inputs, BeamSampler(beam_size=5, length_penalty=1.0))
     ```
     """
 

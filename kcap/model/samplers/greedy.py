@@ -21,7 +21,7 @@ class GreedySampler(Sampler):
     Example:
 
     ```python
-    ids, attention, scores = GreedySampler()(model.decoder, model.encode(inputs), tf.constant(20))
+    ids, attention, scores = model.generate(inputs, GreedySampler())
     ```
     """
 

@@ -34,7 +34,7 @@ class RandomSampler(Sampler):
     Example:
 
     ```python
-    ids, attention, scores = RandomSampler(temperature=0.8, seed=3)(model.decoder, model.encode(inputs), 20)
+    ids, attention, scores = model.generate(inputs, RandomSampler(temperature=0.8, top_k=10, seed=3))
     ```
     """
 
