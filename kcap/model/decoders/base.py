@@ -19,8 +19,7 @@ class Decoder(keras.layers.Layer):
     `max_length + 1` positions with each row's position. Every tensor's shape
     must stay the same from step to step, so that a `tf.while_loop` (and XLA)
     can carry the state, and beam search reorders it row by row with
-    `tf.nest.map_structure(lambda s: tf.gather(s, parent), state)` and
-    repeats the memory with `tf.nest.map_structure(tf.repeat, ...)`.
+    `tf.nest.map_structure(lambda s: tf.gather(s, parent), state)`.
 
     A subclass implements the five methods below and `build(tokens_shape,
     encoded_shape)`, which builds every weight, so that a sampler can run

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 class BeamSampler(Sampler):
     """Keeps the `beam_size` best partial captions per image and returns the best finished one.
 
-    The search runs over `batch * beam_size` decoder states. The decoder's
-    memory is repeated once per beam. At each step every beam proposes all
+    The search runs over `batch * beam_size` decoder states, each image
+    repeated once per beam. At each step every beam proposes all
     words, and the `beam_size` best candidates per image survive; every
     tensor of the decoder's state follows its beam. Candidates are ranked by
     `log P / length_penalty(length)`, the GNMT normalisation described in
@@ -76,8 +76,11 @@ class BeamSampler(Sampler):
         steps = max_length + 1
         neg_inf = tf.constant(float("-inf"), tf.float32)
 
-        # Beams of one image are adjacent: row b * k + j is beam j of image b.
-        memory = tf.nest.map_structure(lambda m: tf.repeat(m, k, axis=0), decoder.prepare(encoded))
+        # Beams of one image are adjacent: row b * k + j is beam j of image b. The
+        # images are repeated before `prepare`, not its memory after: a matrix
+        # product's last bits can depend on its number of rows, and beam search's
+        # captions and scores stay those it gave before decoders had a `prepare`.
+        memory = decoder.prepare(tf.repeat(encoded, k, axis=0))
         state = decoder.start(memory, max_length)
         tokens = tf.fill([batch * k], START_ID)
         # At first all beams of an image are the same <start>. Only beam 0 may
