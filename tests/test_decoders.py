@@ -77,7 +77,7 @@ def test_the_registry_finds_decoders_by_name_and_says_which_there_are():
     assert {"gru_attention", "test_mean_context"} <= set(decoder_names())
     with pytest.raises(ValueError, match=r"Unknown decoder 'lstm'; the registered decoders are \[.*'gru_attention'"):
         get_decoder("lstm")
-    with pytest.raises(ValueError, match=r"The decoder name 'gru_attention' is taken by kcap.model.decoders.gru_attention"):
+    with pytest.raises(ValueError, match=r"'gru_attention' is taken by kcap.model.decoders.gru_attention"):
         register_decoder("gru_attention")(MeanContextDecoder)
     with pytest.raises(TypeError, match="subclass of kcap.model.decoders.Decoder"):
         register_decoder("dense")(keras.layers.Dense)
@@ -93,7 +93,8 @@ def test_a_captioner_records_its_decoder_and_an_old_config_has_the_gru():
     assert isinstance(model.decoder, MeanContextDecoder) and model.get_config()["decoder"] == "test_mean_context"
     config = Captioner(backbone, 12, 4, (64, 64), embedding_dim=8, units=8).get_config()
     assert config.pop("decoder") == "gru_attention"
-    assert isinstance(Captioner.from_config(config).decoder, AttentionDecoder)  # a model saved before decoders had names
+    # A model saved before decoders had names:
+    assert isinstance(Captioner.from_config(config).decoder, AttentionDecoder)
 
 
 # -- the tiny decoder, end to end ------------------------------------------------
@@ -121,14 +122,15 @@ def test_a_registered_decoder_trains_captions_and_reloads(mean_context_run):
     beam_one = model.generate(inputs, BeamSampler(beam_size=1))
     np.testing.assert_array_equal(beam_one[0].numpy(), greedy[0].numpy())
     np.testing.assert_allclose(beam_one[2].numpy(), greedy[2].numpy(), rtol=1e-6)
-    for ids, attention, scores in (greedy, model.generate(inputs, beam_size=3), model.generate(inputs, temperature=2.0)):
+    beam = model.generate(inputs, beam_size=3)
+    for ids, attention, scores in (greedy, beam, model.generate(inputs, temperature=2.0)):
         check_convention(ids, attention, model.max_length)
         # Beam search moved both parts of the nested state with their beams: its
         # scores are the teacher-forced ones of the captions it returns.
         forced, _, _ = teacher_forced(model, inputs, ids.numpy())
         np.testing.assert_allclose(scores.numpy(), forced, rtol=1e-4, atol=1e-4)
     captions = trained.caption_files(test, beam_size=3)
-    assert [c["caption"] for c in captions] == [trained.vocabulary.decode(r) for r in model.generate(inputs, beam_size=3)[0].numpy()]
+    assert [c["caption"] for c in captions] == [trained.vocabulary.decode(r) for r in beam[0].numpy()]
 
 
 def test_a_registered_decoder_exports_and_serves_the_captions_of_kcap_caption(mean_context_run, tmp_path):

@@ -25,7 +25,9 @@ def register_decoder(name: str) -> Callable[[type[Decoder]], type[Decoder]]:
 
     def register(cls: type[Decoder]) -> type[Decoder]:
         if not (isinstance(cls, type) and issubclass(cls, Decoder)):
-            raise TypeError(f"register_decoder({name!r}) decorates a subclass of kcap.model.decoders.Decoder, not {cls!r}.")
+            raise TypeError(
+                f"register_decoder({name!r}) decorates a subclass of kcap.model.decoders.Decoder, not {cls!r}."
+            )
         taken = _DECODERS.get(name)
         if taken is not None and _qualified_name(taken) != _qualified_name(cls):
             raise ValueError(f"The decoder name {name!r} is taken by {_qualified_name(taken)}; choose another.")
