@@ -30,7 +30,7 @@ set's captions when that is absent), tokenised by kcap's `Vocabulary`:
   values are random: neither model's cost depends on them.
 - greedy captions/s with exactly `--tokens` (16) decoder steps per caption, no
   early stop, so an untrained model costs what a trained one does. kcap: its
-  `greedy_decode` on a batch, compiled as `Captioner.generate` does it (the
+  `GreedySampler` on a batch, compiled as `Captioner.generate` does it (the
   loop by XLA), with `<end>` suppressed until the last slot. Baseline: the
   tutorial's eager `evaluate`, one image at a time.
 - batch-1 caption latency (ms, median): kcap's compiled greedy decoding of one
@@ -203,9 +203,9 @@ def pad_to(tokens, length: int):
 
 
 class FixedLengthDecoder:
-    """An `AttentionDecoder` whose `<end>` is never the best word, for timing decoding.
+    """A kcap decoder whose `<end>` is never the best word, for timing decoding.
 
-    `greedy_decode` stops when every caption has ended; an untrained model may end
+    `GreedySampler` stops when every caption has ended; an untrained model may end
     at once. With `<end>` pushed to -1e9 (not -inf, so the forced `<end>` of the
     last slot is still a finite choice) every caption runs `max_length` words and
     then `<end>`: a fixed number of steps, whatever the weights.
@@ -214,15 +214,18 @@ class FixedLengthDecoder:
     def __init__(self, decoder):
         self.decoder = decoder
 
-    def start(self, encoded):
-        return self.decoder.start(encoded)
+    def prepare(self, encoded):
+        return self.decoder.prepare(encoded)
 
-    def step(self, tokens, state, encoded, keys):
+    def start(self, memory, max_length):
+        return self.decoder.start(memory, max_length)
+
+    def step(self, tokens, state, memory):
         import tensorflow as tf
 
         from kcap.text.vocabulary import END_ID
 
-        logits, state, weights = self.decoder.step(tokens, state, encoded, keys)
+        logits, state, weights = self.decoder.step(tokens, state, memory)
         logits = tf.cast(logits, tf.float32)
         is_end = tf.equal(tf.range(tf.shape(logits)[-1]), END_ID)[None, :]
         return tf.where(is_end, -1e9, logits), state, weights
@@ -316,14 +319,14 @@ def bench_kcap_captioning(model, vocabulary, features, args) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from kcap.model.decoding import caption_lengths, greedy_decode
+    from kcap.model.samplers import GreedySampler, caption_lengths
 
     fixed = FixedLengthDecoder(model.decoder)
     jit = args.jit_compile != "off"
 
     # As Captioner.generate: the encoder in a tf.function, the word-by-word
     # loop inside it compiled by XLA (unless --jit-compile off).
-    loop = tf.function(lambda encoded, max_length: greedy_decode(fixed, encoded, max_length), jit_compile=jit)
+    loop = tf.function(lambda encoded, max_length: GreedySampler()(fixed, encoded, max_length), jit_compile=jit)
 
     @tf.function(reduce_retracing=True)
     def caption(features, max_length):

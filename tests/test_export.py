@@ -20,7 +20,7 @@ from conftest import kcap_command
 import kcap
 from kcap.export import SERVING_DEFAULT, SERVING_IMAGES, captions_from_ids, export_run
 from kcap.inference import load_run
-from kcap.model import decoding
+from kcap.model.samplers import BeamSampler
 from kcap.text.vocabulary import Vocabulary
 
 # Run by a fresh interpreter that has TensorFlow but not kcap: it proves the
@@ -314,10 +314,7 @@ def test_beam_size_above_one_serves_beam_search(trained_run, tmp_path):
     trained = load_run(trained_run)
     test = [i["image"] for i in trained.run.load_splits()["splits"]["test"]]
     pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in test]).astype("float32")
-    ids, _, scores = decoding.beam_search(
-        trained.model.decoder, trained.model.encode({"images": pixels}),
-        tf.constant(trained.model.max_length), beam_size=3,
-    )
+    ids, _, scores = trained.model.decode(trained.model.encode({"images": pixels}), BeamSampler(beam_size=3))
     served = tf.saved_model.load(str(output)).signatures["serving_images"](images=tf.constant(pixels))
     assert [c.decode() for c in served["caption"].numpy()] == [trained.vocabulary.decode(r) for r in ids.numpy()]
     np.testing.assert_allclose(served["score"].numpy(), scores.numpy(), rtol=1e-5, atol=1e-5)

@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -33,8 +32,7 @@ import tensorflow as tf
 import kcap
 from kcap import compat
 from kcap.data.images import decode_image
-from kcap.model import decoding
-from kcap.model.decoder import AttentionDecoder
+from kcap.model.samplers import Sampler, get_sampler, sampler_for
 from kcap.text.vocabulary import END_ID, PAD_ID, START_ID
 from kcap.training.run_dir import CHECKPOINTS
 from kcap.utils.files import atomic_directory
@@ -70,36 +68,16 @@ def captions_from_ids(ids: tf.Tensor, words: tf.Tensor) -> tf.Tensor:
     return tf.strings.reduce_join(tokens, axis=1, separator=" ")
 
 
-def decode_function(beam_size: int = 1) -> Callable[[AttentionDecoder, tf.Tensor, tf.Tensor], decoding.Decoded]:
-    """The decoding loop for `beam_size`: greedy for 1, else `kcap.model.decoding.beam_search`.
-
-    Returns a callable `(decoder, encoded, max_length) -> (ids, attention, scores)`.
-
-    Example:
-
-    >>> decode_function(1) is kcap.model.decoding.greedy_decode
-    True
-    """
-    if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
-        raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}.")
-    if beam_size == 1:
-        return decoding.greedy_decode
-
-    def decode(decoder, encoded, max_length):
-        return decoding.beam_search(decoder, encoded, max_length, beam_size=beam_size)
-
-    return decode
-
-
 def build_export_archive(
-    model: keras.Model, words: list[str], beam_size: int = 1
+    model: keras.Model, words: list[str], sampler: str | Sampler = "greedy"
 ) -> keras.export.ExportArchive:
     """An `ExportArchive` with the `serving_default` and `serving_images` endpoints.
 
     Args:
         model: a `kcap.model.captioner.Captioner`.
         words: the vocabulary's words, by id.
-        beam_size: 1 for greedy decoding, more for beam search.
+        sampler: how the endpoints caption, through `Captioner.decode`: a
+            `kcap.model.samplers` sampler or its name.
 
     Example:
 
@@ -111,7 +89,7 @@ def build_export_archive(
     """
     if len(words) != model.vocabulary_size:
         raise ValueError(f"The model has {model.vocabulary_size} words but {len(words)} were given.")
-    decode = decode_function(beam_size)
+    sampler = get_sampler(sampler)
     height, width = model.image_size
     max_length = model.max_length
 
@@ -127,7 +105,7 @@ def build_export_archive(
 
     def caption_batch(images):
         encoded = model.encode({"images": images}, training=False)
-        ids, _, scores = decode(model.decoder, encoded, tf.constant(max_length, tf.int32))
+        ids, _, scores = model.decode(encoded, sampler, tf.constant(max_length, tf.int32))
         return captions_from_ids(ids, vocabulary_words), tf.cast(scores, tf.float32)
 
     def no_captions():
@@ -194,11 +172,11 @@ def export_run(
     output = Path(output)
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}.")
-    decode_function(beam_size)  # fail on an unsupported beam size before loading anything
+    sampler = sampler_for(beam_size)  # fails on an unsupported beam size before anything is loaded
     _check_output(output, Path(run_dir), force)
 
     trained = load_run(run_dir, checkpoint)
-    archive = build_export_archive(trained.model, trained.vocabulary.words, beam_size)
+    archive = build_export_archive(trained.model, trained.vocabulary.words, sampler)
     info = {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
@@ -282,6 +260,5 @@ __all__ = [
     "SERVING_IMAGES",
     "build_export_archive",
     "captions_from_ids",
-    "decode_function",
     "export_run",
 ]

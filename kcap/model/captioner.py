@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Callable, Mapping, Sequence
 
 import keras
@@ -13,16 +11,16 @@ from keras import ops
 
 from kcap import compat
 from kcap.model.augmentation import ImageAugmentation
-from kcap.model.decoding import DEFAULT_LENGTH_PENALTY, Decoded, beam_search, greedy_decode, sample_decode
-from kcap.model.decoder import AttentionDecoder
+from kcap.model.decoders import DEFAULT_DECODER, get_decoder
 from kcap.model.encoder import FeatureEncoder
 from kcap.model.preprocessing import ImagePreprocessing
+from kcap.model.samplers import DEFAULT_LENGTH_PENALTY, Decoded, Sampler, get_sampler, sampler_for
 from kcap.text.vocabulary import PAD_ID
 
 
 @keras.saving.register_keras_serializable(package="kcap")
 class Captioner(keras.Model):
-    """Backbone → Dense encoder → GRU decoder with Bahdanau attention.
+    """Backbone → Dense encoder → decoder (by default a GRU with Bahdanau attention).
 
     Augmentation, preprocessing and the backbone live inside the model, so
     they run on the accelerator and travel with a saved `.keras` file.
@@ -39,7 +37,7 @@ class Captioner(keras.Model):
         max_length: most words in a generated caption.
         image_size: (height, width) the backbone is fed.
         embedding_dim: word and location embedding size.
-        units: GRU and attention size.
+        units: the decoder's width (GRU and attention size for `gru_attention`).
         dropout: dropout on embeddings and the output layer.
         preprocessing: an `ImagePreprocessing` layer or its mode name.
         augmentation: an `ImageAugmentation` layer, or `None`.
@@ -48,6 +46,8 @@ class Captioner(keras.Model):
         fine_tune_layers: unfreeze only the last N layers of a pretrained
             backbone; its batch-norm layers stay frozen, in inference mode.
         position_embedding: learned embedding per feature-map location.
+        decoder: the name of a registered decoder (`kcap.model.decoders`);
+            a saved model without one has `gru_attention`, the default.
 
     Example:
 
@@ -75,6 +75,7 @@ class Captioner(keras.Model):
         train_backbone: bool = False,
         position_embedding: bool = True,
         fine_tune_layers: int = 0,
+        decoder: str = DEFAULT_DECODER,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -104,7 +105,8 @@ class Captioner(keras.Model):
             dropout=self.dropout_rate,
             name="encoder",
         )
-        self.decoder = AttentionDecoder(
+        self.decoder_name = str(decoder)
+        self.decoder = get_decoder(self.decoder_name)(
             self.vocabulary_size, self.embedding_dim, self.units, self.dropout_rate, name="decoder"
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -156,6 +158,7 @@ class Captioner(keras.Model):
             "train_backbone": self.train_backbone,
             "position_embedding": self.position_embedding,
             "fine_tune_layers": self.fine_tune_layers,
+            "decoder": self.decoder_name,
         }
 
     @classmethod
@@ -234,13 +237,12 @@ class Captioner(keras.Model):
         """Mean cross-entropy and accuracy over the captions' words (padding left out)."""
         tokens, targets = captions[:, :-1], captions[:, 1:]
         encoded = self.encode(inputs, training=training)
-        states, contexts, _ = self.decoder.teacher_forced_states(tokens, encoded, training=training)
+        outputs, _ = self.decoder.teacher_forced(tokens, encoded, training=training)
         # The output layers only where there is a word to predict: a batch is as
-        # long as its longest caption, and about half its positions are padding.
+        # long as its longest caption, and about half its positions are padding;
+        # at a 5,000-word vocabulary the logits are a step's largest matrix product.
         words = tf.where(ops.not_equal(targets, PAD_ID))
-        logits = self.decoder.output(
-            tf.gather_nd(states, words), tf.gather_nd(contexts, words), training=training
-        )
+        logits = self.decoder.output_logits(tf.gather_nd(outputs, words), training=training)
         logits = ops.cast(logits, "float32")
         targets = tf.gather_nd(targets, words)
         per_token = keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)
@@ -279,6 +281,7 @@ class Captioner(keras.Model):
     def generate(
         self,
         inputs: Mapping[str, tf.Tensor],
+        sampler: str | Sampler | None = None,
         max_length: int | None = None,
         beam_size: int = 1,
         temperature: float | None = None,
@@ -286,16 +289,17 @@ class Captioner(keras.Model):
         seed: int = 0,
         jit_compile: bool = True,
     ) -> Decoded:
-        """Captions a batch, compiled: greedy, beam search or temperature sampling.
+        """Captions a batch, compiled: greedy, beam search or sampling.
 
-        `temperature` set → `sample_decode` (seeded, reproducible);
-        `beam_size > 1` → `beam_search`, ranked with the GNMT `length_penalty`;
-        otherwise → `greedy_decode` (all in `kcap.model.decoding`). Each mode
-        is one `tf.function`, traced once and cached on the model. The
-        numbers are tensors, so a new length, temperature, penalty or seed
-        does not retrace; a new `beam_size` does. With `jit_compile`, greedy
-        and beam search compile their word-by-word loop (not the backbone)
-        with XLA, once per batch size and length.
+        `sampler` is a `kcap.model.samplers` sampler or its name. Without
+        one, the keywords choose: `temperature` set → `RandomSampler`
+        (seeded, reproducible); `beam_size > 1` → `BeamSampler`, ranked with
+        the GNMT `length_penalty`; otherwise → `GreedySampler`. Each sampler
+        kind (and beam size) is one `tf.function`, traced once and cached on
+        the model. The numbers are tensors, so a new length, temperature,
+        penalty or seed does not retrace. With `jit_compile`, greedy and beam
+        search compile their word-by-word loop (not the backbone) with XLA,
+        once per batch size and length.
 
         Returns `(token_ids, attention, scores)`: int32 (batch, max_length + 1)
         with the words, `<end>` (forced after `max_length` words), then 0s;
@@ -307,49 +311,59 @@ class Captioner(keras.Model):
         ```python
         ids, attention, scores = model.generate({"images": images}, beam_size=5)
         ids, _, _ = model.generate({"images": images}, temperature=0.8, seed=1)
+        ids, _, _ = model.generate({"images": images}, RandomSampler(temperature=0.8, top_k=10))
         ```
         """
         max_length = int(self.max_length if max_length is None else max_length)
         if max_length < 1:
             raise ValueError(f"max_length must be at least 1, got {max_length}.")
-        if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
-            raise ValueError(f"beam_size must be an integer >= 1, got {beam_size!r}.")
-        length = tf.constant(max_length, tf.int32)
-        if temperature is not None:
-            if beam_size > 1:
+        if sampler is None:
+            sampler = sampler_for(beam_size, temperature, length_penalty, seed)
+        else:
+            sampler = get_sampler(sampler)
+            if (beam_size, temperature, length_penalty, seed) != (1, None, DEFAULT_LENGTH_PENALTY, 0):
                 raise ValueError(
-                    f"Choose sampling (temperature={temperature}) or beam search "
-                    f"(beam_size={beam_size}), not both."
+                    f"Give the settings to the sampler ({sampler!r}), not as beam_size, temperature, "
+                    "length_penalty or seed as well."
                 )
-            if not math.isfinite(temperature) or temperature <= 0:
-                raise ValueError(f"temperature must be a positive number, got {temperature}.")
-            return self._decode_function("sample", jit_compile)(
-                inputs, length, tf.constant(temperature, tf.float32), tf.constant(seed, tf.int64)
-            )
-        if beam_size > 1:
-            if not math.isfinite(length_penalty) or length_penalty < 0:
-                raise ValueError(f"length_penalty must be a number >= 0, got {length_penalty}.")
-            return self._decode_function("beam", jit_compile)(
-                inputs, length, beam_size, tf.constant(length_penalty, tf.float32)
-            )
-        return self._decode_function("greedy", jit_compile)(inputs, length)
+        length = tf.constant(max_length, tf.int32)
+        return self._decode_function(sampler, jit_compile)(inputs, length, sampler.tensors())
 
-    def _decode_function(self, mode: str, jit_compile: bool):
+    def decode(
+        self, encoded: tf.Tensor, sampler: str | Sampler = "greedy", max_length: tf.Tensor | int | None = None
+    ) -> Decoded:
+        """Encoded images (see `encode`) → `(token_ids, attention, scores)` by `sampler`.
+
+        The word-by-word loop that `generate` compiles and the SavedModel
+        export serves; `max_length` defaults to the model's.
+
+        Example:
+
+        ```python
+        ids, attention, scores = model.decode(model.encode({"images": images}), BeamSampler(3))
+        ```
+        """
+        max_length = self.max_length if max_length is None else max_length
+        return get_sampler(sampler)(self.decoder, encoded, max_length)
+
+    def _decode_function(self, sampler: Sampler, jit_compile: bool):
         # Kept in __dict__, out of Keras/TF attribute tracking: these are
         # caches, not model state, and must not end up in saved files.
         functions = self.__dict__.setdefault("_decode_functions", {})
         # XLA fuses each step's many small ops (on 2 CPU cores: batch-1 greedy
         # latency 13 -> 8 ms), but runs a CNN backbone ~10x slower on a CPU, so
-        # only the loop is compiled by it. Sampling's stateless_categorical has
-        # no XLA kernel.
-        jit = bool(jit_compile) and mode != "sample"
-        key = (mode, jit)
+        # only the loop is compiled by it, and only where the sampler's ops have XLA kernels.
+        jit = bool(jit_compile) and sampler.jit_compile
+        key = (sampler.trace_key(), jit)
         if key not in functions:
-            loop = {"greedy": greedy_decode, "beam": beam_search, "sample": sample_decode}[mode]
-            decode_loop = tf.function(functools.partial(loop, self.decoder), jit_compile=jit)
+            # `sampler` fixes the structural settings; each call's numbers come in as tensors.
+            decode_loop = tf.function(
+                lambda encoded, max_length, tensors: self.decode(encoded, sampler.with_tensors(tensors), max_length),
+                jit_compile=jit,
+            )
 
-            def decode(inputs, *args):
-                return decode_loop(self.encode(inputs, training=False), *args)
+            def decode(inputs, max_length, tensors):
+                return decode_loop(self.encode(inputs, training=False), max_length, tensors)
 
             functions[key] = tf.function(decode, reduce_retracing=True)
         return functions[key]

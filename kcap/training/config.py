@@ -47,6 +47,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     embedding_dim: int = 256
     units: int = 512
+    decoder: str = "gru_attention"  # a registered decoder (kcap.model.decoders)
     dropout: float = 0.1
     vocab_size: int = 5000
     min_word_count: int = 1
@@ -145,6 +146,8 @@ class TrainConfig:
         return c
 
     def validate(self) -> None:
+        from kcap.model.decoders import decoder_names  # TensorFlow: imported only once a run is validated
+
         checks = [
             (self.epochs >= 1, "epochs must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
@@ -152,6 +155,7 @@ class TrainConfig:
             (0 < self.learning_rate < math.inf, "learning_rate must be positive and finite"),
             (self.embedding_dim >= 1 and self.units >= 1, "embedding_dim and units must be positive"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (self.decoder in decoder_names(), f"decoder must be one of {decoder_names()}"),
             (self.vocab_size >= 1, "vocab_size must be at least 1"),
             (self.min_word_count >= 1, "min_word_count must be at least 1"),
             (0 <= self.seed < 2**32, "seed must be from 0 to 2**32 - 1"),

@@ -80,6 +80,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learning-rate", type=float, default=d.learning_rate)
     p.add_argument("--embedding-dim", type=int, default=d.embedding_dim)
     p.add_argument("--units", type=int, default=d.units, help="GRU and attention units")
+    p.add_argument("--decoder", default=d.decoder, help="a registered decoder (kcap.model.decoders; default: %(default)s)")
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="keep this many most frequent words")
     p.add_argument("--min-word-count", type=int, default=d.min_word_count, help="words seen fewer times in training captions become <unk>")

@@ -81,6 +81,7 @@ def build_captioner(
             image_size=(config.image_size, config.image_size),
             embedding_dim=config.embedding_dim,
             units=config.units,
+            decoder=config.decoder,
             dropout=config.dropout,
             preprocessing=preprocessing,
             augmentation=augmentation,

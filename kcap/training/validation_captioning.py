@@ -181,7 +181,7 @@ class ValidationCaptioning(keras.callbacks.Callback):
         ids, attention = [], []
         for batch in self._batches():
             batch_ids, batch_attention, _ = self.model.generate(
-                batch, self.max_length, beam_size=self.beam_size, temperature=self.temperature
+                batch, max_length=self.max_length, beam_size=self.beam_size, temperature=self.temperature
             )
             ids.extend(np.asarray(batch_ids))
             attention.extend(np.asarray(batch_attention))

@@ -1,0 +1,154 @@
+"""What the sampler and decoding tests share: tiny models, the trained run's test images, and checks.
+
+Conventions under test (see `kcap.model.samplers.base`): ids are
+(batch, max_length + 1) with the words, exactly one `<end>`, then 0s. A
+caption that does not end within `max_length` words gets `<end>` forced in
+the last slot, and its real log-probability counts in the score.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kcap.data.pipeline import image_dataset
+from kcap.inference import load_run
+from kcap.model.backbones import build_backbone
+from kcap.model.captioner import Captioner
+from kcap.model.samplers import caption_lengths, length_penalty
+from kcap.text.vocabulary import END_ID, PAD_ID, START_ID, UNK_ID
+
+
+def tiny_captioner(vocabulary_size=12, max_length=6, seed=0, **kwargs):
+    keras.utils.set_random_seed(seed)
+    backbone = build_backbone("small_cnn", weights=None, image_size=64)
+    return Captioner(
+        backbone, vocabulary_size, max_length, (64, 64), embedding_dim=16, units=32,
+        preprocessing="scale", train_backbone=True, **kwargs,
+    )
+
+
+def random_images(n, seed=0):
+    return {"images": np.random.default_rng(seed).integers(0, 255, (n, 64, 64, 3)).astype("uint8")}
+
+
+def peaky_captioner(vocabulary_size, max_length=3, end_bias=0.0):
+    model = tiny_captioner(vocabulary_size=vocabulary_size, max_length=max_length, seed=3)
+    # Sharper word distributions than at initialisation, so captions of
+    # different lengths and scores compete.
+    kernel, bias = model.decoder.logits.kernel, model.decoder.logits.bias
+    kernel.assign(kernel * 8.0)
+    bias.assign(tf.tensor_scatter_nd_update(bias, [[END_ID]], [end_bias]))
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained(trained_run):
+    """The conftest run's model with its test images, as paths and as a batch."""
+    run = load_run(trained_run)
+    paths = [item["image"] for item in run.run.load_splits()["splits"]["test"]]
+    batches = image_dataset(paths, run.image_size, batch_size=64)
+    images = np.concatenate([batch["images"].numpy() for batch in batches])
+    return run, paths, {"images": images}
+
+
+def normalised(ids, scores, alpha):
+    return np.asarray(scores) / length_penalty(caption_lengths(ids), alpha).numpy()
+
+
+def teacher_forced(model, inputs, ids):
+    """Log-probability of each decoded caption and its attention, by teacher forcing.
+
+    This is an independent re-computation through `decoder.call`, so it
+    checks that a sampler's ids, scores and attention belong together.
+    """
+    ids = np.asarray(ids)
+    tokens = np.concatenate([np.full((len(ids), 1), START_ID, "int32"), ids[:, :-1]], axis=1)
+    encoded = model.encode(inputs)
+    logits, attention = model.decoder(tokens, encoded)
+    log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32)).numpy()
+    lengths = caption_lengths(ids).numpy()
+    scores = np.array([
+        log_probs[i, np.arange(n), ids[i, :n]].sum() for i, n in enumerate(lengths)
+    ])
+    return scores, np.asarray(attention), lengths
+
+
+def check_convention(ids, attention, max_length):
+    """One <end> per row, only padding after it, attention rows sum to 1 up to <end>."""
+    ids, attention = np.asarray(ids), np.asarray(attention)
+    assert ids.shape[1] == max_length + 1 and attention.shape[1] == max_length + 1
+    for row, weights in zip(ids, attention):
+        ends = np.flatnonzero(row == END_ID)
+        assert ends.size == 1, row
+        assert (row[ends[0] + 1:] == PAD_ID).all(), row
+        np.testing.assert_allclose(weights[: ends[0] + 1].sum(-1), 1.0, rtol=1e-5)
+        assert (weights[ends[0] + 1:] == 0).all()
+
+
+class MarkovDecoder:
+    """A decoder whose next-word log-probabilities depend only on the last word.
+
+    It has the `prepare`/`start`/`step` of `kcap.model.decoders.Decoder`. Because
+    its probabilities are written out in a table, a test can build a case with
+    a known best caption (and can run many random cases quickly).
+    `table[w]` holds the log-probabilities after word `w` (row `START_ID`
+    after `<start>`). The attention is spread evenly over the locations.
+    """
+
+    def __init__(self, table):
+        with np.errstate(divide="ignore"):  # impossible words: log 0 = -inf
+            self.table = tf.constant(np.log(np.asarray(table, "float64")), tf.float32)
+
+    def prepare(self, encoded):
+        return encoded
+
+    def start(self, memory, max_length):
+        return tf.zeros([tf.shape(memory)[0], 1])
+
+    def step(self, tokens, state, memory):
+        locations = tf.shape(memory)[1]
+        weights = tf.fill([tf.shape(tokens)[0], locations], 1.0 / tf.cast(locations, tf.float32))
+        return tf.gather(self.table, tokens), state, weights
+
+
+def reference_beam_search(decoder, encoded, max_length, beam_size, alpha):
+    """The beam search of `BeamSampler`, written out in Python, one image at a time.
+
+    Hypotheses are Python tuples, each with its own decoder state (a nest),
+    and the loop always runs to `max_length` with no early stop, so this also
+    checks that stopping early changes nothing. Returns
+    `(normalised score, raw score, tokens)` per image.
+    """
+    results = []
+    for image in range(encoded.shape[0]):
+        memory = decoder.prepare(encoded[image:image + 1])
+        start = decoder.start(memory, max_length)
+        beams = [(0.0, 0.0, [], False, tf.nest.map_structure(lambda s: s[0], start))]
+        best = (-np.inf, None, None)
+        for t in range(max_length + 1):
+            n = len(beams)
+            tokens = np.array([b[2][-1] if b[2] else START_ID for b in beams], "int32")
+            states = tf.nest.map_structure(lambda *rows: tf.stack(rows), *[b[4] for b in beams])
+            logits, states, _ = decoder.step(
+                tokens, states, tf.nest.map_structure(lambda m: tf.repeat(m, n, 0), memory)
+            )
+            log_probs = tf.nn.log_softmax(tf.cast(logits, tf.float32)).numpy()
+            candidates = []
+            for b, (norm, raw, words, finished, _) in enumerate(beams):
+                state = tf.nest.map_structure(lambda s: s[b], states)
+                if finished:  # stays, with its score and length
+                    candidates.append((norm, raw, words, True, state))
+                    continue
+                allowed = [w for w in range(log_probs.shape[1]) if w not in (PAD_ID, START_ID, UNK_ID)]
+                for w in [END_ID] if t == max_length else allowed:
+                    new_raw = raw + log_probs[b, w]
+                    new_norm = new_raw / float(length_penalty(t + 1, alpha))
+                    candidates.append((new_norm, new_raw, words + [w], w == END_ID, state))
+            candidates.sort(key=lambda c: -c[0])  # stable: ties keep the lower beam and word
+            beams = candidates[:beam_size]
+            for norm, raw, words, finished, _ in beams:
+                if finished and norm > best[0]:
+                    best = (norm, raw, words)
+        results.append(best)
+    return results
