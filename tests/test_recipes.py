@@ -5,14 +5,20 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import TINY
 from kcap.data.caption_files import CaptionFormat, caption_formats, register_format
 from kcap.data.dataset import CaptionDataset, CaptionedImage
 from kcap.data.formats.common import CaptionFileError, find_images_dir, read_text, record, resolve_image, text_lines
+from kcap.data.images import load_image
 from kcap.data.synthetic import write_synthetic_dataset
+from kcap.export.savedmodel import build_export_archive
 from kcap.inference import load_run
 from kcap.model.backbones import BACKBONES, BackboneSpec, register_backbone
+from kcap.model.samplers import GreedySampler, Sampler
+from kcap.model.samplers.base import word_by_word
+from kcap.text.vocabulary import END_ID
 from kcap.training.config import TrainConfig
 from kcap.training.trainer import train
 
@@ -91,3 +97,48 @@ def test_a_registered_backbone_trains_and_captions(tmp_path):
     image = trained.run.load_splits()["splits"]["test"][0]["image"]
     [result] = trained.caption_files([image])
     assert result["caption"] and np.allclose(result["attention"].sum(axis=-1), 1.0, atol=1e-5)
+
+
+# -- Recipe: a sampler ----------------------------------------------------------
+
+
+class MinLengthSampler(Sampler):
+    """Greedy decoding that may not end a caption before `min_words` words."""
+
+    TENSORS = {"min_words": tf.int32}
+
+    def __init__(self, min_words=3):
+        self.min_words = min_words
+
+    def __call__(self, decoder, encoded, max_length):
+        def pick(t, log_probs):
+            too_early = (t < self.min_words) & tf.equal(tf.range(tf.shape(log_probs)[-1]), END_ID)
+            return tf.argmax(tf.where(too_early[None, :], float("-inf"), log_probs), axis=-1, output_type=tf.int32)
+
+        return word_by_word(decoder, encoded, max_length, pick)
+
+    def get_config(self):
+        return {"min_words": self.min_words}
+
+
+def test_a_new_sampler_generates_and_exports(trained_run, tmp_path):
+    trained = load_run(trained_run)
+    paths = [image["image"] for image in trained.run.load_splits()["splits"]["test"][:4]]
+    images = tf.stack([load_image(path, trained.image_size) for path in paths])
+
+    greedy_ids, _, greedy_scores = trained.model.generate({"images": images}, GreedySampler())
+    ids, _, scores = trained.model.generate({"images": images}, MinLengthSampler(min_words=0))
+    np.testing.assert_array_equal(ids, greedy_ids)  # no constraint: greedy, to the bit
+    np.testing.assert_array_equal(scores, greedy_scores)
+
+    greedy_captions = [trained.vocabulary.decode(row) for row in greedy_ids.numpy()]
+    assert any(len(caption.split()) < 6 for caption in greedy_captions), greedy_captions  # else nothing to show
+    ids, _, _ = trained.model.generate({"images": images}, MinLengthSampler(min_words=6))
+    captions = [trained.vocabulary.decode(row) for row in ids.numpy()]
+    assert all(len(caption.split()) >= 6 for caption in captions), captions
+
+    archive = build_export_archive(trained.model, trained.vocabulary.words, sampler=MinLengthSampler(6))
+    archive.write_out(str(tmp_path / "export"), verbose=False)
+    serving = tf.saved_model.load(str(tmp_path / "export"))
+    served = serving.signatures["serving_default"](image_bytes=tf.constant([Path(p).read_bytes() for p in paths]))
+    assert [c.decode() for c in served["caption"].numpy()] == captions
