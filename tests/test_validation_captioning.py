@@ -39,7 +39,7 @@ def test_fit_logs_val_bleu4_and_writes_captions_and_attention_to_tensorboard(tin
     model = build_captioner(config, vocabulary)
     paths = [str(i.path) for i in val]
     references = [i.captions for i in val]
-    captioning = ValidationCaptioning.from_images(
+    captioning = ValidationCaptioning.from_files(
         paths, references, vocabulary, image_size, batch_size=5,  # batches of 5, 3: order must hold
         log_dir=tmp_path / "logs" / "captions", every=2, num_examples=2,
     )
@@ -128,8 +128,8 @@ def test_a_feature_cache_feeds_the_callback(tiny, tmp_path):
     paths = [str(i.path) for i in val]
     cache = FeatureCache.for_model(model, paths, tmp_path / "cache")
     cache.build(model, batch_size=4, progress=False)
-    callback = ValidationCaptioning.from_feature_cache(
-        paths, [i.captions for i in val], vocabulary, cache, batch_size=3,
+    callback = ValidationCaptioning.from_files(
+        paths, [i.captions for i in val], vocabulary, None, batch_size=3, feature_cache=cache,
         log_dir=tmp_path / "captions", num_examples=1,
     )
     callback.set_model(model)
@@ -156,8 +156,8 @@ def test_the_pictures_behind_the_attention_are_decoded_as_the_model_decodes_them
     _, _, _, vocabulary, image_size = tiny
     path = tmp_path / "grey16.png"
     Image.fromarray(np.full((40, 60), 32896, dtype=np.uint16)).save(path)
-    captioning = ValidationCaptioning.from_images([str(path)], [["a grey square"]], vocabulary, image_size,
-                                                  log_dir=tmp_path / "logs", num_examples=1)
+    captioning = ValidationCaptioning.from_files([str(path)], [["a grey square"]], vocabulary, image_size,
+                                                 log_dir=tmp_path / "logs", num_examples=1)
     [pixels] = captioning._example_pixels()
     assert pixels.shape == (40, 60, 3) and np.all(pixels == 128)
 

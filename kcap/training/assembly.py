@@ -224,6 +224,6 @@ def validation_captioning(
     chosen = val_images if count is None else [val_images[i] for i in subset(val_images, count)]
     paths, references = [str(i.path) for i in chosen], [i.captions for i in chosen]
     options = dict(batch_size=config.batch_size, log_dir=log_dir, num_examples=num_examples)
-    if data.feature_cache is not None:
-        return ValidationCaptioning.from_feature_cache(paths, references, data.vocabulary, data.feature_cache, **options)
-    return ValidationCaptioning.from_images(paths, references, data.vocabulary, (config.image_size,) * 2, **options)
+    return ValidationCaptioning.from_files(
+        paths, references, data.vocabulary, (config.image_size,) * 2, feature_cache=data.feature_cache, **options
+    )

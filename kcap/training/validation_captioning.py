@@ -11,6 +11,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from kcap.data.feature_cache import FeatureCache
+from kcap.data.pipeline import feature_batcher, image_dataset
 from kcap.evaluation.attention_plot import attention_figure, figure_to_array, image_pixels
 from kcap.evaluation.metrics import caption_metrics
 from kcap.text.vocabulary import END_ID, Vocabulary
@@ -127,40 +129,27 @@ class ValidationCaptioning(keras.callbacks.Callback):
         self._pixels: list[np.ndarray] | None = None
 
     @classmethod
-    def from_images(
+    def from_files(
         cls,
         image_paths: Sequence[str | Path],
         references: Sequence[Sequence[str]],
         vocabulary: Vocabulary,
         image_size: Sequence[int],
         batch_size: int = 32,
+        feature_cache: FeatureCache | None = None,
         **kwargs,
     ) -> ValidationCaptioning:
-        """Feeds the model decoded image files (`{"images": ...}`), for runs without a feature cache."""
-        from kcap.data.pipeline import image_dataset
+        """Feeds the model the decoded image files (`{"images": ...}`) or, given a
+        `feature_cache` that holds every path, their cached features (`{"features": ...}`).
 
-        inputs = image_dataset([str(p) for p in image_paths], image_size, batch_size)
-        return cls(image_paths, references, inputs, vocabulary, **kwargs)
-
-    @classmethod
-    def from_feature_cache(
-        cls,
-        image_paths: Sequence[str | Path],
-        references: Sequence[Sequence[str]],
-        vocabulary: Vocabulary,
-        feature_cache,
-        batch_size: int = 32,
-        **kwargs,
-    ) -> ValidationCaptioning:
-        """Feeds the model cached backbone features (`{"features": ...}`) of the images.
-
-        `feature_cache` is a complete `kcap.data.feature_cache.FeatureCache`
-        holding every path; the pictures in TensorBoard still come from the files.
+        The pictures in TensorBoard come from the files either way.
         """
-        from kcap.data.pipeline import feature_batcher
-
-        batches = feature_batcher(feature_cache, [str(p) for p in image_paths], batch_size)
-        inputs = batches(tf.range(len(image_paths), dtype=tf.int64)).prefetch(tf.data.AUTOTUNE)
+        paths = [str(p) for p in image_paths]
+        if feature_cache is None:
+            inputs = image_dataset(paths, image_size, batch_size)
+        else:
+            rows = tf.range(len(paths), dtype=tf.int64)
+            inputs = feature_batcher(feature_cache, paths, batch_size)(rows).prefetch(tf.data.AUTOTUNE)
         return cls(image_paths, references, inputs, vocabulary, **kwargs)
 
     # -- decoding ------------------------------------------------------------

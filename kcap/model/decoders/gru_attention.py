@@ -33,14 +33,7 @@ class AttentionDecoder(Decoder):
     ((2, 5, 50), (2, 5, 9))
     """
 
-    def __init__(
-        self,
-        vocabulary_size: int,
-        embedding_dim: int = 256,
-        units: int = 512,
-        dropout: float = 0.0,
-        **kwargs,
-    ):
+    def __init__(self, vocabulary_size: int, embedding_dim: int = 256, units: int = 512, dropout: float = 0.0, **kwargs):
         super().__init__(vocabulary_size, embedding_dim, units, dropout, **kwargs)
         # The attribute names are the weights' paths in saved .keras files.
         self.embedding = keras.layers.Embedding(vocabulary_size, embedding_dim, name="embedding")
