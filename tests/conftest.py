@@ -52,5 +52,34 @@ def trained_run(tmp_path_factory, tiny_config):
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def messy(tmp_path_factory):
+    """A caption CSV over 40 good synthetic images, every handled and every bad image kind, and
+    bad rows. Returns (csv path, handled names, bad image names → reason, bad rows → (line, reason))."""
+    from faults import BAD_ROWS, write_bad_images, write_handled_images
+
+    from kcap.data.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("messy")
+    csv_path = write_synthetic_dataset(root / "data", num_images=40, seed=3, image_size=64)
+    images = csv_path.parent / "images"
+    handled = write_handled_images(images)
+    bad = write_bad_images(images)
+    rows = csv_path.read_bytes().splitlines(keepends=True)
+    first_caption = rows[1].decode().split(",", 1)[1]
+    lines = len(rows)
+    extra = []
+    for name in list(handled) + list(bad):
+        extra.append(f"{name},{first_caption}".encode())  # one caption each: large.jpg decodes in ~1 s
+    bad_rows = {}
+    for row, reason in BAD_ROWS:
+        extra.append(row)
+        bad_rows[lines + len(extra)] = reason
+    extra.append(rows[1])  # a duplicate of the first row: a warning, kept
+    duplicate_line = lines + len(extra)
+    csv_path.write_bytes(b"".join(rows + extra))
+    return csv_path, handled, bad, bad_rows, duplicate_line
+
+
 def kcap_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "kcap", *args]
