@@ -18,8 +18,13 @@ TINY = dict(
 
 
 # The files that take longest, in that order, run first: `scripts/test.sh` hands whole files to
-# its workers in collection order, so these start while the short ones fill the other workers.
-LONGEST_FIRST = ("test_reliability.py", "test_distribute.py", "test_tuning.py")
+# its workers in collection order (--no-loadscope-reorder; xdist would otherwise start the files
+# with the most tests first), so these start while the short ones fill the other workers.
+LONGEST_FIRST = (
+    "test_interrupted_runs.py", "test_tuning.py", "test_distribute.py", "test_export.py", "test_metrics.py",
+    "test_disk_space.py", "test_bad_data.py", "test_training.py", "test_decoding.py", "test_atomic_files.py",
+    "test_feature_cache.py", "test_resume.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -38,27 +38,36 @@ def test_read_only_and_full_disks_are_reported_before_training(tmp_path):
         assert not (small / "run" / "config.json").exists()
 
 
-def test_a_feature_cache_too_big_for_its_disk_is_reported_before_the_backbone_runs(tmp_path):
-    # 80 synthetic images of 4x4x128 float16 features: 320 KiB, on a 256 KiB disk. Written
-    # through a memory map, such a cache died of SIGBUS at the first page past the end.
-    flags = ["--data", "synthetic", "--synthetic-images", "80", "--synthetic-image-size", str(TINY["synthetic_image_size"])]
+# 80 synthetic images of 4x4x128 float16 features: 320 KiB.
+FEATURE_FLAGS = ["--data", "synthetic", "--synthetic-images", "80", "--synthetic-image-size", str(TINY["synthetic_image_size"])]
+
+
+@pytest.fixture(scope="module")
+def roomy_build(tmp_path_factory):
+    """`kcap features` on a disk with room: the build that the ones on small disks are held to."""
+    folder = tmp_path_factory.mktemp("roomy")
+    return run_kcap("features", "--cache-dir", str(folder), *FEATURE_FLAGS), folder
+
+
+def test_a_feature_cache_too_big_for_its_disk_is_reported_before_the_backbone_runs(tmp_path, roomy_build):
+    # The 320 KiB of features on a 256 KiB disk. Written through a memory map, such a cache died
+    # of SIGBUS at the first page past the end.
     with tmpfs(tmp_path / "small", "size=256k") as small:
-        result = run_kcap("features", "--cache-dir", str(small), *flags)
+        result = run_kcap("features", "--cache-dir", str(small), *FEATURE_FLAGS)
         assert result.returncode == 2, result.stderr[-3000:]
         assert f"kcap features: error: [Errno 28] The feature cache {small}/" in result.stderr
         assert "needs 0.3 MiB more for its 80 images left, but the disk has only 0.2 MiB free" in result.stderr
         assert not list(small.glob("*/progress.json"))
-        # With room, the same build goes through.
-        result = run_kcap("features", "--cache-dir", str(tmp_path / "roomy"), *flags)
-        assert result.returncode == 0 and '"computed": 80' in result.stdout, result.stderr[-3000:]
+    # With room, the same build goes through.
+    result, _ = roomy_build
+    assert result.returncode == 0 and '"computed": 80' in result.stdout, result.stderr[-3000:]
 
 
-def test_a_disk_that_fills_up_during_a_feature_cache_build_names_the_file_and_the_build_resumes(tmp_path):
-    # The same 320 KiB of features on a disk of exactly 320 KiB: the check before the build
+def test_a_disk_that_fills_up_during_a_feature_cache_build_names_the_file_and_the_build_resumes(tmp_path, roomy_build):
+    # The 320 KiB of features on a disk of exactly 320 KiB: the check before the build
     # passes, then meta.json and the .npy header take the room of the last rows.
-    flags = ["--data", "synthetic", "--synthetic-images", "80", "--synthetic-image-size", str(TINY["synthetic_image_size"])]
     with tmpfs(tmp_path / "exact", "size=320k") as disk:
-        result = run_kcap("features", "--cache-dir", str(disk), *flags)
+        result = run_kcap("features", "--cache-dir", str(disk), *FEATURE_FLAGS)
         assert result.returncode == 2, result.stderr[-3000:]
         failure = re.search(
             rf"kcap features: error: \[Errno 28\] Writing the feature cache {disk}/\w+/features.npy failed: "
@@ -68,14 +77,14 @@ def test_a_disk_that_fills_up_during_a_feature_cache_build_names_the_file_and_th
         )
         assert failure, result.stderr[-3000:]
         subprocess.run(["mount", "-o", "remount,size=1m", "tmpfs", str(disk)], check=True)
-        result = run_kcap("features", "--cache-dir", str(disk), *flags)
+        result = run_kcap("features", "--cache-dir", str(disk), *FEATURE_FLAGS)
         assert result.returncode == 0, result.stderr[-3000:]
         assert json.loads(result.stdout)["computed"] == 80 - int(failure.group(1))
         resumed = np.load(next(disk.glob("*/features.npy")))
     # Nothing lost or garbled by the failed write: the same features as a build with room.
-    result = run_kcap("features", "--cache-dir", str(tmp_path / "roomy"), *flags)
+    result, roomy = roomy_build
     assert result.returncode == 0, result.stderr[-3000:]
-    np.testing.assert_array_equal(resumed, np.load(next((tmp_path / "roomy").glob("*/features.npy"))))
+    np.testing.assert_array_equal(resumed, np.load(next(roomy.glob("*/features.npy"))))
 
 
 @pytest.mark.slow
