@@ -13,4 +13,5 @@ fi
 "$VENV/bin/lint-imports" setup.cfg
 # Each test file on one of up to four worker processes (pytest-xdist): a file's slow
 # fixtures are built once, and on two cores the suite takes about two thirds of the time.
-exec "$VENV/bin/python" -m pytest --numprocesses auto --maxprocesses 4 --dist loadfile "$@"
+# The files start in the order tests/conftest.py gives them, the longest first.
+exec "$VENV/bin/python" -m pytest --numprocesses auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder "$@"

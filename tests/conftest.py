@@ -2,6 +2,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -18,8 +19,13 @@ TINY = dict(
 
 
 # The files that take longest, in that order, run first: `scripts/test.sh` hands whole files to
-# its workers in collection order, so these start while the short ones fill the other workers.
-LONGEST_FIRST = ("test_reliability.py", "test_distribute.py", "test_tuning.py")
+# its workers in collection order (--no-loadscope-reorder; xdist would otherwise start the files
+# with the most tests first), so these start while the short ones fill the other workers.
+LONGEST_FIRST = (
+    "test_interrupted_runs.py", "test_tuning.py", "test_distribute.py", "test_export.py", "test_metrics.py",
+    "test_disk_space.py", "test_bad_data.py", "test_training.py", "test_captioner_generate.py", "test_atomic_files.py",
+    "test_feature_cache.py", "test_resume.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -52,5 +58,47 @@ def trained_run(tmp_path_factory, tiny_config):
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def messy(tmp_path_factory):
+    """A caption CSV over 40 good synthetic images, every handled and every bad image kind, and
+    bad rows. Returns (csv path, handled names, bad image names → reason, bad rows → (line, reason))."""
+    from faults import BAD_ROWS, write_bad_images, write_handled_images
+
+    from kcap.data.synthetic import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("messy")
+    csv_path = write_synthetic_dataset(root / "data", num_images=40, seed=3, image_size=64)
+    images = csv_path.parent / "images"
+    handled = write_handled_images(images)
+    bad = write_bad_images(images)
+    rows = csv_path.read_bytes().splitlines(keepends=True)
+    first_caption = rows[1].decode().split(",", 1)[1]
+    lines = len(rows)
+    extra = []
+    for name in list(handled) + list(bad):
+        extra.append(f"{name},{first_caption}".encode())  # one caption each: large.jpg decodes in ~1 s
+    bad_rows = {}
+    for row, reason in BAD_ROWS:
+        extra.append(row)
+        bad_rows[lines + len(extra)] = reason
+    extra.append(rows[1])  # a duplicate of the first row: a warning, kept
+    duplicate_line = lines + len(extra)
+    csv_path.write_bytes(b"".join(rows + extra))
+    return csv_path, handled, bad, bad_rows, duplicate_line
+
+
 def kcap_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "kcap", *args]
+
+
+@pytest.fixture(scope="module")
+def trained(trained_run):
+    """The conftest run's model with its test images, as paths and as a batch."""
+    from kcap.data.pipeline import image_dataset
+    from kcap.inference import load_run
+
+    run = load_run(trained_run)
+    paths = [item["image"] for item in run.run.load_splits()["splits"]["test"]]
+    batches = image_dataset(paths, run.image_size, batch_size=64)
+    images = np.concatenate([batch["images"].numpy() for batch in batches])
+    return run, paths, {"images": images}

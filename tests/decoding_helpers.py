@@ -8,11 +8,8 @@ the last slot, and its real log-probability counts in the score.
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
-from kcap.data.pipeline import image_dataset
-from kcap.inference import load_run
 from kcap.model.backbones import build_backbone
 from kcap.model.captioner import Captioner
 from kcap.model.samplers import caption_lengths, length_penalty
@@ -40,16 +37,6 @@ def peaky_captioner(vocabulary_size, max_length=3, end_bias=0.0):
     kernel.assign(kernel * 8.0)
     bias.assign(tf.tensor_scatter_nd_update(bias, [[END_ID]], [end_bias]))
     return model
-
-
-@pytest.fixture(scope="module")
-def trained(trained_run):
-    """The conftest run's model with its test images, as paths and as a batch."""
-    run = load_run(trained_run)
-    paths = [item["image"] for item in run.run.load_splits()["splits"]["test"]]
-    batches = image_dataset(paths, run.image_size, batch_size=64)
-    images = np.concatenate([batch["images"].numpy() for batch in batches])
-    return run, paths, {"images": images}
 
 
 def normalised(ids, scores, alpha):

@@ -53,7 +53,7 @@ def test_build_optimizer_only_is_what_fit_calls_under_a_strategy():
 
 
 def test_build_optimizer_only_still_needed():
-    # keras-team/keras#20329 fails only in a cluster of several workers (tests/test_distribute.py
+    # keras-team/keras#20329 fails only in a cluster of several workers (tests/training/test_distribute.py
     # trains one); here: Keras' own symbolic build still reduces the first batch across replicas.
     from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 
@@ -296,4 +296,4 @@ def test_meteor_score_kills_a_process_that_does_not_answer():
     assert meteor.meteor_p.stdin.closed and meteor.meteor_p.returncode is not None
 
 
-# The real jar through kcap.compat.meteor_score: tests/test_metrics.py::test_meteor_equals_pycocoevalcaps_meteor.
+# The real jar through kcap.compat.meteor_score: tests/evaluation/test_metrics.py::test_meteor_equals_pycocoevalcaps_meteor.

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 import tensorflow as tf
-from decoding_helpers import (  # noqa: F401 (trained is a fixture)
+from decoding_helpers import (
     MarkovDecoder,
     check_convention,
     normalised,
@@ -14,7 +14,6 @@ from decoding_helpers import (  # noqa: F401 (trained is a fixture)
     reference_beam_search,
     teacher_forced,
     tiny_captioner,
-    trained,
 )
 
 from kcap.model.samplers import BeamSampler, GreedySampler, caption_lengths, length_penalty

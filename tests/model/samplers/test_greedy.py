@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from decoding_helpers import MarkovDecoder, check_convention, teacher_forced, trained  # noqa: F401 (a fixture)
+from decoding_helpers import MarkovDecoder, check_convention, teacher_forced
 
 from kcap.model.decoders import AttentionDecoder
 from kcap.model.samplers import BeamSampler, GreedySampler, get_sampler

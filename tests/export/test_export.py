@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import kcap_command
+from conftest import REPO, kcap_command
 
 import kcap
 from kcap.export import SERVING_DEFAULT, SERVING_IMAGES, captions_from_ids, export_run
@@ -334,7 +334,7 @@ def test_export_rejects_bad_arguments_before_writing(trained_run, tmp_path):
 def test_bench_script_reports_size_and_latency(exported, trained_run, test_images):
     folder = test_images[-1].parent
     done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "bench_export.py"),
+        [sys.executable, str(REPO / "scripts" / "bench_export.py"),
          str(exported), str(folder), "--images", "3", "--repeats", "1", "--warmup", "1", "--batch-sizes", "1", "2"],
         capture_output=True, text=True, timeout=300,
     )

@@ -1,12 +1,12 @@
 """`Captioner.generate` and `Captioner.decode`: choosing a sampler, compiling it, and its arguments.
 
-The samplers themselves are tested in tests/test_samplers_*.py.
+The samplers themselves are tested in tests/model/samplers/.
 """
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from decoding_helpers import check_convention, random_images, tiny_captioner, trained  # noqa: F401 (a fixture)
+from decoding_helpers import check_convention, random_images, tiny_captioner
 
 from kcap.inference import load_run
 from kcap.model.samplers import BeamSampler, GreedySampler, RandomSampler

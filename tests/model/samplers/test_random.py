@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from decoding_helpers import MarkovDecoder, check_convention, teacher_forced, trained  # noqa: F401 (a fixture)
+from decoding_helpers import MarkovDecoder, check_convention, teacher_forced
 
 from kcap.model.samplers import GreedySampler, RandomSampler
 from kcap.text.vocabulary import END_ID, PAD_ID, START_ID
