@@ -23,8 +23,8 @@ TINY = dict(
 # with the most tests first), so these start while the short ones fill the other workers.
 LONGEST_FIRST = (
     "test_interrupted_runs.py", "test_tuning.py", "test_distribute.py", "test_export.py", "test_metrics.py",
-    "test_disk_space.py", "test_bad_data.py", "test_training.py", "test_captioner_generate.py", "test_atomic_files.py",
-    "test_feature_cache.py", "test_resume.py",
+    "test_disk_space.py", "test_bad_data.py", "test_training.py", "test_recipes.py", "test_decoders.py",
+    "test_captioner_generate.py", "test_atomic_files.py", "test_feature_cache.py", "test_resume.py",
 )
 
 

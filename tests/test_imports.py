@@ -79,16 +79,16 @@ def test_no_private_name_of_another_package_is_used(module):
 def test_the_scan_finds_private_names_imported_read_or_relative():
     source = (
         "from kcap.cli import _train_config\n"
-        "from kcap.model import decoding\n"
+        "from kcap.model.samplers import base\n"
         "import kcap.training.trainer as trainer\n"
         "def f():\n"
-        "    from ..model.decoding import _step\n"
-        "    return decoding._gather(trainer._train)\n"
+        "    from ..model.samplers.base import _step\n"
+        "    return base._gather(trainer._train)\n"
         "from kcap.data.check import _check_safely, check_data\n"  # its own package's: allowed
     )
     assert private_uses("kcap.data.loading", source) == [
         "line 1: kcap.cli._train_config",
-        "line 5: kcap.model.decoding._step",
-        "line 6: kcap.model.decoding._gather",
+        "line 5: kcap.model.samplers.base._step",
+        "line 6: kcap.model.samplers.base._gather",
         "line 6: kcap.training.trainer._train",
     ]
