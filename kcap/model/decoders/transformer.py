@@ -42,18 +42,19 @@ class HeadAttention(keras.layers.Layer):
         self.value = keras.layers.Dense(width, name="value")
         self.output_projection = keras.layers.Dense(width, name="output")
 
-    def build(self, queries_shape=None, keys_input_shape=None):
-        queries_shape = queries_shape or (None, None, self.width)
-        keys_input_shape = keys_input_shape or queries_shape
-        for layer, shape in (
-            (self.query, queries_shape),
-            (self.key, keys_input_shape),
-            (self.value, keys_input_shape),
-            (self.output_projection, (None, None, self.width)),
-        ):
+    def build(self, queries_shape=None):
+        # What is attended to has the queries' width unless `build_keys_values` said otherwise.
+        self.build_keys_values(queries_shape)
+        for layer in (self.query, self.output_projection):
             if not layer.built:
-                layer.build(shape)
+                layer.build((None, None, self.width))
         self.built = True
+
+    def build_keys_values(self, inputs_shape=None):
+        """Builds the key and value projections for inputs of `inputs_shape` (batch, positions, channels)."""
+        for layer in (self.key, self.value):
+            if not layer.built:
+                layer.build(inputs_shape or (None, None, self.width))
 
     def _heads(self, x):
         return ops.reshape(x, (ops.shape(x)[0], ops.shape(x)[1], self.num_heads, self.head_dim))
@@ -117,19 +118,20 @@ class TransformerDecoderBlock(keras.layers.Layer):
         self.feed_forward_output = keras.layers.Dense(width, name="feed_forward_output")
         self.dropout = keras.layers.Dropout(dropout)
 
-    def build(self, inputs_shape=None, encoded_shape=None):
+    def build(self, inputs_shape=None):
+        # The image's channels are the width unless `cross_attention.build_keys_values` said otherwise.
         width = (None, None, self.width)
-        for layer, shapes in (
-            (self.self_norm, [width]),
-            (self.self_attention, [width, width]),
-            (self.cross_norm, [width]),
-            (self.cross_attention, [width, encoded_shape or width]),
-            (self.feed_forward_norm, [width]),
-            (self.feed_forward, [width]),
-            (self.feed_forward_output, [(None, None, self.units)]),
+        for layer, shape in (
+            (self.self_norm, width),
+            (self.self_attention, width),
+            (self.cross_norm, width),
+            (self.cross_attention, width),
+            (self.feed_forward_norm, width),
+            (self.feed_forward, width),
+            (self.feed_forward_output, (None, None, self.units)),
         ):
             if not layer.built:
-                layer.build(*shapes)
+                layer.build(shape)
         self.built = True
 
     def call(self, inputs, words, image, training=False):
@@ -225,16 +227,18 @@ class TransformerDecoder(Decoder):
         self.dropout = keras.layers.Dropout(dropout)
 
     def build(self, tokens_shape=None, encoded_shape=None):
-        encoded_shape = encoded_shape or (None, None, self.embedding_dim)
-        for layer, shapes in (
-            (self.embedding, [(None, None)]),
-            (self.position_embedding, [(None, None)]),
-            *((block, [(None, None, self.embedding_dim), encoded_shape]) for block in self.blocks),
-            (self.final_norm, [(None, None, self.embedding_dim)]),
-            (self.logits, [(None, None, self.embedding_dim)]),
+        width = (None, None, self.embedding_dim)
+        for block in self.blocks:
+            block.cross_attention.build_keys_values(encoded_shape or width)
+        for layer, shape in (
+            (self.embedding, (None, None)),
+            (self.position_embedding, (None, None)),
+            *((block, width) for block in self.blocks),
+            (self.final_norm, width),
+            (self.logits, width),
         ):
             if not layer.built:
-                layer.build(*shapes)
+                layer.build(shape)
         self.built = True
 
     def _embed(self, tokens, positions):
