@@ -128,6 +128,10 @@ def test_flags_reach_the_config_and_the_decoder_options():
     assert decoder_options(TrainConfig(data="synthetic")) is None  # the GRU's config is as before
     with pytest.raises(ValueError, match="multiple of decoder_heads"):
         TrainConfig(data="synthetic", decoder="transformer", embedding_dim=10, decoder_heads=4).validate()
+    from tuning.hypermodel import validate_search_space
+
+    space = {"decoder_layers": {"type": "int", "min": 1, "max": 3}, "decoder_heads": {"type": "choice", "values": [2, 4]}}
+    assert validate_search_space(space) == space  # tuner hyperparameters
 
 
 def test_a_transformer_captioner_trains_saves_reloads_and_exports(tmp_path):
