@@ -45,7 +45,10 @@ from tuning.options import DEFAULT_SEARCH_SPACE, OBJECTIVES
 # Settings a trial may change. Everything else (data, vocabulary, backbone,
 # image size, normalisation, augmentation, the feature cache) is fixed for
 # the whole search, because it is prepared once before the first trial.
-TUNABLE = ("embedding_dim", "units", "learning_rate", "dropout", "batch_size", "clipnorm", "position_embedding")
+TUNABLE = (
+    "embedding_dim", "units", "learning_rate", "dropout", "batch_size", "clipnorm", "position_embedding",
+    "decoder_layers", "decoder_heads",  # --decoder transformer's
+)
 
 _SPEC_KEYS = {
     "choice": ({"values"}, {"ordered"}),

@@ -48,6 +48,8 @@ class Captioner(keras.Model):
         position_embedding: learned embedding per feature-map location.
         decoder: the name of a registered decoder (`kcap.model.decoders`);
             a saved model without one has `gru_attention`, the default.
+        decoder_options: more keyword arguments of the decoder's constructor
+            (`TransformerDecoder`'s `num_layers`, `num_heads`), or `None`.
 
     Example:
 
@@ -76,6 +78,7 @@ class Captioner(keras.Model):
         position_embedding: bool = True,
         fine_tune_layers: int = 0,
         decoder: str = DEFAULT_DECODER,
+        decoder_options: Mapping[str, object] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -106,8 +109,10 @@ class Captioner(keras.Model):
             name="encoder",
         )
         self.decoder_name = str(decoder)
+        self.decoder_options = dict(decoder_options or {})
         self.decoder = get_decoder(self.decoder_name)(
-            self.vocabulary_size, self.embedding_dim, self.units, self.dropout_rate, name="decoder"
+            self.vocabulary_size, self.embedding_dim, self.units, self.dropout_rate, name="decoder",
+            **self.decoder_options,
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="masked_accuracy")
@@ -144,7 +149,7 @@ class Captioner(keras.Model):
             self.build()
 
     def get_config(self):
-        return {
+        config = {
             "name": self.name,
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "vocabulary_size": self.vocabulary_size,
@@ -160,6 +165,9 @@ class Captioner(keras.Model):
             "fine_tune_layers": self.fine_tune_layers,
             "decoder": self.decoder_name,
         }
+        if self.decoder_options:  # absent, as in models saved before it existed, where there are none
+            config["decoder_options"] = dict(self.decoder_options)
+        return config
 
     @classmethod
     def from_config(cls, config):

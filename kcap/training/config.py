@@ -48,6 +48,8 @@ class TrainConfig:
     embedding_dim: int = 256
     units: int = 512
     decoder: str = "gru_attention"  # a registered decoder (kcap.model.decoders)
+    decoder_layers: int = 2  # --decoder transformer: decoder layers
+    decoder_heads: int = 4  # --decoder transformer: attention heads (embedding_dim must be a multiple)
     dropout: float = 0.1
     vocab_size: int = 5000
     min_word_count: int = 1
@@ -156,6 +158,11 @@ class TrainConfig:
             (self.embedding_dim >= 1 and self.units >= 1, "embedding_dim and units must be positive"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (self.decoder in decoder_names(), f"decoder must be one of {decoder_names()}"),
+            (self.decoder_layers >= 1 and self.decoder_heads >= 1, "decoder_layers and decoder_heads must be at least 1"),
+            (
+                self.decoder != "transformer" or self.embedding_dim % max(self.decoder_heads, 1) == 0,
+                "embedding_dim must be a multiple of decoder_heads for the transformer decoder",
+            ),
             (self.vocab_size >= 1, "vocab_size must be at least 1"),
             (self.min_word_count >= 1, "min_word_count must be at least 1"),
             (0 <= self.seed < 2**32, "seed must be from 0 to 2**32 - 1"),

@@ -79,8 +79,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "batches (default: 20 with a frozen backbone, 1 when the backbone trains)")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate)
     p.add_argument("--embedding-dim", type=int, default=d.embedding_dim)
-    p.add_argument("--units", type=int, default=d.units, help="GRU and attention units")
+    p.add_argument("--units", type=int, default=d.units, help="GRU and attention units; the feed-forward size for --decoder transformer")
     p.add_argument("--decoder", default=d.decoder, help="a registered decoder (kcap.model.decoders; default: %(default)s)")
+    p.add_argument("--decoder-layers", type=int, default=d.decoder_layers,
+                   help="decoder layers, for --decoder transformer (default: %(default)s)")
+    p.add_argument("--decoder-heads", type=int, default=d.decoder_heads,
+                   help="attention heads, for --decoder transformer; --embedding-dim must be a multiple "
+                        "(default: %(default)s)")
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="keep this many most frequent words")
     p.add_argument("--min-word-count", type=int, default=d.min_word_count, help="words seen fewer times in training captions become <unk>")

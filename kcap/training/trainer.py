@@ -82,6 +82,7 @@ def build_captioner(
             embedding_dim=config.embedding_dim,
             units=config.units,
             decoder=config.decoder,
+            decoder_options=decoder_options(config),
             dropout=config.dropout,
             preprocessing=preprocessing,
             augmentation=augmentation,
@@ -96,6 +97,14 @@ def build_captioner(
         # optimizer in a LossScaleOptimizer, which train_step's scale_loss uses.
         model.compile(optimizer=optimizer, jit_compile=False)
     return model
+
+
+def decoder_options(config: TrainConfig) -> dict | None:
+    """The decoder's own constructor arguments from the config (its `TRAIN_OPTIONS`), or None if it has none."""
+    from kcap.model.decoders import get_decoder
+
+    fields = get_decoder(config.decoder).TRAIN_OPTIONS
+    return {argument: getattr(config, field) for argument, field in fields.items()} or None
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from kcap.model.decoders.base import Decoder
 from kcap.model.decoders.gru_attention import AttentionDecoder
 from kcap.model.decoders.registry import decoder_names, get_decoder, register_decoder
+from kcap.model.decoders.transformer import TransformerDecoder
 
 DEFAULT_DECODER = "gru_attention"
 
@@ -10,6 +11,7 @@ __all__ = [
     "DEFAULT_DECODER",
     "AttentionDecoder",
     "Decoder",
+    "TransformerDecoder",
     "decoder_names",
     "get_decoder",
     "register_decoder",

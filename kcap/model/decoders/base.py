@@ -44,6 +44,10 @@ class Decoder(keras.layers.Layer):
     ```
     """
 
+    # Constructor arguments beyond the four above that `kcap train` sets from
+    # `TrainConfig` fields: {argument: field}, passed as `Captioner(decoder_options=...)`.
+    TRAIN_OPTIONS: dict[str, str] = {}
+
     def __init__(
         self,
         vocabulary_size: int,
