@@ -6,10 +6,14 @@ caption that does not end within `max_length` words gets `<end>` forced in
 the last slot, and its real log-probability counts in the score.
 """
 
+import json
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+from kcap.export import export_run
+from kcap.inference import load_run
 from kcap.model.backbones import build_backbone
 from kcap.model.captioner import Captioner
 from kcap.model.samplers import caption_lengths, length_penalty
@@ -139,3 +143,17 @@ def reference_beam_search(decoder, encoded, max_length, beam_size, alpha):
                     best = (norm, raw, words)
         results.append(best)
     return results
+
+
+def check_export_serves_caption_files(run_dir, output, decoder: str) -> None:
+    """The run's beam-2 export serves, for its test images, the captions and scores of `caption_files`."""
+    output = export_run(run_dir, output, beam_size=2)
+    trained = load_run(run_dir)
+    test = [item["image"] for item in trained.run.load_splits()["splits"]["test"]]
+    served = tf.saved_model.load(str(output)).signatures["serving_default"](
+        image_bytes=tf.constant([open(p, "rb").read() for p in test])
+    )
+    expected = trained.caption_files(test, beam_size=2)
+    assert [c.decode() for c in served["caption"].numpy()] == [r["caption"] for r in expected]
+    np.testing.assert_allclose(served["score"].numpy(), [r["score"] for r in expected], rtol=1e-5, atol=1e-5)
+    assert json.loads((output / "assets" / "config.json").read_text())["settings"]["decoder"] == decoder

@@ -4,16 +4,13 @@
 name. Nothing in training, the samplers or the export knows of it.
 """
 
-import json
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from decoding_helpers import check_convention, teacher_forced
+from decoding_helpers import check_convention, check_export_serves_caption_files, teacher_forced
 from keras import ops
 
-from kcap.export import export_run
 from kcap.inference import load_run
 from kcap.model.captioner import Captioner
 from kcap.model.decoders import AttentionDecoder, Decoder, decoder_names, get_decoder, register_decoder
@@ -134,16 +131,7 @@ def test_a_registered_decoder_trains_captions_and_reloads(mean_context_run):
 
 
 def test_a_registered_decoder_exports_and_serves_the_captions_of_kcap_caption(mean_context_run, tmp_path):
-    output = export_run(mean_context_run, tmp_path / "export", beam_size=2)
-    trained = load_run(mean_context_run)
-    test = [item["image"] for item in trained.run.load_splits()["splits"]["test"]]
-    served = tf.saved_model.load(str(output)).signatures["serving_default"](
-        image_bytes=tf.constant([open(p, "rb").read() for p in test])
-    )
-    expected = trained.caption_files(test, beam_size=2)
-    assert [c.decode() for c in served["caption"].numpy()] == [r["caption"] for r in expected]
-    np.testing.assert_allclose(served["score"].numpy(), [r["score"] for r in expected], rtol=1e-5, atol=1e-5)
-    assert json.loads((output / "assets" / "config.json").read_text())["settings"]["decoder"] == "test_mean_context"
+    check_export_serves_caption_files(mean_context_run, tmp_path / "export", "test_mean_context")
 
 
 def test_the_gru_decoder_steps_as_it_teacher_forces():

@@ -1,15 +1,19 @@
 """`TransformerDecoder` (`--decoder transformer`): cached decoding, samplers, training, saving, export."""
 
 import argparse
-import json
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from decoding_helpers import check_convention, random_images, teacher_forced, tiny_captioner
+from decoding_helpers import (
+    check_convention,
+    check_export_serves_caption_files,
+    random_images,
+    teacher_forced,
+    tiny_captioner,
+)
 
-from kcap.export import export_run
 from kcap.export.savedmodel import build_export_archive, captions_from_ids
 from kcap.inference import load_run
 from kcap.model.captioner import Captioner
@@ -192,12 +196,4 @@ def test_kcap_train_with_the_transformer_exports_the_captions_of_kcap_caption(tm
     assert np.isfinite(history["epochs"][0]["loss"])
     trained = load_run(tmp_path / "run")
     assert trained.config.decoder == "transformer" and trained.model.decoder.num_heads == 2
-    test = [item["image"] for item in trained.run.load_splits()["splits"]["test"]]
-    output = export_run(tmp_path / "run", tmp_path / "export", beam_size=2)
-    served = tf.saved_model.load(str(output)).signatures["serving_default"](
-        image_bytes=tf.constant([open(p, "rb").read() for p in test])
-    )
-    expected = trained.caption_files(test, beam_size=2)
-    assert [c.decode() for c in served["caption"].numpy()] == [r["caption"] for r in expected]
-    np.testing.assert_allclose(served["score"].numpy(), [r["score"] for r in expected], rtol=1e-5, atol=1e-5)
-    assert json.loads((output / "assets" / "config.json").read_text())["settings"]["decoder"] == "transformer"
+    check_export_serves_caption_files(tmp_path / "run", tmp_path / "export", "transformer")
