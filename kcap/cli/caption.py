@@ -108,6 +108,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  {name:8s} {show(report[key])}   (image-blind baseline {show(base[key])})")
     if report.get("meteor_error"):
         print(f"  METEOR unavailable: {report['meteor_error']}")
+    if report["tokenization"] == "ptb":
+        print("  tokenisation: PTB, as the COCO caption evaluation's")
+    else:
+        why = report.get("tokenization_error") or "no Java"
+        print(f"  tokenisation: kcap's own ({why}), not the COCO caption evaluation's PTB tokenizer")
+    never, repeat = report["never_ended"], report["repeated_trigram"]
+    print(f"  captions that never end {never:.1%}, that repeat a trigram {repeat:.1%}")
     for item in report["captions"][: args.show]:
         print(f"  {item['image']}\n    kcap:      {item['caption']}\n    reference: {item['references'][0]}")
     print(f"Wrote {trained.run.evaluation(args.split)} and {trained.run.results(args.split)}")

@@ -9,7 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path, PurePath, PurePosixPath
 from typing import TYPE_CHECKING
 
-from kcap.evaluation.metrics import MeteorError, MeteorScorer, MeteorUnavailableWarning, caption_metrics
+from kcap.evaluation.metrics import (
+    MeteorError,
+    MeteorScorer,
+    MeteorUnavailableWarning,
+    caption_metrics,
+    caption_shares,
+)
 from kcap.text.tokenize import normalize_caption
 from kcap.utils.files import atomic_write_json
 
@@ -61,6 +67,7 @@ def evaluate_run(
     temperature: float | None = None,
     meteor: bool = True,
     images_dir: str | Path | None = None,
+    tokenization: str = "auto",
 ) -> dict:
     """Captions every image of `split` of a loaded run and scores them against all their references.
 
@@ -69,9 +76,17 @@ def evaluate_run(
 
     Writes `RUN/eval_<split>.json` and returns the same dict: `bleu1`..`bleu4`,
     `meteor`, `rouge_l`, `cider` (see `kcap.evaluation.metrics`; `meteor` is
-    `None` with a `meteor_error` note where Java is missing), `num_images`,
-    `distinct_captions`, `captions`, and the same metrics for the image-blind
-    baseline (the most frequent training caption, said for every image).
+    `None` with a `meteor_error` note where Java is missing), `tokenization`
+    (`"ptb"`, the COCO caption evaluation's, or `"kcap"`), `num_images`,
+    `distinct_captions`, `never_ended` and `repeated_trigram` (the shares of
+    captions cut at the model's `max_length` and repeating a word trigram,
+    see `caption_shares`), `captions`, and the same metrics for the
+    image-blind baseline (the most frequent training caption, said for
+    every image).
+
+    `tokenization` is `"auto"` (the PTB tokenizer where Java runs, else
+    kcap's `normalize_caption`), `"ptb"` or `"kcap"`; the model and the
+    baseline are scored with the same one.
 
     Also writes `RUN/results_<split>.json`, the COCO caption results format
     `[{"image_id": ..., "caption": ...}]`, with `image_id` the image's id in
@@ -130,8 +145,10 @@ def evaluate_run(
             meteor_error = str(error)
             warnings.warn(f"METEOR is not computed: {error}", MeteorUnavailableWarning, stacklevel=2)
     try:
-        scores = caption_metrics(hypotheses, references, meteor=scorer or False)
-        baseline = caption_metrics([baseline_caption] * len(images), references, meteor=scorer or False)
+        scores = caption_metrics(hypotheses, references, meteor=scorer or False, tokenization=tokenization)
+        baseline = caption_metrics(
+            [baseline_caption] * len(images), references, meteor=scorer or False, tokenization=scores["tokenization"]
+        )
     finally:
         if scorer is not None:
             scorer.close()
@@ -145,6 +162,7 @@ def evaluate_run(
         **scores,
         "num_images": len(images),
         "distinct_captions": len(set(hypotheses)),
+        **caption_shares(hypotheses, trained.model.max_length),
         "baseline": {"caption": baseline_caption, **baseline},
         "captions": [
             {"image": r["image"], "caption": r["caption"], "references": refs}

@@ -13,12 +13,28 @@ from pycocoevalcap.rouge.rouge import Rouge
 
 from conftest import kcap_command
 from kcap.evaluation.evaluate import evaluate_run, image_ids
-from kcap.evaluation.metrics import METRIC_LABELS, MeteorUnavailableWarning, caption_metrics
+from kcap.evaluation.metrics import (
+    METRIC_LABELS,
+    MeteorScorer,
+    MeteorUnavailableWarning,
+    caption_metrics,
+    caption_shares,
+    ptb_tokenize,
+    repeats_trigram,
+)
 from kcap.inference import load_run
 from kcap.text.tokenize import normalize_caption
+from kcap.text.vocabulary import END_ID, PAD_ID
 
 JAVA = shutil.which("java")
-needs_java = pytest.mark.skipif(JAVA is None, reason="METEOR and the PTBTokenizer need Java; no `java` on the PATH")
+def ptb_can_run() -> bool:
+    """PTBTokenizer needs Java and writes its input to a temporary file beside its jar."""
+    from pycocoevalcap.tokenizer import ptbtokenizer
+
+    return JAVA is not None and os.access(os.path.dirname(ptbtokenizer.__file__), os.W_OK)
+
+
+needs_ptb = pytest.mark.skipif(not ptb_can_run(), reason="PTBTokenizer needs Java and a writable pycocoevalcap")
 
 # Flickr8k-style captions: a dozen generated ones, each with its human references.
 HYPOTHESES = [
@@ -63,6 +79,42 @@ REFERENCES = [
 ]
 
 
+# Captions on which the PTB tokenizer and normalize_caption disagree: clitics (also Flickr8k's
+# pre-tokenised "dog 's"), hyphens, numbers, symbols, parentheses, capitals; one empty hypothesis.
+TRICKY_HYPOTHESES = [
+    "A dog's T-shirt is red.",
+    "a man in a t shirt climbs a rock",
+    "Two kids (a boy & a girl) play at 3.30 PM.",
+    "the black-and-white dog's toy",
+    "",
+    "A woman's 1,000 balloons!",
+    "a dog jumps over a hurdle ; it 's fast",
+    "A BOY IN A RED-AND-BLUE SHIRT",
+    "People waiting @ the bus-stop #7 / 50%",
+    "a snow-covered tree",
+    "Three dogs , two brown and one white , run .",
+    "A man -- in a hat -- rides a bike.",
+    "two girls' shadows on a sun-lit wall",
+    "a mid-air jump",
+]
+TRICKY_REFERENCES = [
+    ["The dog 's t-shirt is red .", "A dog wears a red T-shirt.", "A dog in a red tee-shirt."],
+    ["A man in a t-shirt climbs a rock .", "Rock-climber in a T-shirt.", "A man's climbing a cliff."],
+    ["Two kids (a boy and a girl) play.", "Children play at 3:30 .", "Two children & a dog play outside."],
+    ["The black-and-white dog 's toy .", "A black and white dog with its toy.", "A dog's toy."],
+    ["A cat sleeps.", "A cat is sleeping on a couch.", "The cat naps ."],
+    ["A woman holds 1,000 balloons .", "A woman's balloons.", "Lots of balloons -- maybe 1000 ."],
+    ["A dog jumps a hurdle ; it's fast .", "The dog 's jumping over a bar.", "A fast dog leaps."],
+    ["A boy in a red-and-blue shirt .", "A BOY WEARING RED AND BLUE.", "Boy in a red and blue top."],
+    ["People wait at the bus-stop .", "People at a bus stop (#7).", "Half the people -- 50 % -- wait."],
+    ["A snow-covered tree .", "A tree covered in snow.", "Snow covered trees."],
+    ["Three dogs run .", "Two brown dogs and one white dog are running.", "Dogs , running ."],
+    ["A man in a hat rides a bike .", "A man -- hatted -- on a bicycle.", "A cyclist's hat."],
+    ["Two girls ' shadows on a sunlit wall .", "Shadows of two girls on a sun-lit wall.", "Girls' shadows."],
+    ["A dog jumps in mid-air .", "A mid-air jump by a dog.", "A dog in mid air."],
+]
+
+
 def direct_inputs():
     """pycocoevalcap's layout, tokenised the way kcap documents: normalize_caption."""
     gts = {i: [normalize_caption(r) for r in refs] for i, refs in enumerate(REFERENCES)}
@@ -78,7 +130,7 @@ def test_bleu_rouge_and_cider_equal_pycocoevalcaps_scorers():
 
     scores = caption_metrics(HYPOTHESES, REFERENCES, meteor=False)
 
-    assert set(scores) == set(METRIC_LABELS)
+    assert set(scores) == set(METRIC_LABELS) | {"tokenization"} and scores["tokenization"] == "kcap"
     for n in range(4):
         assert scores[f"bleu{n + 1}"] == pytest.approx(bleu[n], abs=1e-6)
     assert scores["rouge_l"] == pytest.approx(rouge, abs=1e-6)
@@ -111,6 +163,27 @@ def test_an_empty_generated_caption_scores_zero_rather_than_failing():
         ["two dogs are playing in the snow"], [REFERENCES[10]], meteor=False)["rouge_l"])
 
 
+def test_shares_of_captions_that_never_end_or_repeat_a_trigram():
+    # Rows as the samplers return them for max_length 5: the words, <end> (forced in the last slot
+    # when the model did not choose it), then padding.
+    E, P = END_ID, PAD_ID
+    rows = [
+        [5, 6, 7, E, P, P],  # ends
+        [5, 6, 7, 8, 9, E],  # five words, then the forced <end>: never ends
+        [5, 6, 7, 5, 6, E],  # never ends; "5 6" twice is a bigram, not a trigram
+        [5, 6, 5, 6, 5, E],  # never ends and repeats "5 6 5" (overlapping)
+        [4, 4, 4, 4, E, P],  # ends, repeats "4 4 4"
+        [E, P, P, P, P, P],  # the empty caption ends
+    ]
+    assert caption_shares(rows, max_length=5) == {"never_ended": 3 / 6, "repeated_trigram": 2 / 6}
+    # The same captions as words, as Vocabulary.decode writes them.
+    words = [" ".join(f"w{t}" for t in row[: row.index(E)]) for row in rows]
+    assert caption_shares(words, max_length=5) == caption_shares(rows, max_length=5)
+    assert caption_shares(words, max_length=6)["never_ended"] == 0
+    assert repeats_trigram("a man in a red shirt and a man in a hat".split())
+    assert not repeats_trigram("a dog and a dog".split())
+
+
 def test_bad_input_is_refused_with_the_reason():
     with pytest.raises(ValueError, match="2 hypotheses but 1 reference lists"):
         caption_metrics(["a", "b"], [["a"]], meteor=False)
@@ -122,33 +195,47 @@ def test_bad_input_is_refused_with_the_reason():
         caption_metrics(["a dog"], [["a dog", "..."]], meteor=False)
     with pytest.raises(TypeError, match=r"references\[0\] is one string"):
         caption_metrics(["a dog"], ["a dog"], meteor=False)
+    with pytest.raises(ValueError, match="tokenization must be one of auto, ptb, kcap, got 'coco'"):
+        caption_metrics(["a dog"], [["a dog"]], meteor=False, tokenization="coco")
 
 
-@needs_java
-def test_meteor_equals_pycocoevalcaps_meteor():
-    from pycocoevalcap.meteor.meteor import Meteor
+@needs_ptb
+def test_ptb_scores_equal_coco_evalcaps_computation_to_1e_6():
+    # COCOEvalCap.evaluate, scorer by scorer (SPICE aside): PTBTokenizer on the references, then on
+    # the results, then each scorer on the tokens.
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    gts, res = direct_inputs()
-    direct = Meteor()
-    expected, _ = direct.compute_score(gts, res)
-    del direct  # stops its Java process
+    hypotheses, references = HYPOTHESES + TRICKY_HYPOTHESES, REFERENCES + TRICKY_REFERENCES
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({i: [{"image_id": i, "caption": r} for r in refs] for i, refs in enumerate(references)})
+    res = tokenizer.tokenize({i: [{"image_id": i, "caption": h}] for i, h in enumerate(hypotheses)})
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    expected = {f"bleu{n + 1}": b for n, b in enumerate(bleu)}
+    expected["rouge_l"], _ = Rouge().compute_score(gts, res)
+    expected["cider"], _ = Cider().compute_score(gts, res)
+    # One METEOR process (its start is the slow part): MeteorScorer.score is pycocoevalcap's
+    # Meteor.compute_score with a watchdog.
+    with MeteorScorer() as meteor:
+        expected["meteor"] = meteor.score(gts, res)
+        scores = caption_metrics(hypotheses, references, meteor=meteor, tokenization="ptb")
 
-    scores = caption_metrics(HYPOTHESES, REFERENCES)
+    assert scores["tokenization"] == "ptb" and "meteor_error" not in scores
+    for key in METRIC_LABELS:
+        assert scores[key] == pytest.approx(expected[key], abs=1e-6), key
+    # "auto" is the PTB tokenizer where Java runs.
+    assert caption_metrics(hypotheses, references, meteor=False, tokenization="auto") == {**scores, "meteor": None}
+    # These captions tell the tokenisations apart: kcap's own scores them differently.
+    own = caption_metrics(hypotheses, references, meteor=False)
+    assert own["tokenization"] == "kcap"
+    assert abs(own["cider"] - scores["cider"]) > 0.01 and abs(own["bleu4"] - scores["bleu4"]) > 0.001
 
-    assert scores["meteor"] == pytest.approx(expected, abs=1e-6)
-    assert 0.1 < scores["meteor"] < 1 and "meteor_error" not in scores
 
-
-@needs_java
+@needs_ptb
 def test_normalisation_matches_the_ptb_tokenizer_on_captions_without_clitics():
     # The module docstring's claim: where PTBTokenizer and normalize_caption give the
     # same tokens, kcap's numbers are COCOEvalCap's.
-    from pycocoevalcap.tokenizer import ptbtokenizer
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    # PTBTokenizer writes its input to a temporary file beside its jar.
-    if not os.access(os.path.dirname(ptbtokenizer.__file__), os.W_OK):
-        pytest.skip("pycocoevalcap's tokenizer directory is read-only; PTBTokenizer cannot run")
     tokenizer = PTBTokenizer()
     gts = tokenizer.tokenize({i: [{"caption": r} for r in refs] for i, refs in enumerate(REFERENCES)})
     res = tokenizer.tokenize({i: [{"caption": h}] for i, h in enumerate(HYPOTHESES)})
@@ -156,31 +243,46 @@ def test_normalisation_matches_the_ptb_tokenizer_on_captions_without_clitics():
     # Where they differ: the PTB tokenizer keeps the clitic as a token, kcap drops the apostrophe.
     clitic = tokenizer.tokenize({0: [{"caption": "A dog's ball."}]})[0][0]
     assert clitic == "a dog 's ball" and normalize_caption("A dog's ball.") == "a dogs ball"
+    # A "\r" would end a line in Java and shift every later caption onto the wrong image.
+    assert ptb_tokenize({0: ["a dog\rruns\u2028fast"], 1: ["The end."]}) == {0: ["a dog runs fast"], 1: ["the end"]}
 
 
-def run_metrics_with_path(path: str, meteor: str = "True") -> subprocess.CompletedProcess:
-    """caption_metrics(..., meteor=<meteor>) in a fresh interpreter whose PATH is `path`."""
+def run_metrics_with_path(path: str, meteor: str = "True", tokenization: str = "kcap",
+                          try_ptb: bool = False) -> subprocess.CompletedProcess:
+    """caption_metrics(..., meteor=<meteor>, tokenization=...) in a fresh interpreter whose PATH is `path`.
+
+    With `try_ptb`, also what `tokenization="ptb"` raises there.
+    """
     code = textwrap.dedent(f"""
         import json, warnings
-        from kcap.evaluation.metrics import MeteorScorer, caption_metrics
+        from kcap.evaluation.metrics import MeteorScorer, TokenizerError, caption_metrics
+        captions = (["a dog runs", "a man surfs"], [["a dog runs on grass"], ["a man is surfing a wave"]])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            scores = caption_metrics(["a dog runs", "a man surfs"],
-                                     [["a dog runs on grass"], ["a man is surfing a wave"]], meteor={meteor})
+            scores = caption_metrics(*captions, meteor={meteor}, tokenization={tokenization!r})
+        ptb_error = None
+        if {try_ptb}:
+            try:
+                caption_metrics(*captions, meteor=False, tokenization="ptb")
+            except TokenizerError as error:
+                ptb_error = str(error)
         print(json.dumps({{"scores": scores, "warnings": [str(w.message) for w in caught],
-                          "categories": [w.category.__name__ for w in caught]}}))
+                          "categories": [w.category.__name__ for w in caught], "ptb_error": ptb_error}}))
     """)
     env = {**os.environ, "PATH": path}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
 
 
-def test_without_java_meteor_is_none_with_a_warning_and_the_rest_is_scored(tmp_path):
+def test_without_java_meteor_is_none_with_a_warning_and_the_rest_is_scored_with_kcaps_tokens(tmp_path):
     assert not (tmp_path / "java").exists()
-    done = run_metrics_with_path(str(tmp_path))
+    done = run_metrics_with_path(str(tmp_path), tokenization="auto", try_ptb=True)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     scores = out["scores"]
     assert scores["meteor"] is None
+    # "auto" falls back to kcap's tokenisation without a word; asked for by name, PTB says what is missing.
+    assert scores["tokenization"] == "kcap" and "tokenization_error" not in scores
+    assert "needs Java" in out["ptb_error"] and "no `java` executable" in out["ptb_error"]
     assert "Java" in scores["meteor_error"] and "no `java` executable" in scores["meteor_error"]
     assert out["categories"] == [MeteorUnavailableWarning.__name__]
     assert "METEOR is not computed" in out["warnings"][0]
@@ -194,11 +296,15 @@ def test_a_broken_java_degrades_meteor_and_reports_its_error(tmp_path):
     java = tmp_path / "java"
     java.write_text("#!/bin/sh\necho 'Error: Unable to access jarfile meteor-1.5.jar' >&2\nexit 1\n")
     java.chmod(0o755)
-    done = run_metrics_with_path(f"{tmp_path}:/usr/bin:/bin")
+    done = run_metrics_with_path(f"{tmp_path}:/usr/bin:/bin", tokenization="auto")
     assert done.returncode == 0, done.stderr
-    scores = json.loads(done.stdout)["scores"]
+    out = json.loads(done.stdout)
+    scores = out["scores"]
     assert scores["meteor"] is None and scores["rouge_l"] > 0
     assert "failed" in scores["meteor_error"] and "Unable to access jarfile" in scores["meteor_error"]
+    # The PTB tokenizer gave no lines: "auto" scores with kcap's tokens, and says so.
+    assert scores["tokenization"] == "kcap" and "fewer lines" in scores["tokenization_error"]
+    assert out["categories"] == ["TokenizerUnavailableWarning", MeteorUnavailableWarning.__name__]
 
 
 def test_a_hung_java_is_killed_after_the_timeout(tmp_path):
@@ -215,7 +321,8 @@ def test_a_hung_java_is_killed_after_the_timeout(tmp_path):
 
 
 def test_evaluate_run_writes_every_metric_for_the_model_and_the_baseline_and_coco_results(trained_run):
-    report = evaluate_run(load_run(trained_run), "test", progress=False, meteor=JAVA is not None)
+    trained = load_run(trained_run)
+    report = evaluate_run(trained, "test", progress=False, meteor=JAVA is not None)
 
     assert json.loads((trained_run / "eval_test.json").read_text()) == report
     for scores in (report, report["baseline"]):
@@ -228,14 +335,20 @@ def test_evaluate_run_writes_every_metric_for_the_model_and_the_baseline_and_coc
     first = report["captions"][0]
     assert set(first) == {"image", "caption", "references"} and len(first["references"]) == 5
     assert report["baseline"]["caption"]
+    # The COCO evaluation's tokenisation where it can run, for the model and the baseline alike.
+    used = "ptb" if ptb_can_run() else "kcap"
+    assert report["tokenization"] == report["baseline"]["tokenization"] == used
     # The reported figures are the metrics of the listed captions against their references.
-    recomputed = caption_metrics([c["caption"] for c in report["captions"]],
-                                 [c["references"] for c in report["captions"]], meteor=False)
+    hypotheses = [c["caption"] for c in report["captions"]]
+    recomputed = caption_metrics(hypotheses, [c["references"] for c in report["captions"]], meteor=False,
+                                 tokenization=used)
     for key in ("bleu1", "bleu4", "rouge_l", "cider"):
         assert report[key] == pytest.approx(recomputed[key], abs=1e-12)
     baseline = caption_metrics([report["baseline"]["caption"]] * 8,
-                               [c["references"] for c in report["captions"]], meteor=False)
+                               [c["references"] for c in report["captions"]], meteor=False, tokenization=used)
     assert report["baseline"]["cider"] == pytest.approx(baseline["cider"], abs=1e-12)
+    shares = caption_shares(hypotheses, trained.model.max_length)
+    assert report["never_ended"] == shares["never_ended"] and report["repeated_trigram"] == shares["repeated_trigram"]
 
     results = json.loads((trained_run / "results_test.json").read_text())
     assert results == [
@@ -244,7 +357,7 @@ def test_evaluate_run_writes_every_metric_for_the_model_and_the_baseline_and_coc
 
 
 def test_evaluate_scores_the_beam_search_captions(trained_run):
-    beam = evaluate_run(load_run(trained_run), "test", progress=False, meteor=False, beam_size=3)
+    beam = evaluate_run(load_run(trained_run), "test", progress=False, meteor=False, beam_size=3, tokenization="kcap")
     assert beam["decoding"]["beam_size"] == 3
     paths = [c["image"] for c in beam["captions"]]
     expected = [r["caption"] for r in load_run(trained_run).caption_files(paths, beam_size=3)]
@@ -262,6 +375,8 @@ def test_kcap_evaluate_without_java_still_scores_and_notes_why_meteor_is_missing
     assert report["meteor"] is None and report["baseline"]["meteor"] is None
     assert "no `java` executable" in report["meteor_error"]
     assert report["cider"] >= 0 and report["bleu4"] >= 0
+    assert report["tokenization"] == report["baseline"]["tokenization"] == "kcap"
+    assert "tokenisation: kcap's own (no Java" in done.stdout
 
 
 def test_results_name_images_by_their_coco_ids_where_the_data_has_them(trained_run, tmp_path):
@@ -273,7 +388,7 @@ def test_results_name_images_by_their_coco_ids_where_the_data_has_them(trained_r
     for number, item in enumerate(manifest["splits"]["test"]):
         item["id"] = 1000 + number
     (run / "splits.json").write_text(json.dumps(manifest))
-    report = evaluate_run(load_run(run), "test", progress=False, meteor=False)
+    report = evaluate_run(load_run(run), "test", progress=False, meteor=False, tokenization="kcap")
     results = json.loads((run / "results_test.json").read_text())
     assert [r["image_id"] for r in results] == list(range(1000, 1000 + len(manifest["splits"]["test"])))
     assert [r["caption"] for r in results] == [c["caption"] for c in report["captions"]]
@@ -315,7 +430,9 @@ def test_evaluating_a_run_whose_images_moved_says_where_they_were_expected(train
     with pytest.raises(FileNotFoundError, match=f"{run} does not hold them below the paths they had below"):
         evaluate_run(load_run(run), "test", progress=False, meteor=False, images_dir=run)
     # Given the folder they are in now, the run scores the images it was trained and split with.
-    moved = evaluate_run(load_run(run), "test", progress=False, meteor=False, images_dir=trained_at)
-    original = evaluate_run(load_run(shutil.copytree(trained_run, tmp_path / "original")), "test", progress=False, meteor=False)
+    moved = evaluate_run(load_run(run), "test", progress=False, meteor=False, images_dir=trained_at,
+                         tokenization="kcap")
+    original = evaluate_run(load_run(shutil.copytree(trained_run, tmp_path / "original")), "test", progress=False,
+                            meteor=False, tokenization="kcap")
     assert [c["caption"] for c in moved["captions"]] == [c["caption"] for c in original["captions"]]
     assert moved["bleu4"] == original["bleu4"] and moved["cider"] == original["cider"]
