@@ -336,8 +336,7 @@ class Captioner(keras.Model):
             # the optimizer sums the replicas' gradients: weight this replica's
             # mean of each term by its share of the term's global count (words,
             # captions), so the sum is the gradient of the global means.
-            replica_loss = sum(mean * count / ops.maximum(_global_sum(count), 1.0) for mean, count in terms)
-            scaled_loss = self.optimizer.scale_loss(replica_loss)
+            scaled_loss = self.optimizer.scale_loss(sum(_replica_shares(terms)))
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         return self._update_metrics(terms, correct)
@@ -347,8 +346,13 @@ class Captioner(keras.Model):
         return self._update_metrics(*self._loss_terms(inputs, captions, training=False))
 
     def _update_metrics(self, terms, correct):
-        loss = sum(mean for mean, _ in terms)
-        tokens = terms[0][1]
+        (loss, tokens), others = terms[0], terms[1:]
+        if others:
+            # Means over other counts (captions) enter as this replica's share of their
+            # global means, per word of this replica: the loss's token-weighted mean over
+            # the replicas is then the whole objective, as on one device.
+            per_word = ops.maximum(_global_sum(tokens), 1.0) / ops.maximum(tokens, 1.0)
+            loss = loss + sum(_replica_shares(others)) * per_word
         # Token-weighted, so an epoch's loss is the mean over all its words.
         self.loss_tracker.update_state(loss, sample_weight=tokens)
         self.accuracy_tracker.update_state(correct)
@@ -445,6 +449,11 @@ class Captioner(keras.Model):
 
             functions[key] = tf.function(decode, reduce_retracing=True)
         return functions[key]
+
+
+def _replica_shares(terms):
+    """Each (mean, count) term's mean times this replica's share of the count over all replicas."""
+    return [mean * count / ops.maximum(_global_sum(count), 1.0) for mean, count in terms]
 
 
 def _global_sum(value):
