@@ -81,6 +81,11 @@ def test_flags_reach_the_config_and_a_config_without_them_has_the_defaults():
     new = ("context_gate", "deep_output", "label_smoothing", "attention_regularizer")
     old = {key: value for key, value in defaults.to_json().items() if key not in new}
     assert TrainConfig.from_json(old) == defaults
+    from tuning.hypermodel import validate_search_space
+
+    space = {"label_smoothing": {"type": "choice", "values": [0.0, 0.1]}, "context_gate": {"type": "boolean"},
+             "attention_regularizer": {"type": "float", "min": 0.0, "max": 1.0, "step": 0.5}}
+    assert validate_search_space(space) == space  # tuner hyperparameters
     for settings, message in (
         ({"label_smoothing": 1.0}, "label_smoothing must be in"),
         ({"attention_regularizer": -1.0}, "attention_regularizer must be 0 or more"),
