@@ -11,10 +11,10 @@ from decoding_helpers import check_convention, random_images, teacher_forced, ti
 
 from kcap.model.attention import doubly_stochastic_penalty
 from kcap.model.samplers import BeamSampler
-from kcap.text.vocabulary import END_ID, START_ID
+from kcap.text.vocabulary import END_ID, START_ID, Vocabulary
 from kcap.training.config import TrainConfig
 from kcap.training.flags import add_train_arguments, train_config
-from kcap.training.trainer import decoder_options
+from kcap.training.trainer import build_captioner, decoder_options
 
 OPTIONS = {"context_gate": True, "deep_output": True}
 
@@ -75,6 +75,10 @@ def test_flags_reach_the_config_and_a_config_without_them_has_the_defaults():
     assert (config.label_smoothing, config.attention_regularizer) == (0.1, 1.0)
     assert decoder_options(config) == OPTIONS
     assert decoder_options(dataclasses.replace(config, deep_output=False)) == {"context_gate": True}
+    small = dataclasses.replace(config, embedding_dim=8, units=8, synthetic_image_size=64).resolved()
+    model = build_captioner(small, Vocabulary.build(["a red circle"]))
+    assert model.decoder.use_context_gate and model.decoder.deep_output
+    assert (model.label_smoothing, model.attention_regularizer) == (0.1, 1.0)
     defaults = train_config(parser.parse_args(["--data", "synthetic", "--no-context-gate"]))
     assert defaults == TrainConfig(data="synthetic") and decoder_options(defaults) is None
     # A config.json written before these settings existed.
