@@ -322,9 +322,9 @@ class Captioner(keras.Model):
         if self.attention_regularizer:
             # Captions without a word (padding rows) have no attention to regularise.
             has_words = ops.cast(ops.any(is_word, axis=1), "float32")
-            penalty = doubly_stochastic_penalty(attention, is_word) * has_words
+            penalty = ops.sum(doubly_stochastic_penalty(attention, is_word) * has_words)
             captions_count = ops.sum(has_words)
-            terms.append((self.attention_regularizer * ops.sum(penalty) / ops.maximum(captions_count, 1.0), captions_count))
+            terms.append((self.attention_regularizer * penalty / ops.maximum(captions_count, 1.0), captions_count))
         correct = ops.cast(ops.equal(ops.argmax(logits, axis=-1), ops.cast(targets, "int64")), "float32")
         return terms, correct
 
