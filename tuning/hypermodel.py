@@ -48,6 +48,8 @@ from tuning.options import DEFAULT_SEARCH_SPACE, OBJECTIVES
 TUNABLE = (
     "embedding_dim", "units", "learning_rate", "dropout", "batch_size", "clipnorm", "position_embedding",
     "decoder_layers", "decoder_heads",  # --decoder transformer's
+    "context_gate", "deep_output",  # --decoder gru_attention's
+    "label_smoothing", "attention_regularizer",
 )
 
 _SPEC_KEYS = {

@@ -1,4 +1,4 @@
-"""Bahdanau (additive) attention over the locations of a feature map."""
+"""Bahdanau (additive) attention over the locations of a feature map, and Show, Attend and Tell's regulariser of it."""
 
 from __future__ import annotations
 
@@ -56,3 +56,22 @@ class BahdanauAttention(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+def doubly_stochastic_penalty(weights, mask):
+    """Show, Attend and Tell's attention regulariser per caption: `sum_i (1 - sum_t weights[t, i])^2`.
+
+    It asks every location to get about as much attention over a caption as
+    any other (Xu et al., 2015, section 4.2.1). `weights` (batch, time,
+    locations) are each word position's attention; `mask` (batch, time) is
+    true at the caption's words, so padding adds no attention.
+
+    Example:
+
+    >>> weights = keras.ops.convert_to_tensor([[[0.5, 0.5], [1.0, 0.0], [0.0, 1.0]]])
+    >>> mask = keras.ops.convert_to_tensor([[True, True, False]])
+    >>> [round(float(x), 6) for x in doubly_stochastic_penalty(weights, mask)]  # (1 - 1.5)^2 + (1 - 0.5)^2
+    [0.5]
+    """
+    weights = ops.cast(weights, "float32") * ops.cast(mask, "float32")[..., None]
+    return ops.sum(ops.square(1.0 - ops.sum(weights, axis=1)), axis=-1)

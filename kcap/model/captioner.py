@@ -10,6 +10,7 @@ import tensorflow as tf
 from keras import ops
 
 from kcap import compat
+from kcap.model.attention import doubly_stochastic_penalty
 from kcap.model.augmentation import ImageAugmentation
 from kcap.model.decoders import DEFAULT_DECODER, get_decoder
 from kcap.model.encoder import FeatureEncoder
@@ -24,7 +25,8 @@ class Captioner(keras.Model):
 
     Augmentation, preprocessing and the backbone live inside the model, so
     they run on the accelerator and travel with a saved `.keras` file.
-    Training uses teacher forcing with a cross-entropy masked on padding.
+    Training uses teacher forcing with a cross-entropy masked on padding;
+    `compile` adds label smoothing and the attention regulariser to it.
 
     Inputs are dicts: `{"images": uint8/float (batch, h, w, 3) in [0, 255]}`
     or, with a feature cache, `{"features": (batch, h', w', c)}`; training
@@ -49,7 +51,8 @@ class Captioner(keras.Model):
         decoder: the name of a registered decoder (`kcap.model.decoders`);
             a saved model without one has `gru_attention`, the default.
         decoder_options: more keyword arguments of the decoder's constructor
-            (`TransformerDecoder`'s `num_layers`, `num_heads`), or `None`.
+            (`TransformerDecoder`'s `num_layers`, `num_heads`; `AttentionDecoder`'s
+            `context_gate`, `deep_output`), or `None`.
 
     Example:
 
@@ -57,7 +60,7 @@ class Captioner(keras.Model):
     backbone = kcap.model.backbones.build_backbone("small_cnn", weights=None)
     model = Captioner(backbone, vocabulary_size=len(vocab), max_length=vocab.max_length,
                       image_size=(96, 96), preprocessing="scale", train_backbone=True)
-    model.compile(optimizer="adam")
+    model.compile(optimizer="adam", label_smoothing=0.1, attention_regularizer=1.0)
     model.fit(train_ds, validation_data=val_ds, epochs=10)
     token_ids, attention, scores = model.generate({"images": images})
     ```
@@ -116,6 +119,8 @@ class Captioner(keras.Model):
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="masked_accuracy")
+        self.label_smoothing = 0.0  # training settings: see `compile`
+        self.attention_regularizer = 0.0
         self.build()
 
     def _set_backbone_trainable(self):
@@ -237,48 +242,117 @@ class Captioner(keras.Model):
 
     # -- training ------------------------------------------------------------
 
+    def compile(self, *args, label_smoothing: float = 0.0, attention_regularizer: float = 0.0, **kwargs):
+        """Keras' `compile`, and the settings of the training objective beside the optimizer's.
+
+        They belong to training, not to the model: a saved model is the same
+        whatever they were, and `kcap train` passes them from its config on
+        every start and resume, as it does the optimizer.
+
+        Args:
+            label_smoothing: the cross-entropy's target is `1 - label_smoothing`
+                on the word and `label_smoothing / vocabulary_size` on every word
+                (as `keras.losses.CategoricalCrossentropy(label_smoothing=...)`).
+            attention_regularizer: λ of Show, Attend and Tell's doubly
+                stochastic attention regulariser, added to the loss as λ times
+                its mean over the captions (`doubly_stochastic_penalty`).
+            *args, **kwargs: `keras.Model.compile`'s.
+
+        The reported `loss` and `val_loss` are the whole objective.
+
+        Example:
+
+        ```python
+        model.compile(optimizer="adam", label_smoothing=0.1, attention_regularizer=1.0)
+        ```
+        """
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
+        if not 0.0 <= attention_regularizer < float("inf"):
+            raise ValueError(f"attention_regularizer must be 0 or more, got {attention_regularizer}.")
+        super().compile(*args, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+        self.attention_regularizer = float(attention_regularizer)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        # Only where set, so that the files of models trained without them stay as they were.
+        for name in ("label_smoothing", "attention_regularizer"):
+            if config and getattr(self, name):
+                config[name] = getattr(self, name)
+        return config
+
+    def compile_from_config(self, config):
+        # Keras' own skips a model whose compile() is overridden; this is its body.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     @property
     def metrics(self):
         return [self.loss_tracker, self.accuracy_tracker]
 
-    def _loss_and_accuracy(self, inputs, captions, training):
-        """Mean cross-entropy and accuracy over the captions' words (padding left out)."""
+    def _loss_terms(self, inputs, captions, training):
+        """The objective as a list of (mean, count) terms, each a mean over `count` items of the batch,
+        and whether each word (padding left out) was predicted right.
+
+        The terms: the cross-entropy over the captions' words; with
+        `attention_regularizer`, λ times the attention penalty over the captions.
+        """
         tokens, targets = captions[:, :-1], captions[:, 1:]
         encoded = self.encode(inputs, training=training)
-        outputs, _ = self.decoder.teacher_forced(tokens, encoded, training=training)
+        outputs, attention = self.decoder.teacher_forced(tokens, encoded, training=training)
         # The output layers only where there is a word to predict: a batch is as
         # long as its longest caption, and about half its positions are padding;
         # at a 5,000-word vocabulary the logits are a step's largest matrix product.
-        words = tf.where(ops.not_equal(targets, PAD_ID))
+        is_word = ops.not_equal(targets, PAD_ID)
+        words = tf.where(is_word)
         logits = self.decoder.output_logits(tf.gather_nd(outputs, words), training=training)
         logits = ops.cast(logits, "float32")
         targets = tf.gather_nd(targets, words)
-        per_token = keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)
+        if self.label_smoothing:
+            per_token = keras.losses.categorical_crossentropy(
+                ops.one_hot(targets, self.vocabulary_size), logits, from_logits=True,
+                label_smoothing=self.label_smoothing,
+            )
+        else:
+            per_token = keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)
         count = ops.cast(ops.shape(targets)[0], "float32")
-        loss = ops.sum(per_token) / ops.maximum(count, 1.0)
+        terms = [(ops.sum(per_token) / ops.maximum(count, 1.0), count)]
+        if self.attention_regularizer:
+            # Captions without a word (padding rows) have no attention to regularise.
+            has_words = ops.cast(ops.any(is_word, axis=1), "float32")
+            penalty = ops.sum(doubly_stochastic_penalty(attention, is_word) * has_words)
+            captions_count = ops.sum(has_words)
+            terms.append((self.attention_regularizer * penalty / ops.maximum(captions_count, 1.0), captions_count))
         correct = ops.cast(ops.equal(ops.argmax(logits, axis=-1), ops.cast(targets, "int64")), "float32")
-        return loss, correct, count
+        return terms, correct
 
     def train_step(self, data):
         inputs, captions = data
         with tf.GradientTape() as tape:
-            loss, correct, tokens = self._loss_and_accuracy(inputs, captions, training=True)
+            terms, correct = self._loss_terms(inputs, captions, training=True)
             # Under tf.distribute each replica sees part of the global batch and
             # the optimizer sums the replicas' gradients: weight this replica's
-            # mean by its share of the global batch's tokens, so the sum is the
-            # gradient of the global token mean.
-            replica_loss = loss * tokens / ops.maximum(_global_sum(tokens), 1.0)
-            scaled_loss = self.optimizer.scale_loss(replica_loss)
+            # mean of each term by its share of the term's global count (words,
+            # captions), so the sum is the gradient of the global means.
+            scaled_loss = self.optimizer.scale_loss(sum(_replica_shares(terms)))
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
-        return self._update_metrics(loss, correct, tokens)
+        return self._update_metrics(terms, correct)
 
     def test_step(self, data):
         inputs, captions = data
-        loss, correct, tokens = self._loss_and_accuracy(inputs, captions, training=False)
-        return self._update_metrics(loss, correct, tokens)
+        return self._update_metrics(*self._loss_terms(inputs, captions, training=False))
 
-    def _update_metrics(self, loss, correct, tokens):
+    def _update_metrics(self, terms, correct):
+        (loss, tokens), others = terms[0], terms[1:]
+        if others:
+            # Means over other counts (captions) enter as this replica's share of their
+            # global means, per word of this replica: the loss's token-weighted mean over
+            # the replicas is then the whole objective, as on one device.
+            per_word = ops.maximum(_global_sum(tokens), 1.0) / ops.maximum(tokens, 1.0)
+            loss = loss + sum(_replica_shares(others)) * per_word
         # Token-weighted, so an epoch's loss is the mean over all its words.
         self.loss_tracker.update_state(loss, sample_weight=tokens)
         self.accuracy_tracker.update_state(correct)
@@ -375,6 +449,11 @@ class Captioner(keras.Model):
 
             functions[key] = tf.function(decode, reduce_retracing=True)
         return functions[key]
+
+
+def _replica_shares(terms):
+    """Each (mean, count) term's mean times this replica's share of the count over all replicas."""
+    return [mean * count / ops.maximum(_global_sum(count), 1.0) for mean, count in terms]
 
 
 def _global_sum(value):

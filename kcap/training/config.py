@@ -50,6 +50,10 @@ class TrainConfig:
     decoder: str = "gru_attention"  # a registered decoder (kcap.model.decoders)
     decoder_layers: int = 2  # --decoder transformer: decoder layers
     decoder_heads: int = 4  # --decoder transformer: attention heads (embedding_dim must be a multiple)
+    context_gate: bool = False  # --decoder gru_attention: Show-Attend-Tell's gating scalar beta on the context
+    deep_output: bool = False  # --decoder gru_attention: Show-Attend-Tell's deep output layer (its eq. 7)
+    label_smoothing: float = 0.0  # the cross-entropy's label smoothing (Captioner.compile)
+    attention_regularizer: float = 0.0  # lambda of the doubly stochastic attention regulariser (Captioner.compile)
     dropout: float = 0.1
     vocab_size: int = 5000
     min_word_count: int = 1
@@ -163,6 +167,12 @@ class TrainConfig:
                 self.decoder != "transformer" or self.embedding_dim % max(self.decoder_heads, 1) == 0,
                 "embedding_dim must be a multiple of decoder_heads for the transformer decoder",
             ),
+            (
+                self.decoder == "gru_attention" or not (self.context_gate or self.deep_output),
+                "context_gate and deep_output are options of the gru_attention decoder",
+            ),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (0 <= self.attention_regularizer < math.inf, "attention_regularizer must be 0 or more"),
             (self.vocab_size >= 1, "vocab_size must be at least 1"),
             (self.min_word_count >= 1, "min_word_count must be at least 1"),
             (0 <= self.seed < 2**32, "seed must be from 0 to 2**32 - 1"),

@@ -86,6 +86,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder-heads", type=int, default=d.decoder_heads,
                    help="attention heads, for --decoder transformer; --embedding-dim must be a multiple "
                         "(default: %(default)s)")
+    p.add_argument("--context-gate", action=argparse.BooleanOptionalAction, default=d.context_gate,
+                   help="Show-Attend-Tell's gating scalar on the attention context, for --decoder gru_attention")
+    p.add_argument("--deep-output", action=argparse.BooleanOptionalAction, default=d.deep_output,
+                   help="Show-Attend-Tell's deep output layer (logits from the word, state and context), "
+                        "for --decoder gru_attention")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, metavar="EPS",
+                   help="smooth the cross-entropy's targets by EPS (default: %(default)s, off)")
+    p.add_argument("--attention-regularizer", type=float, default=d.attention_regularizer, metavar="LAMBDA",
+                   help="add LAMBDA times Show-Attend-Tell's doubly stochastic attention penalty to the loss; "
+                        "the paper uses 1 (default: %(default)s, off)")
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="keep this many most frequent words")
     p.add_argument("--min-word-count", type=int, default=d.min_word_count, help="words seen fewer times in training captions become <unk>")

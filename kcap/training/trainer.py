@@ -95,16 +95,24 @@ def build_captioner(
         # size, which XLA cannot compile, and Keras' "auto" would turn XLA on
         # wherever a GPU is visible. Under mixed_float16, compile() wraps the
         # optimizer in a LossScaleOptimizer, which train_step's scale_loss uses.
-        model.compile(optimizer=optimizer, jit_compile=False)
+        model.compile(
+            optimizer=optimizer, jit_compile=False,
+            label_smoothing=config.label_smoothing, attention_regularizer=config.attention_regularizer,
+        )
     return model
 
 
 def decoder_options(config: TrainConfig) -> dict | None:
-    """The decoder's own constructor arguments from the config (its `TRAIN_OPTIONS`), or None if it has none."""
+    """The decoder's own constructor arguments from the config (its `TRAIN_OPTIONS`), or None if it has none.
+
+    A switch that is off is left out: a decoder's switches default to off, and
+    a model with none on is saved as before the switches existed.
+    """
     from kcap.model.decoders import get_decoder
 
     fields = get_decoder(config.decoder).TRAIN_OPTIONS
-    return {argument: getattr(config, field) for argument, field in fields.items()} or None
+    options = {argument: getattr(config, field) for argument, field in fields.items()}
+    return {argument: value for argument, value in options.items() if value is not False} or None
 
 
 @contextlib.contextmanager

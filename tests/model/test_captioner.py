@@ -84,21 +84,24 @@ def test_loss_ignores_padding():
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
 
 
-def test_loss_and_accuracy_are_the_means_over_the_captions_words():
+@pytest.mark.parametrize("label_smoothing, attention_regularizer", [(0.0, 0.0), (0.1, 0.5)])
+def test_loss_and_accuracy_are_the_means_over_the_captions_words(label_smoothing, attention_regularizer):
     # Training computes the output layers at the words only; the figures must be
-    # those of the full teacher-forced logits, masked.
+    # those of the full teacher-forced logits, masked: Keras' own label-smoothed
+    # cross-entropy, and the attention penalty's mean over the captions with words.
     model = _model()
-    model.compile(optimizer="adam")
-    images = np.random.default_rng(2).integers(0, 255, (3, 64, 64, 3)).astype("uint8")
-    captions = np.array([[1, 5, 2, 0, 0, 0], [1, 6, 7, 8, 9, 2], [1, 2, 0, 0, 0, 0]], "int32")
-    logits = model({"images": images, "tokens": captions[:, :-1]}).numpy()
+    model.compile(optimizer="adam", label_smoothing=label_smoothing, attention_regularizer=attention_regularizer)
+    images = np.random.default_rng(2).integers(0, 255, (4, 64, 64, 3)).astype("uint8")
+    captions = np.array([[1, 5, 2, 0, 0, 0], [1, 6, 7, 8, 9, 2], [1, 2, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]], "int32")
+    logits, attention = (x.numpy() for x in model.decoder(captions[:, :-1], model.encode({"images": images})))
     targets = captions[:, 1:]
     words = targets != PAD_ID
-    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    picked = np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
-    expected_loss = -picked[words].mean()
+    cross_entropy = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+    expected_loss = float(cross_entropy(np.eye(12)[targets[words]], logits[words]))
+    penalty = ((1.0 - (attention * words[..., None]).sum(axis=1)) ** 2).sum(axis=-1)
+    expected_loss += attention_regularizer * penalty[:3].mean()  # the last caption has no word
     expected_accuracy = (logits.argmax(-1) == targets)[words].mean()
-    got = model.evaluate({"images": images}, captions, batch_size=3, verbose=0, return_dict=True)
+    got = model.evaluate({"images": images}, captions, batch_size=4, verbose=0, return_dict=True)
     assert got["loss"] == pytest.approx(expected_loss, rel=1e-5)
     assert got["masked_accuracy"] == pytest.approx(expected_accuracy, abs=1e-6)
 

@@ -134,8 +134,9 @@ def test_a_registered_decoder_exports_and_serves_the_captions_of_kcap_caption(me
     check_export_serves_caption_files(mean_context_run, tmp_path / "export", "test_mean_context")
 
 
-def test_the_gru_decoder_steps_as_it_teacher_forces():
-    decoder = AttentionDecoder(vocabulary_size=10, embedding_dim=8, units=12)
+@pytest.mark.parametrize("options", [{}, {"context_gate": True, "deep_output": True}])
+def test_the_gru_decoder_steps_as_it_teacher_forces(options):
+    decoder = AttentionDecoder(vocabulary_size=10, embedding_dim=8, units=12, **options)
     encoded = keras.random.normal((3, 5, 8), seed=1)
     tokens = np.array([[1, 4, 5, 6], [1, 7, 2, 0], [1, 9, 9, 9]], "int32")
     logits, attention = decoder(tokens, encoded)
