@@ -15,7 +15,7 @@ import keras
 import kcap
 from kcap.data.decode_failures import explain_decode_failures
 from kcap.data.dataset import SPLITS, CaptionDataset
-from kcap.data.pipeline import steps_per_epoch
+from kcap.data import pipeline
 from kcap.model.augmentation import ImageAugmentation
 from kcap.model.backbones import build_backbone
 from kcap.model.captioner import Captioner
@@ -237,7 +237,7 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
     _check_data(config, data.dataset)
     with strategy.scope():
         model = build_captioner(
-            config, data.vocabulary, data.normalization, steps_per_epoch(data.train_images, config.batch_size)
+            config, data.vocabulary, data.normalization, pipeline.steps_per_epoch(data.train_images, config.batch_size)
         )
     if config.cache_features:
         # Another worker waits for the chief, which builds the cache on the shared file system.
