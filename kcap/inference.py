@@ -51,11 +51,13 @@ class TrainedRun:
         progress: bool = False,
         beam_size: int = 1,
         temperature: float | None = None,
+        no_repeat_ngram: int = 0,
     ) -> list[dict]:
         """Captions image files: `[{"image", "caption", "score", "attention"}]`.
 
         Greedy by default; `beam_size > 1` runs beam search and `temperature`
-        samples (see `Captioner.generate`). Sampling is seeded with the batch
+        samples; `no_repeat_ngram` n > 0 keeps greedy and beam search from
+        repeating an n-gram (see `Captioner.generate`). Sampling is seeded with the batch
         number, so the same files in the same order give the same captions.
 
         Example: `run.caption_files(["a.jpg", "b.jpg"], beam_size=3)[0]["caption"]`
@@ -72,7 +74,7 @@ class TrainedRun:
             tqdm(batches, total=total, desc="captioning", unit="batch", disable=not progress)
         ):
             ids, attention, scores = self.model.generate(
-                batch, beam_size=beam_size, temperature=temperature, seed=number
+                batch, beam_size=beam_size, temperature=temperature, seed=number, no_repeat_ngram=no_repeat_ngram
             )
             for row, weights, score in zip(ids.numpy(), attention.numpy(), scores.numpy()):
                 caption = self.vocabulary.decode(row)

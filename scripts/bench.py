@@ -8,8 +8,9 @@ Prints ONE JSON object on stdout (progress notes go to stderr):
 ```
 {"kcap":     {"train_captions_per_s", "greedy_captions_per_s", "latency_ms_batch1",
               "extract_images_per_s", "backbone_images_per_s", "peak_rss_mb", ...details},
+ "transformer": {"train_captions_per_s", ...details},
  "baseline": {"train_captions_per_s", "greedy_captions_per_s", "latency_ms_batch1", ...details},
- "ratios":   {"train", "greedy", "extract"},
+ "ratios":   {"train", "train_transformer", "transformer_vs_gru", "greedy", "extract"},
  "config":   {...every setting and what was measured on},
  "machine":  {...CPUs, TensorFlow and Keras versions, devices}}
 ```
@@ -27,7 +28,11 @@ set's captions when that is absent), tokenised by kcap's `Vocabulary`:
   caption; one untimed pass over the `--steps` batches compiles every caption
   length, then the same batches are timed. Baseline: the tutorial's `train_step`
   on captions padded to 50 tokens, after `--warmup` untimed steps. The feature
-  values are random: neither model's cost depends on them.
+  values are random: neither model's cost depends on them. kcap's Transformer
+  decoder (`decoder="transformer"`, kcap train's `--decoder-layers` and
+  `--decoder-heads` defaults, `--units` its feed-forward size) is timed as kcap's
+  GRU decoder is, on the same batches: `transformer`, and `ratios.train_transformer`
+  (against the baseline) and `ratios.transformer_vs_gru`.
 - greedy captions/s with exactly `--tokens` (16) decoder steps per caption, no
   early stop, so an untrained model costs what a trained one does. kcap: its
   `GreedySampler` on a batch, compiled as `Captioner.generate` does it (the
@@ -129,6 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="kcap's batches per pool sorted by caption length (default: kcap train's on cached features, 20; 1: random batches)")
     setup.add_argument("--skip-baseline", action="store_true", help="measure kcap alone")
     setup.add_argument("--skip-extract", action="store_true", help="no feature-extraction measurement")
+    setup.add_argument("--skip-transformer", action="store_true", help="no Transformer-decoder training measurement")
     setup.add_argument("--seed", type=int, default=0)
     setup.add_argument("--output", type=Path, default=None, help="also write the JSON to this file")
     args = parser.parse_args(argv)
@@ -231,8 +237,8 @@ class FixedLengthDecoder:
         return tf.where(is_end, -1e9, logits), state, weights
 
 
-def kcap_captioner(args, vocabulary):
-    """A `Captioner` at the benchmark's sizes, with kcap's training defaults.
+def kcap_captioner(args, vocabulary, decoder: str = "gru_attention"):
+    """A `Captioner` with `decoder` at the benchmark's sizes, with kcap's training defaults.
 
     Its backbone is a stub (one strided conv) with the feature map's shape: the
     benchmark feeds cached features, so the backbone is never called.
@@ -241,8 +247,10 @@ def kcap_captioner(args, vocabulary):
 
     from kcap.model.captioner import Captioner
     from kcap.training.config import TrainConfig
+    from kcap.training.trainer import decoder_options
 
-    defaults = TrainConfig(data="bench")
+    defaults = TrainConfig(data="bench", decoder=decoder)
+    options = decoder_options(defaults)
     side = math.isqrt(args.locations)
     stub = keras.Sequential(
         [keras.Input((2 * side, 2 * side, 3)), keras.layers.Conv2D(args.channels, 2, strides=2)],
@@ -255,13 +263,15 @@ def kcap_captioner(args, vocabulary):
         image_size=(2 * side, 2 * side),
         embedding_dim=args.embedding_dim,
         units=args.units,
+        decoder=decoder,
+        decoder_options=options,
         dropout=defaults.dropout,
         position_embedding=defaults.position_embedding,
     )
     jit = {"auto": "auto", "on": True, "off": False}[args.jit_compile]
     model.compile(optimizer=keras.optimizers.Adam(defaults.learning_rate), jit_compile=jit)
-    return model, {"dropout": defaults.dropout, "position_embedding": defaults.position_embedding,
-                   "learning_rate": defaults.learning_rate}
+    return model, {"decoder": decoder, "decoder_options": options, "dropout": defaults.dropout,
+                   "position_embedding": defaults.position_embedding, "learning_rate": defaults.learning_rate}
 
 
 def bench_kcap_train(model, rows, features, args) -> dict:
@@ -637,6 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_captions_per_s", "greedy_captions_per_s", "latency_ms_batch1",
         "extract_images_per_s", "backbone_images_per_s", "peak_rss_mb")}
     baseline_result: dict = {key: None for key in ("train_captions_per_s", "greedy_captions_per_s", "latency_ms_batch1")}
+    transformer_result: dict = {"train_captions_per_s": None}
 
     with tf.device(device):
         note(f"kcap: training {args.steps} steps on {device} ...")
@@ -653,6 +664,13 @@ def main(argv: list[str] | None = None) -> int:
                 note(f"extraction skipped: {kcap_result['extract_skipped']}")
         kcap_result["peak_rss_mb"] = peak_rss_mb()
         del model
+        if args.skip_transformer:
+            transformer_result["skipped"] = "--skip-transformer"
+        else:
+            note(f"kcap: training the Transformer decoder {args.steps} steps on {device} ...")
+            model, transformer_result["settings"] = kcap_captioner(args, vocabulary, decoder="transformer")
+            transformer_result.update(bench_kcap_train(model, rows, features, args))
+            del model
         if args.skip_baseline:
             baseline_result["skipped"] = "--skip-baseline"
         else:
@@ -661,9 +679,12 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {
         "kcap": kcap_result,
+        "transformer": transformer_result,
         "baseline": baseline_result,
         "ratios": {
             "train": ratio(kcap_result["train_captions_per_s"], baseline_result["train_captions_per_s"]),
+            "train_transformer": ratio(transformer_result["train_captions_per_s"], baseline_result["train_captions_per_s"]),
+            "transformer_vs_gru": ratio(transformer_result["train_captions_per_s"], kcap_result["train_captions_per_s"]),
             "greedy": ratio(kcap_result["greedy_captions_per_s"], baseline_result["greedy_captions_per_s"]),
             "extract": ratio(kcap_result["extract_images_per_s"], kcap_result["backbone_images_per_s"]),
         },

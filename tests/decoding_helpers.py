@@ -103,7 +103,15 @@ class MarkovDecoder:
         return tf.gather(self.table, tokens), state, weights
 
 
-def reference_beam_search(decoder, encoded, max_length, beam_size, alpha):
+def repeats_ngram(words, word, n):
+    """Whether `word` after `words` would repeat one of their `n`-grams (never, for n = 0)."""
+    if not n or len(words) < n - 1:
+        return False
+    gram = (*words[len(words) - n + 1:], word)
+    return any(tuple(words[i:i + n]) == gram for i in range(len(words) - n + 1))
+
+
+def reference_beam_search(decoder, encoded, max_length, beam_size, alpha, no_repeat_ngram=0):
     """The beam search of `BeamSampler`, written out in Python, one image at a time.
 
     Hypotheses are Python tuples, each with its own decoder state (a nest),
@@ -131,7 +139,10 @@ def reference_beam_search(decoder, encoded, max_length, beam_size, alpha):
                 if finished:  # stays, with its score and length
                     candidates.append((norm, raw, words, True, state))
                     continue
-                allowed = [w for w in range(log_probs.shape[1]) if w not in (PAD_ID, START_ID, UNK_ID)]
+                allowed = [
+                    w for w in range(log_probs.shape[1])
+                    if w not in (PAD_ID, START_ID, UNK_ID) and not repeats_ngram(words, w, no_repeat_ngram)
+                ]
                 for w in [END_ID] if t == max_length else allowed:
                     new_raw = raw + log_probs[b, w]
                     new_norm = new_raw / float(length_penalty(t + 1, alpha))

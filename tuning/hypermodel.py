@@ -35,6 +35,7 @@ import keras
 import keras_tuner
 
 from kcap import compat
+from kcap.data.pipeline import steps_per_epoch
 from kcap.model.captioner import Captioner
 from kcap.training.assembly import RunData, fit_arguments, prepare_data, validation_captioning, with_feature_cache
 from kcap.training.config import TrainConfig
@@ -50,6 +51,7 @@ TUNABLE = (
     "decoder_layers", "decoder_heads",  # --decoder transformer's
     "context_gate", "deep_output",  # --decoder gru_attention's
     "label_smoothing", "attention_regularizer",
+    "lr_schedule", "warmup_epochs",
 )
 
 _SPEC_KEYS = {
@@ -336,7 +338,10 @@ class CaptionerHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp: keras_tuner.HyperParameters) -> Captioner:
         config = self.trial_config(hp)
-        model = build_captioner(config, self.data.vocabulary, self.data.normalization)
+        model = build_captioner(
+            config, self.data.vocabulary, self.data.normalization,
+            steps_per_epoch(self.data.train_images, config.batch_size),
+        )
         # Optimizer slots exist from the start, so the weights keras-tuner loads back
         # (get_best_models, Hyperband's next round) bring the optimizer state with them.
         model.optimizer.build(model.trainable_variables)

@@ -7,7 +7,7 @@ import re
 import sys
 
 from kcap.data.dataset import SPLITS
-from kcap.training.flags import positive_float, positive_int
+from kcap.training.flags import non_negative_int, positive_float, positive_int
 from kcap.training.run_dir import CHECKPOINTS
 
 
@@ -39,12 +39,21 @@ def add_caption_commands(subparsers: argparse._SubParsersAction) -> None:
 def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam-size", type=positive_int, default=1, help="beam search with this many beams (1: greedy)")
     p.add_argument("--temperature", type=positive_float, default=None, help="sample words at this temperature instead")
+    add_no_repeat_ngram_argument(p)
+
+
+def add_no_repeat_ngram_argument(p: argparse.ArgumentParser) -> None:
+    """`--no-repeat-ngram N`, for every command that takes `--beam-size`."""
+    p.add_argument("--no-repeat-ngram", type=non_negative_int, default=0, metavar="N",
+                   help="greedy and beam search never repeat an N-word sequence within a caption (0: off, the default)")
 
 
 def _check_decoding_arguments(args: argparse.Namespace) -> None:
     """Refuses what `Captioner.generate` would, before the run is loaded and images are read."""
     if args.temperature is not None and args.beam_size > 1:
         raise ValueError("Choose --temperature (sampling) or --beam-size above 1 (beam search), not both.")
+    if args.temperature is not None and args.no_repeat_ngram:
+        raise ValueError("--no-repeat-ngram guards greedy decoding and beam search, not --temperature (sampling).")
 
 
 def _tsv_field(text: str) -> str:
@@ -71,7 +80,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     trained = load_run(args.run_dir, args.checkpoint)
     results = trained.caption_files(
         images, batch_size=args.batch_size, beam_size=args.beam_size, temperature=args.temperature,
-        progress=len(images) > args.batch_size,
+        no_repeat_ngram=args.no_repeat_ngram, progress=len(images) > args.batch_size,
     )
     for result in results:
         print(f"{_tsv_field(str(result['image']))}\t{result['caption']}")
@@ -96,6 +105,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_run(
         trained, args.split, args.batch_size,
         beam_size=args.beam_size, temperature=args.temperature, images_dir=args.images,
+        no_repeat_ngram=args.no_repeat_ngram,
     )
     base = report["baseline"]
 
@@ -103,6 +113,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return "n/a" if value is None else f"{value:.4f}"
 
     decoding = f"beam {args.beam_size}" if args.beam_size > 1 else ("sampling" if args.temperature else "greedy")
+    if args.no_repeat_ngram:
+        decoding += f", no repeated {args.no_repeat_ngram}-grams"
     print(f"{args.split}: {report['num_images']} images, {report['distinct_captions']} distinct captions ({decoding})")
     for key, name in METRIC_LABELS.items():
         print(f"  {name:8s} {show(report[key])}   (image-blind baseline {show(base[key])})")

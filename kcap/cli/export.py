@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from kcap.cli.caption import add_no_repeat_ngram_argument
 from kcap.training.run_dir import CHECKPOINTS
 
 
@@ -32,6 +33,7 @@ def add_export_command(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--run-dir", required=True, help="the trained run directory")
     p.add_argument("--output", required=True, help="SavedModel directory to write")
     p.add_argument("--beam-size", type=int, default=1, help="1: greedy, as `kcap caption` (default); more: beam search")
+    add_no_repeat_ngram_argument(p)
     p.add_argument("--force", action="store_true", help="replace an existing export at --output")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     p.set_defaults(func=cmd_export)
@@ -41,7 +43,10 @@ def add_export_command(subparsers: argparse._SubParsersAction) -> argparse.Argum
 def cmd_export(args: argparse.Namespace) -> int:
     from kcap.export.savedmodel import export_run
 
-    path = export_run(args.run_dir, args.output, beam_size=args.beam_size, force=args.force, checkpoint=args.checkpoint)
+    path = export_run(
+        args.run_dir, args.output, beam_size=args.beam_size, force=args.force, checkpoint=args.checkpoint,
+        no_repeat_ngram=args.no_repeat_ngram,
+    )
     print(
         f"Exported {args.run_dir} ({args.checkpoint} checkpoint, beam size {args.beam_size}) to {path}\n"
         f"  serving_default: image_bytes string [None] -> caption string [None], score float32 [None]\n"

@@ -68,6 +68,7 @@ def evaluate_run(
     meteor: bool = True,
     images_dir: str | Path | None = None,
     tokenization: str = "auto",
+    no_repeat_ngram: int = 0,
 ) -> dict:
     """Captions every image of `split` of a loaded run and scores them against all their references.
 
@@ -93,7 +94,7 @@ def evaluate_run(
     its caption file where it has one (COCO's `id`, Karpathy's `cocoid`), else
     its file name stem, or its path where two stems clash (see `image_ids`).
 
-    `beam_size` and `temperature` go to `model.generate` through
+    `beam_size`, `temperature` and `no_repeat_ngram` go to `model.generate` through
     `TrainedRun.caption_files`; the defaults are greedy decoding.
 
     `images_dir` is where the images are now when they moved since training
@@ -130,7 +131,8 @@ def evaluate_run(
         )
     ids = [i["id"] for i in images] if all("id" in i for i in images) else image_ids(paths)
     results = trained.caption_files(
-        paths, batch_size=batch_size, progress=progress, beam_size=beam_size, temperature=temperature
+        paths, batch_size=batch_size, progress=progress, beam_size=beam_size, temperature=temperature,
+        no_repeat_ngram=no_repeat_ngram,
     )
     references = [i["captions"] for i in images]
     hypotheses = [r["caption"] for r in results]
@@ -158,7 +160,7 @@ def evaluate_run(
     report = {
         "split": split,
         "checkpoint": str(trained.model_file),
-        "decoding": {"beam_size": beam_size, "temperature": temperature},
+        "decoding": {"beam_size": beam_size, "temperature": temperature, "no_repeat_ngram": no_repeat_ngram},
         **scores,
         "num_images": len(images),
         "distinct_captions": len(set(hypotheses)),

@@ -145,6 +145,7 @@ def export_run(
     beam_size: int = 1,
     force: bool = False,
     checkpoint: str = "best",
+    no_repeat_ngram: int = 0,
 ) -> Path:
     """Writes a trained run as a SavedModel that captions JPEG/PNG bytes.
 
@@ -154,6 +155,7 @@ def export_run(
         beam_size: 1 for greedy decoding (as `kcap caption`), more for beam search.
         force: replace an existing export at `output`.
         checkpoint: `"best"` (the best epoch by the run's `--monitor`) or `"last"`.
+        no_repeat_ngram: n > 0: the captions never repeat an n-gram (as `kcap caption --no-repeat-ngram`).
 
     The export is written into a temporary directory beside `output` and
     renamed onto it at the end, so a failed export leaves an earlier one intact.
@@ -172,7 +174,7 @@ def export_run(
     output = Path(output)
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {CHECKPOINTS}, got {checkpoint!r}.")
-    sampler = sampler_for(beam_size)  # fails on an unsupported beam size before anything is loaded
+    sampler = sampler_for(beam_size, no_repeat_ngram=no_repeat_ngram)  # fails on an unsupported beam size before anything is loaded
     _check_output(output, Path(run_dir), force)
 
     trained = load_run(run_dir, checkpoint)
@@ -185,6 +187,7 @@ def export_run(
         "checkpoint": checkpoint,
         "model_file": str(trained.model_file.resolve()),
         "beam_size": beam_size,
+        "no_repeat_ngram": no_repeat_ngram,
         "image_size": list(trained.model.image_size),
         "max_length": trained.model.max_length,
         "vocabulary_size": len(trained.vocabulary),

@@ -370,13 +370,15 @@ class Captioner(keras.Model):
         length_penalty: float = DEFAULT_LENGTH_PENALTY,
         seed: int = 0,
         jit_compile: bool = True,
+        no_repeat_ngram: int = 0,
     ) -> Decoded:
         """Captions a batch, compiled: greedy, beam search or sampling.
 
         `sampler` is a `kcap.model.samplers` sampler or its name. Without
         one, the keywords choose: `temperature` set → `RandomSampler`
         (seeded, reproducible); `beam_size > 1` → `BeamSampler`, ranked with
-        the GNMT `length_penalty`; otherwise → `GreedySampler`. Each sampler
+        the GNMT `length_penalty`; otherwise → `GreedySampler`. Greedy and beam
+        search with `no_repeat_ngram` n > 0 never repeat an n-gram. Each sampler
         kind (and beam size) is one `tf.function`, traced once and cached on
         the model. The numbers are tensors, so a new length, temperature,
         penalty or seed does not retrace. With `jit_compile`, greedy and beam
@@ -400,13 +402,13 @@ class Captioner(keras.Model):
         if max_length < 1:
             raise ValueError(f"max_length must be at least 1, got {max_length}.")
         if sampler is None:
-            sampler = sampler_for(beam_size, temperature, length_penalty, seed)
+            sampler = sampler_for(beam_size, temperature, length_penalty, seed, no_repeat_ngram)
         else:
             sampler = get_sampler(sampler)
-            if (beam_size, temperature, length_penalty, seed) != (1, None, DEFAULT_LENGTH_PENALTY, 0):
+            if (beam_size, temperature, length_penalty, seed, no_repeat_ngram) != (1, None, DEFAULT_LENGTH_PENALTY, 0, 0):
                 raise ValueError(
                     f"Give the settings to the sampler ({sampler!r}), not as beam_size, temperature, "
-                    "length_penalty or seed as well."
+                    "length_penalty, seed or no_repeat_ngram as well."
                 )
         length = tf.constant(max_length, tf.int32)
         return self._decode_function(sampler, jit_compile)(inputs, length, sampler.tensors())

@@ -22,6 +22,9 @@ MIXED_PRECISION = ("off", "mixed_float16", "mixed_bfloat16")
 # (`kcap.training.validation_captioning`). Kept here, not there: that module imports Keras,
 # and `kcap train --help` lists these without loading it.
 MONITORS = ("val_loss", "val_bleu4", "val_cider")
+# The learning rate over a run: `learning_rate` throughout, or a cosine decay after an optional
+# linear warm-up (`kcap.training.trainer.learning_rate_schedule`).
+LR_SCHEDULES = ("constant", "cosine")
 # Pixel normalisation: the backbone's own preprocessing, or the training images'
 # per-channel mean and std (`kcap.data.normalization`).
 NORMALIZE = ("backbone", "dataset")
@@ -45,6 +48,8 @@ class TrainConfig:
     batch_size: int = 64
     length_pool: int | None = None  # batches per pool sorted by caption length (kcap.data.pipeline.epoch_order); None: see resolved()
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"  # one of LR_SCHEDULES; "cosine" decays to 0 by the last step
+    warmup_epochs: float = 0.0  # --lr-schedule cosine: epochs (may be fractional) of linear warm-up from 0
     embedding_dim: int = 256
     units: int = 512
     decoder: str = "gru_attention"  # a registered decoder (kcap.model.decoders)
@@ -159,6 +164,9 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.length_pool is None or self.length_pool >= 1, "length_pool must be at least 1"),
             (0 < self.learning_rate < math.inf, "learning_rate must be positive and finite"),
+            (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be {_alternatives(LR_SCHEDULES)}"),
+            (0 <= self.warmup_epochs < self.epochs, "warmup_epochs must be from 0 to below epochs"),
+            (self.lr_schedule == "cosine" or not self.warmup_epochs, "warmup_epochs needs lr_schedule 'cosine'"),
             (self.embedding_dim >= 1 and self.units >= 1, "embedding_dim and units must be positive"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (self.decoder in decoder_names(), f"decoder must be one of {decoder_names()}"),

@@ -20,18 +20,27 @@ import math
 
 from kcap.data.caption_files import caption_formats
 from kcap.data.loading import ON_BAD_IMAGE
-from kcap.training.config import MIXED_PRECISION, MONITORS, NORMALIZE, STRATEGIES, TrainConfig
+from kcap.training.config import LR_SCHEDULES, MIXED_PRECISION, MONITORS, NORMALIZE, STRATEGIES, TrainConfig
 from kcap.training.hparams import apply_hparams
 
 
 def positive_int(text: str) -> int:
     """An argparse `type`: an integer of 1 or more, else a usage error."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse `type`: an integer of 0 or more, else a usage error."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
 
 
@@ -78,6 +87,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="batches per pool sorted by caption length, so a batch spends few steps on padding; 1: random "
                         "batches (default: 20 with a frozen backbone, 1 when the backbone trains)")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
+                   help="'constant': --learning-rate throughout; 'cosine': a cosine decay from it to 0 by the last "
+                        "step, after --warmup-epochs (default: %(default)s)")
+    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, metavar="EPOCHS",
+                   help="with --lr-schedule cosine: epochs (0.5 is half of one) of linear warm-up from 0 to "
+                        "--learning-rate (default: %(default)s)")
     p.add_argument("--embedding-dim", type=int, default=d.embedding_dim)
     p.add_argument("--units", type=int, default=d.units, help="GRU and attention units; the feed-forward size for --decoder transformer")
     p.add_argument("--decoder", default=d.decoder, help="a registered decoder (kcap.model.decoders; default: %(default)s)")

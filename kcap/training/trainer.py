@@ -15,6 +15,7 @@ import keras
 import kcap
 from kcap.data.decode_failures import explain_decode_failures
 from kcap.data.dataset import SPLITS, CaptionDataset
+from kcap.data import pipeline
 from kcap.model.augmentation import ImageAugmentation
 from kcap.model.backbones import build_backbone
 from kcap.model.captioner import Captioner
@@ -48,12 +49,14 @@ RESUMABLE_CHANGES = ("epochs", "strategy", "data", "images", "format", "cache_di
 
 
 def build_captioner(
-    config: TrainConfig, vocabulary: Vocabulary, normalization: dict | None = None
+    config: TrainConfig, vocabulary: Vocabulary, normalization: dict | None = None, steps_per_epoch: int | None = None
 ) -> Captioner:
     """The captioner a (resolved) configuration describes, compiled.
 
     `normalization` holds the training set's `mean` and `std` when
-    `config.normalize == "dataset"`.
+    `config.normalize == "dataset"`. `steps_per_epoch` (training batches per
+    epoch) places `--lr-schedule cosine`'s warm-up and decay; a model built
+    only to run its backbone (a feature cache) may leave it out.
     """
     keras.utils.set_random_seed(config.seed)  # the same initial weights every time
     # Cached features are computed once and kept: in float32, whatever the training
@@ -90,7 +93,7 @@ def build_captioner(
             position_embedding=config.position_embedding,
             fine_tune_layers=config.fine_tune_layers,
         )
-        optimizer = keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm)
+        optimizer = keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch), clipnorm=config.clipnorm)
         # No XLA: the gradient of the teacher-forcing scan has a dynamic TensorArray
         # size, which XLA cannot compile, and Keras' "auto" would turn XLA on
         # wherever a GPU is visible. Under mixed_float16, compile() wraps the
@@ -100,6 +103,35 @@ def build_captioner(
             label_smoothing=config.label_smoothing, attention_regularizer=config.attention_regularizer,
         )
     return model
+
+
+def learning_rate_schedule(
+    config: TrainConfig, steps_per_epoch: int | None
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The optimizer's learning rate: `config.learning_rate`, or a schedule of the optimizer's step.
+
+    `"cosine"`: a linear warm-up from 0 over `warmup_epochs`, then a cosine decay
+    to 0 at the run's last step. The schedule reads the optimizer's iteration
+    count, which the resume checkpoint restores, so a resumed run goes on where
+    it stopped. Without `steps_per_epoch` (a model that will not train) it is
+    the constant rate.
+
+    Example:
+
+    >>> schedule = learning_rate_schedule(TrainConfig("synthetic", epochs=2, lr_schedule="cosine", warmup_epochs=0.5), 10)
+    >>> [round(float(schedule(step)), 6) for step in (0, 5, 10, 20)]
+    [0.0, 0.001, 0.00075, 0.0]
+    """
+    if config.lr_schedule == "constant" or steps_per_epoch is None:
+        return config.learning_rate
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    # Keras' decay_steps count after the warm-up: together they span the run.
+    decay_steps = max(config.epochs * steps_per_epoch - warmup_steps, 1)
+    if not warmup_steps:
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps, warmup_target=config.learning_rate, warmup_steps=warmup_steps
+    )
 
 
 def decoder_options(config: TrainConfig) -> dict | None:
@@ -129,9 +161,11 @@ def dtype_policy(mixed_precision: str) -> Iterator[None]:
 def _check_resume(run: RunDir, config: TrainConfig) -> None:
     # resolved(): a config.json from before paths were stored absolute reads its relative ones from here.
     saved = TrainConfig.load(run.config).resolved()
+    # A cosine schedule is laid over the run's epochs: another --epochs would move the rate mid-run.
+    resumable = [key for key in RESUMABLE_CHANGES if not (key == "epochs" and saved.lr_schedule == "cosine")]
     changed = [
         key for key, value in dataclasses.asdict(saved).items()
-        if key not in RESUMABLE_CHANGES and getattr(config, key) != value
+        if key not in resumable and getattr(config, key) != value
     ]
     if changed:
         details = ", ".join(f"{k}: {getattr(saved, k)!r} → {getattr(config, k)!r}" for k in changed)
@@ -210,7 +244,9 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
     data = prepare_data(config, source if resuming else None, skipped)
     _check_data(config, data.dataset)
     with strategy.scope():
-        model = build_captioner(config, data.vocabulary, data.normalization)
+        model = build_captioner(
+            config, data.vocabulary, data.normalization, pipeline.steps_per_epoch(data.train_images, config.batch_size)
+        )
     if config.cache_features:
         # Another worker waits for the chief, which builds the cache on the shared file system.
         data = with_feature_cache(data, config, model, build=run.path == source.path)

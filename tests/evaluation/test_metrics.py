@@ -331,7 +331,7 @@ def test_evaluate_run_writes_every_metric_for_the_model_and_the_baseline_and_coc
             if key != "meteor" or JAVA:
                 assert scores[key] is not None and scores[key] >= 0.0
     assert report["num_images"] == len(report["captions"]) == 8
-    assert report["decoding"] == {"beam_size": 1, "temperature": None}
+    assert report["decoding"] == {"beam_size": 1, "temperature": None, "no_repeat_ngram": 0}
     first = report["captions"][0]
     assert set(first) == {"image", "caption", "references"} and len(first["references"]) == 5
     assert report["baseline"]["caption"]

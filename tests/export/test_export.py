@@ -308,17 +308,21 @@ def test_failed_export_leaves_the_previous_export_untouched(exported, trained_ru
     assert _hashes(output) == before
 
 
-def test_beam_size_above_one_serves_beam_search(trained_run, tmp_path):
+def test_beam_size_above_one_serves_beam_search_with_its_ngram_guard(trained_run, tmp_path):
     output = tmp_path / "beam"
-    export_run(trained_run, output, beam_size=3)
+    # A guard that changes captions here: the synthetic ones say "a" twice.
+    export_run(trained_run, output, beam_size=3, no_repeat_ngram=1)
     trained = load_run(trained_run)
     test = [i["image"] for i in trained.run.load_splits()["splits"]["test"]]
     pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in test]).astype("float32")
-    ids, _, scores = trained.model.decode(trained.model.encode({"images": pixels}), BeamSampler(beam_size=3))
+    ids, _, scores = trained.model.decode(
+        trained.model.encode({"images": pixels}), BeamSampler(beam_size=3, no_repeat_ngram=1)
+    )
     served = tf.saved_model.load(str(output)).signatures["serving_images"](images=tf.constant(pixels))
     assert [c.decode() for c in served["caption"].numpy()] == [trained.vocabulary.decode(r) for r in ids.numpy()]
     np.testing.assert_allclose(served["score"].numpy(), scores.numpy(), rtol=1e-5, atol=1e-5)
-    assert json.loads((output / "assets" / "export.json").read_text())["beam_size"] == 3
+    info = json.loads((output / "assets" / "export.json").read_text())
+    assert info["beam_size"] == 3 and info["no_repeat_ngram"] == 1
 
 
 def test_export_rejects_bad_arguments_before_writing(trained_run, tmp_path):

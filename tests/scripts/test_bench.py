@@ -50,13 +50,20 @@ def test_bench_reports_kcap_and_the_baseline(tmp_path):
     output = tmp_path / "bench.json"
     report, _ = run_bench(*TINY, "--output", str(output))
 
-    assert set(report) == {"kcap", "baseline", "ratios", "config", "machine"}
+    assert set(report) == {"kcap", "transformer", "baseline", "ratios", "config", "machine"}
     assert KCAP_KEYS <= set(report["kcap"])
     assert_positive(report["kcap"], KCAP_KEYS)
     assert BASELINE_KEYS <= set(report["baseline"])
     assert_positive(report["baseline"], BASELINE_KEYS)
     kcap, baseline, ratios = report["kcap"], report["baseline"], report["ratios"]
     assert ratios["train"] == pytest.approx(kcap["train_captions_per_s"] / baseline["train_captions_per_s"], rel=2e-3)
+    transformer = report["transformer"]
+    assert_positive(transformer, ["train_captions_per_s"])
+    assert transformer["settings"]["decoder"] == "transformer" and transformer["jit_compile"] is False
+    assert ratios["train_transformer"] == pytest.approx(
+        transformer["train_captions_per_s"] / baseline["train_captions_per_s"], rel=2e-3)
+    assert ratios["transformer_vs_gru"] == pytest.approx(
+        transformer["train_captions_per_s"] / kcap["train_captions_per_s"], rel=2e-3)
     assert ratios["greedy"] == pytest.approx(kcap["greedy_captions_per_s"] / baseline["greedy_captions_per_s"], rel=2e-3)
     assert ratios["extract"] == pytest.approx(kcap["extract_images_per_s"] / kcap["backbone_images_per_s"], rel=2e-3)
 
@@ -83,14 +90,17 @@ def test_bench_reports_kcap_and_the_baseline(tmp_path):
 
 def test_bench_falls_back_to_synthetic_captions_and_skips(tmp_path):
     # An empty shared folder: no caption file, no backbone file.
-    report, done = run_bench(*TINY, "--skip-baseline", "--skip-extract", shared=tmp_path)
+    report, done = run_bench(*TINY, "--skip-baseline", "--skip-extract", "--skip-transformer", shared=tmp_path)
     assert "using the synthetic set's captions" in done.stderr
     assert report["config"]["captions_source"] == "synthetic"
     assert_positive(report["kcap"], KCAP_KEYS - {"extract_images_per_s", "backbone_images_per_s"})
     assert report["kcap"]["extract_images_per_s"] is None and report["kcap"]["extract_skipped"] == "--skip-extract"
     assert report["baseline"]["skipped"] == "--skip-baseline"
     assert all(report["baseline"][key] is None for key in BASELINE_KEYS)
-    assert report["ratios"] == {"train": None, "greedy": None, "extract": None}
+    assert report["transformer"] == {"train_captions_per_s": None, "skipped": "--skip-transformer"}
+    assert report["ratios"] == {
+        "train": None, "train_transformer": None, "transformer_vs_gru": None, "greedy": None, "extract": None,
+    }
 
 
 @pytest.mark.parametrize(

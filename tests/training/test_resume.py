@@ -1,6 +1,7 @@
 """A run resumes with the data it started with: the same splits, its files found however their paths
 are spelt or wherever they moved; changed data or a damaged resume checkpoint is refused by name."""
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -122,3 +123,53 @@ def test_a_damaged_resume_checkpoint_is_named_never_silently_restarted(tmp_path)
     run = damaged("history", lambda r: (r / "history.json").write_text(""))
     with pytest.raises(ValueError, match=r"history.json, line 1: not valid JSON"):
         train(more, run, verbose=0)
+
+
+
+def test_a_cosine_schedule_resumes_where_it_stopped_and_refuses_another_epochs(tmp_path, monkeypatch):
+    import dataclasses
+
+    import keras
+
+    from kcap.data.synthetic import write_synthetic_dataset
+    from kcap.training import trainer
+
+    csv_path = write_synthetic_dataset(tmp_path / "shapes", num_images=20, seed=0, image_size=64)
+    config = TrainConfig(
+        data=str(csv_path), backbone="small_cnn", image_size=64, epochs=2, batch_size=8,
+        embedding_dim=8, units=8, val_captions=0, lr_schedule="cosine", warmup_epochs=0.5,
+    )
+    seen = []  # (event, optimizer steps, learning rate)
+
+    class Stop(Exception):
+        pass
+
+    class Record(keras.callbacks.Callback):
+        def __init__(self, stop):
+            super().__init__()
+            self.stop = stop
+
+        def record(self, event):
+            optimizer = self.model.optimizer
+            seen.append((event, int(optimizer.iterations), float(optimizer.learning_rate)))
+
+        def on_train_begin(self, logs=None):
+            self.record("begin")
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.record("end")
+            if self.stop:
+                raise Stop  # after the resume checkpoint: as if killed between epochs
+
+    callbacks = trainer._callbacks
+    for stop in (True, False):
+        monkeypatch.setattr(trainer, "_callbacks", lambda *args, stop=stop: [*callbacks(*args), Record(stop)])
+        with pytest.raises(Stop) if stop else contextlib.nullcontext():
+            trainer.train(config, tmp_path / "run", verbose=0)
+    [(_, _, first_rate), (_, steps, _), (_, resumed_at, resumed_rate), (_, end, last_rate)] = seen
+    assert first_rate == 0.0 and resumed_at == steps and end == 2 * steps
+    schedule = trainer.learning_rate_schedule(config, steps)
+    assert resumed_rate == pytest.approx(float(schedule(steps))) and 0 < resumed_rate < config.learning_rate
+    assert last_rate == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match=r"other settings \(epochs: 2 → 3\)"):
+        trainer.train(dataclasses.replace(config, epochs=3), tmp_path / "run", verbose=0)

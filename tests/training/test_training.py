@@ -91,9 +91,12 @@ def test_decoding_flags_that_cannot_work_are_refused_before_the_run_is_read(tmp_
     for command in (["evaluate"], ["caption", str(tmp_path / "no.jpg")]):
         assert main([*command, "--run-dir", nowhere, "--beam-size", "3", "--temperature", "0.7"]) == 2
         assert "Choose --temperature (sampling) or --beam-size above 1 (beam search), not both" in capsys.readouterr().err
+        assert main([*command, "--run-dir", nowhere, "--no-repeat-ngram", "3", "--temperature", "0.7"]) == 2
+        assert "--no-repeat-ngram guards greedy decoding and beam search, not --temperature" in capsys.readouterr().err
     for flag, value, reason in (
         ("--temperature", "0", "must be a number above 0, got 0"), ("--beam-size", "0", "must be at least 1, got 0"),
         ("--temperature", "warm", "expected a number, got 'warm'"), ("--beam-size", "2.5", "expected an integer, got '2.5'"),
+        ("--no-repeat-ngram", "-1", "must be at least 0, got -1"),
     ):
         with pytest.raises(SystemExit):
             main(["evaluate", "--run-dir", nowhere, flag, value])
@@ -312,6 +315,9 @@ def test_like_length_batches_are_the_default_only_where_the_backbone_is_frozen(t
         ({"learning_rate": float("inf")}, "learning_rate must be positive and finite"),
         ({"min_word_count": 0}, "min_word_count must be at least 1"),
         ({"length_pool": 0}, "length_pool must be at least 1"),
+        ({"lr_schedule": "linear"}, "lr_schedule must be 'constant' or 'cosine'"),
+        ({"lr_schedule": "cosine", "warmup_epochs": 2.0}, "warmup_epochs must be from 0 to below epochs"),
+        ({"warmup_epochs": 0.5}, "warmup_epochs needs lr_schedule 'cosine'"),
         ({"data": ""}, "data is empty"),
     ],
 )

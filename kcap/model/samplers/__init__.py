@@ -34,9 +34,10 @@ def sampler_for(
     temperature: float | None = None,
     length_penalty: float = DEFAULT_LENGTH_PENALTY,
     seed: int = 0,
+    no_repeat_ngram: int = 0,
 ) -> Sampler:
-    """The sampler `kcap caption --beam-size/--temperature` asks for: random with a
-    temperature, beam search with `beam_size > 1`, else greedy.
+    """The sampler `kcap caption --beam-size/--temperature/--no-repeat-ngram` asks for:
+    random with a temperature, beam search with `beam_size > 1`, else greedy.
 
     Example:
 
@@ -44,6 +45,8 @@ def sampler_for(
     BeamSampler(beam_size=5, length_penalty=0.7)
     >>> sampler_for(temperature=0.8, seed=1)
     RandomSampler(temperature=0.8, top_k=None, seed=1)
+    >>> sampler_for(no_repeat_ngram=3)
+    GreedySampler(no_repeat_ngram=3)
     """
     if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
         raise ValueError(f"beam_size must be an integer >= 1, got {beam_size!r}.")
@@ -52,10 +55,15 @@ def sampler_for(
             raise ValueError(
                 f"Choose sampling (temperature={temperature}) or beam search (beam_size={beam_size}), not both."
             )
+        if no_repeat_ngram:
+            raise ValueError(
+                f"no_repeat_ngram={no_repeat_ngram} guards greedy decoding and beam search, not sampling "
+                f"(temperature={temperature}); drop one of them."
+            )
         return RandomSampler(temperature, seed=seed)
     if beam_size > 1:
-        return BeamSampler(beam_size, length_penalty)
-    return GreedySampler()
+        return BeamSampler(beam_size, length_penalty, no_repeat_ngram)
+    return GreedySampler(no_repeat_ngram)
 
 
 __all__ = [

@@ -141,17 +141,65 @@ def masked_log_probs(logits: tf.Tensor, is_last: tf.Tensor) -> tf.Tensor:
     return tf.where(is_last, masked, log_probs)
 
 
+def check_no_repeat_ngram(no_repeat_ngram: int) -> None:
+    """Refuses a `no_repeat_ngram` that is not an integer >= 0 (0: off)."""
+    if isinstance(no_repeat_ngram, bool) or not isinstance(no_repeat_ngram, int) or no_repeat_ngram < 0:
+        raise ValueError(f"no_repeat_ngram must be an integer >= 0 (0: off), got {no_repeat_ngram!r}.")
+
+
+def block_repeated_ngrams(log_probs: tf.Tensor, ids: tf.Tensor, t: tf.Tensor, n: int) -> tf.Tensor:
+    """`log_probs` with -inf for every word that would repeat an `n`-gram its caption already holds.
+
+    `ids` (rows, steps) holds each row's words at positions `0 .. t - 1`
+    (later positions are ignored); `log_probs` (rows, vocabulary) are the
+    candidates for position `t`. A word is blocked where the caption's last
+    `n - 1` words followed by it already occur in the caption, as
+    `no_repeat_ngram_size` does in fairseq and Hugging Face. Every shape is
+    static for a fixed `steps`, so XLA compiles it inside the loop.
+
+    Example:
+
+    >>> ids = tf.constant([[7, 8, 7, 0]])  # "a dog a", next word at position 3
+    >>> blocked = block_repeated_ngrams(tf.zeros([1, 10]), ids, tf.constant(3), 2)
+    >>> [int(word) for word in tf.where(tf.math.is_inf(blocked[0]))[:, 0]]
+    [8]
+    """
+    rows, steps = tf.shape(ids)[0], tf.shape(ids)[1]
+
+    def from_position(j):
+        """`ids[:, i + j]` at each position `i`, -1 past the end."""
+        return tf.concat([ids[:, j:], tf.fill([rows, j], -1)], axis=1)
+
+    # An n-gram starts at each position i with i + n <= t, and is repeated where its
+    # first n - 1 words are the caption's last n - 1.
+    repeated = tf.broadcast_to((tf.range(steps) + n <= t)[None, :], tf.shape(ids))
+    for j in range(n - 1):
+        last = tf.gather(ids, tf.maximum(t - n + 1 + j, 0), axis=1)
+        repeated &= tf.equal(from_position(j), last[:, None])
+    vocabulary = tf.shape(log_probs)[-1]
+    # The word that would complete each n-gram (clipped: scatter_nd refuses an index
+    # out of range even where nothing is added).
+    word = tf.clip_by_value(from_position(n - 1), 0, vocabulary - 1)
+    row = tf.broadcast_to(tf.range(rows)[:, None], tf.shape(ids))
+    index = tf.reshape(tf.stack([row, word], axis=-1), [-1, 2])
+    hits = tf.scatter_nd(index, tf.reshape(tf.cast(repeated, tf.int32), [-1]), tf.shape(log_probs))
+    return tf.where(hits > 0, float("-inf"), log_probs)
+
+
 def word_by_word(
     decoder: Decoder,
     encoded: tf.Tensor,
     max_length: tf.Tensor | int,
     pick: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+    no_repeat_ngram: int = 0,
 ) -> Decoded:
     """The loop of greedy decoding and sampling: one word per step for every caption.
 
     `pick(t, log_probs)` chooses step `t`'s words from the masked
     log-probabilities (batch, vocabulary); at the last slot they allow only
-    `<end>`. The loop stops as soon as every caption has ended.
+    `<end>`. With `no_repeat_ngram` n > 0 they also leave out every word that
+    would repeat an n-gram of the caption (`block_repeated_ngrams`). The loop
+    stops as soon as every caption has ended.
     """
     memory = decoder.prepare(encoded)
     state = decoder.start(memory, max_length)
@@ -162,10 +210,14 @@ def word_by_word(
     scores = tf.zeros([batch], tf.float32)
     ids = tf.TensorArray(tf.int32, size=steps)
     attention = tf.TensorArray(tf.float32, size=steps)
+    # The words so far, dense, for the n-gram guard (unused without it).
+    history = tf.zeros([batch, steps], tf.int32)
 
-    def body(t, tokens, state, finished, scores, ids, attention):
+    def body(t, tokens, state, finished, scores, ids, attention, history):
         logits, state, weights = decoder.step(tokens, state, memory)
         log_probs = masked_log_probs(logits, tf.equal(t, steps - 1))
+        if no_repeat_ngram:
+            log_probs = block_repeated_ngrams(log_probs, history, t, no_repeat_ngram)
         next_tokens = pick(t, log_probs)
         chosen = tf.gather(log_probs, next_tokens, axis=1, batch_dims=1)
         scores += tf.where(finished, 0.0, chosen)
@@ -174,13 +226,15 @@ def word_by_word(
         ids = ids.write(t, next_tokens)
         attention = attention.write(t, weights)
         finished = finished | tf.equal(next_tokens, END_ID)
-        return t + 1, next_tokens, state, finished, scores, ids, attention
+        if no_repeat_ngram:
+            history = tf.where(tf.equal(tf.range(steps), t)[None, :], next_tokens[:, None], history)
+        return t + 1, next_tokens, state, finished, scores, ids, attention, history
 
-    def cond(t, tokens, state, finished, scores, ids, attention):
+    def cond(t, tokens, state, finished, scores, ids, attention, history):
         return tf.logical_and(t < steps, tf.logical_not(tf.reduce_all(finished)))
 
-    t, _, _, _, scores, ids, attention = tf.while_loop(
-        cond, body, (0, tokens, state, finished, scores, ids, attention)
+    t, _, _, _, scores, ids, attention, _ = tf.while_loop(
+        cond, body, (0, tokens, state, finished, scores, ids, attention, history)
     )
     return _pad_to_steps(ids, attention, t, steps) + (scores,)
 

@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
-from kcap.model.samplers.base import DEFAULT_LENGTH_PENALTY, Decoded, Sampler, masked_log_probs, penalty
+from kcap.model.samplers.base import (
+    DEFAULT_LENGTH_PENALTY,
+    Decoded,
+    Sampler,
+    block_repeated_ngrams,
+    check_no_repeat_ngram,
+    masked_log_probs,
+    penalty,
+)
 from kcap.text.vocabulary import END_ID, PAD_ID, START_ID
 
 if TYPE_CHECKING:
@@ -35,11 +43,14 @@ class BeamSampler(Sampler):
     `max_length` words, when `<end>` is forced.
 
     With `beam_size=1` this is greedy decoding: the ids and scores are the
-    same as `GreedySampler`'s.
+    same as `GreedySampler`'s (with the same `no_repeat_ngram`).
 
     Args:
         beam_size: number of partial captions kept per image.
         length_penalty: the GNMT `alpha`, >= 0. 0 ranks by raw log-probability.
+        no_repeat_ngram: n > 0 never extends a beam with a word that would
+            repeat an n-gram of its caption (`no_repeat_ngram_size` of fairseq
+            and Hugging Face; `kcap.model.samplers.base.block_repeated_ngrams`); 0: off.
 
     Returns `(token_ids, attention, scores)` for the best caption of each image,
     in the convention of `kcap.model.samplers.base`. `scores` is the raw
@@ -51,22 +62,29 @@ class BeamSampler(Sampler):
 
     ```python
     ids, attention, scores = model.generate(inputs, BeamSampler(beam_size=5, length_penalty=1.0))
+    ids, attention, scores = model.generate(inputs, BeamSampler(beam_size=3, no_repeat_ngram=3))
     ```
     """
 
     TENSORS = {"length_penalty": tf.float32}
 
-    def __init__(self, beam_size: int = 3, length_penalty: float | tf.Tensor = DEFAULT_LENGTH_PENALTY):
+    def __init__(
+        self, beam_size: int = 3, length_penalty: float | tf.Tensor = DEFAULT_LENGTH_PENALTY, no_repeat_ngram: int = 0
+    ):
         if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
             raise ValueError(f"beam_size must be an integer >= 1, got {beam_size!r}.")
         if not tf.is_tensor(length_penalty) and not (math.isfinite(length_penalty) and length_penalty >= 0):
             # A negative alpha would favour short captions and break the stopping bound.
             raise ValueError(f"length_penalty must be a number >= 0, got {length_penalty}.")
+        check_no_repeat_ngram(no_repeat_ngram)
         self.beam_size = beam_size
         self.length_penalty = length_penalty
+        self.no_repeat_ngram = no_repeat_ngram
 
     def get_config(self) -> dict[str, Any]:
-        return {"beam_size": self.beam_size, "length_penalty": self.length_penalty}
+        config = {"beam_size": self.beam_size, "length_penalty": self.length_penalty}
+        # Only when on: off, the sampler is the one it was before the guard existed.
+        return {**config, "no_repeat_ngram": self.no_repeat_ngram} if self.no_repeat_ngram else config
 
     def __call__(self, decoder: Decoder, encoded: tf.Tensor, max_length: tf.Tensor | int) -> Decoded:
         k = self.beam_size
@@ -106,6 +124,9 @@ class BeamSampler(Sampler):
                  best_ids, best_attention, best_raw, best_norm):
             logits, new_state, weights = decoder.step(tokens, state, memory)
             log_probs = masked_log_probs(logits, tf.equal(t, steps - 1))
+            if self.no_repeat_ngram:
+                # `ids` are still the beams' own histories here, row for row.
+                log_probs = block_repeated_ngrams(log_probs, ids, t, self.no_repeat_ngram)
             vocabulary = tf.shape(log_probs)[-1]
             # A finished beam extends only with padding, at zero cost.
             pad_only = tf.where(tf.equal(tf.range(vocabulary), PAD_ID), 0.0, neg_inf)[None, :]
