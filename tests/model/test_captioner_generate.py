@@ -157,7 +157,7 @@ def test_caption_files_passes_beam_size_and_temperature(trained):
         ({"beam_size": 3, "length_penalty": -0.5}, "length_penalty"),
         ({"max_length": 0}, "max_length must be at least 1, got 0"),  # not the model's default
         ({"sampler": "beam", "beam_size": 5}, r"Give the settings to the sampler \(BeamSampler\(beam_size=3"),
-        ({"sampler": RandomSampler(), "seed": 2}, "not as beam_size, temperature, length_penalty or seed"),
+        ({"sampler": RandomSampler(), "seed": 2}, "not as beam_size, temperature, length_penalty, seed or no_repeat_ngram"),
         ({"sampler": "nucleus"}, "Unknown sampler 'nucleus'"),
     ],
 )
