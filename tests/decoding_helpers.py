@@ -33,6 +33,18 @@ def random_images(n, seed=0):
     return {"images": np.random.default_rng(seed).integers(0, 255, (n, 64, 64, 3)).astype("uint8")}
 
 
+def random_captions(n, vocabulary_size, max_length, seed=0):
+    """`n` training rows `<start> words <end> 0...` of 1 to `max_length` random words, int32 (n, max_length + 2)."""
+    rng = np.random.default_rng(seed)
+    captions = np.zeros((n, max_length + 2), "int32")
+    captions[:, 0] = START_ID
+    for row in captions:
+        length = rng.integers(1, max_length + 1)
+        row[1:length + 1] = rng.integers(4, vocabulary_size, length)
+        row[length + 1] = END_ID
+    return captions
+
+
 def peaky_captioner(vocabulary_size, max_length=3, end_bias=0.0):
     model = tiny_captioner(vocabulary_size=vocabulary_size, max_length=max_length, seed=3)
     # Sharper word distributions than at initialisation, so captions of

@@ -7,11 +7,11 @@ import dataclasses
 import keras
 import numpy as np
 import pytest
-from decoding_helpers import check_convention, random_images, teacher_forced, tiny_captioner
+from decoding_helpers import check_convention, random_captions, random_images, teacher_forced, tiny_captioner
 
 from kcap.model.attention import doubly_stochastic_penalty
 from kcap.model.samplers import BeamSampler
-from kcap.text.vocabulary import END_ID, START_ID, Vocabulary
+from kcap.text.vocabulary import Vocabulary
 from kcap.training.config import TrainConfig
 from kcap.training.flags import add_train_arguments, train_config
 from kcap.training.trainer import build_captioner, decoder_options
@@ -32,13 +32,7 @@ def test_a_gru_captioner_with_the_options_trains_decodes_and_reloads(tmp_path):
     assert model.get_config()["decoder_options"] == OPTIONS
     assert {"context_gate", "deep_state", "deep_context"} <= {w.path.split("/")[-2] for w in model.decoder.weights}
     images = random_images(8)
-    rng = np.random.default_rng(0)
-    captions = np.zeros((8, max_length + 2), "int32")
-    captions[:, 0] = START_ID
-    for row in captions:
-        n = rng.integers(1, max_length + 1)
-        row[1:n + 1] = rng.integers(4, vocabulary_size, n)
-        row[n + 1] = END_ID
+    captions = random_captions(8, vocabulary_size, max_length)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), jit_compile=False, label_smoothing=0.1,
                   attention_regularizer=1.0)
     before = {w.path: w.numpy() for w in model.decoder.weights}

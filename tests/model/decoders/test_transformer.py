@@ -9,6 +9,7 @@ import tensorflow as tf
 from decoding_helpers import (
     check_convention,
     check_export_serves_caption_files,
+    random_captions,
     random_images,
     teacher_forced,
     tiny_captioner,
@@ -145,13 +146,7 @@ def test_a_transformer_captioner_trains_saves_reloads_and_exports(tmp_path):
     assert isinstance(model.decoder, TransformerDecoder) and len(model.decoder.blocks) == 1
     assert model.get_config()["decoder_options"] == {"num_layers": 1, "num_heads": 2}
     images = random_images(8)
-    rng = np.random.default_rng(0)
-    captions = np.zeros((8, max_length + 2), "int32")
-    captions[:, 0] = START_ID
-    for row in captions:
-        n = rng.integers(1, max_length + 1)
-        row[1:n + 1] = rng.integers(4, vocabulary_size, n)
-        row[n + 1] = END_ID
+    captions = random_captions(8, vocabulary_size, max_length)
     # With the attention regulariser, over the cross-attention that teacher forcing returns.
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False, attention_regularizer=1.0)
     history = model.fit(images, captions, batch_size=4, epochs=1, verbose=0)
