@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY
-from kcap.data.caption_files import CaptionFormat, caption_formats, register_format
+from kcap.data import caption_files
+from kcap.data.caption_files import CaptionFormat, register_format
 from kcap.data.dataset import CaptionDataset, CaptionedImage
 from kcap.data.formats.common import CaptionFileError, find_images_dir, read_text, record, resolve_image, text_lines
 from kcap.data.images import load_image
@@ -51,9 +52,10 @@ def read_tsv_captions(path, images_dir=None, errors=None) -> CaptionDataset:
     return CaptionDataset(list(by_name.values()), images_root, str(path))
 
 
-def test_a_registered_caption_format_trains_and_captions(tmp_path):
-    if "tsv" not in caption_formats():
-        register_format(CaptionFormat("tsv", read_tsv_captions, ("captions.tsv",)))
+def test_a_registered_caption_format_trains_and_captions(tmp_path, monkeypatch):
+    # Registered for this test only: other tests in the worker see the built-in formats.
+    monkeypatch.setattr(caption_files, "_REGISTRY", dict(caption_files._REGISTRY))
+    register_format(CaptionFormat("tsv", read_tsv_captions, ("captions.tsv",)))
     data = write_synthetic_dataset(tmp_path / "shapes", num_images=60, image_size=64)
     rows = [line.split(",", 1) for line in data.read_text().splitlines()[1:]]
     (tmp_path / "shapes" / "captions.tsv").write_text("".join(f"{name}\t{caption}\n" for name, caption in rows))

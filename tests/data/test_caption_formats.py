@@ -437,7 +437,7 @@ def test_auto_detection_failures_say_what_was_looked_for(tmp_path):
     # A named format reads the file as that format and says what is wrong with it.
     with pytest.raises(CaptionFileError, match=r"other.json: images\[0\]: no 'filename' key"):
         read_captions(tmp_path / "other.json", format="karpathy")
-    with pytest.raises(ValueError, match=r"Unknown caption format 'flickr30k'; expected one of \('auto', 'csv', 'flickr8k', 'coco', 'karpathy'"):
+    with pytest.raises(ValueError, match=r"Unknown caption format 'flickr30k'; expected one of \('auto', 'csv', 'flickr8k', 'coco', 'karpathy'\)"):
         read_captions(tmp_path / "other.json", format="flickr30k")
 
 
