@@ -53,17 +53,9 @@ class AttentionDecoder(Decoder):
     # TrainConfig fields that `kcap train` passes to the constructor, by argument.
     TRAIN_OPTIONS = {"context_gate": "context_gate", "deep_output": "deep_output"}
 
-    def __init__(
-        self,
-        vocabulary_size: int,
-        embedding_dim: int = 256,
-        units: int = 512,
-        dropout: float = 0.0,
-        context_gate: bool = False,
-        deep_output: bool = False,
-        **kwargs,
-    ):
-        super().__init__(vocabulary_size, embedding_dim, units, dropout, **kwargs)
+    def __init__(self, *args, context_gate: bool = False, deep_output: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        vocabulary_size, embedding_dim, units = self.vocabulary_size, self.embedding_dim, self.units
         self.use_context_gate = bool(context_gate)
         self.deep_output = bool(deep_output)
         # The attribute names are the weights' paths in saved .keras files. The
@@ -81,7 +73,7 @@ class AttentionDecoder(Decoder):
         else:
             self.hidden = keras.layers.Dense(units, activation="relu", name="hidden")
         self.logits = keras.layers.Dense(vocabulary_size, name="logits")
-        self.dropout = keras.layers.Dropout(dropout)
+        self.dropout = keras.layers.Dropout(self.dropout_rate)
 
     def build(self, tokens_shape=None, encoded_shape=None):
         feature_dim = (encoded_shape or (None, None, self.embedding_dim))[-1]

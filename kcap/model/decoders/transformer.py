@@ -195,18 +195,11 @@ class TransformerDecoder(Decoder):
     # TrainConfig fields that `kcap train` passes to the constructor, by argument.
     TRAIN_OPTIONS = {"num_layers": "decoder_layers", "num_heads": "decoder_heads"}
 
-    def __init__(
-        self,
-        vocabulary_size: int,
-        embedding_dim: int = 256,
-        units: int = 512,
-        dropout: float = 0.0,
-        num_layers: int = 2,
-        num_heads: int = 4,
-        max_positions: int = 64,
-        **kwargs,
-    ):
-        super().__init__(vocabulary_size, embedding_dim, units, dropout, **kwargs)
+    def __init__(self, *args, num_layers: int = 2, num_heads: int = 4, max_positions: int = 64, **kwargs):
+        super().__init__(*args, **kwargs)
+        vocabulary_size, embedding_dim, units, dropout = (
+            self.vocabulary_size, self.embedding_dim, self.units, self.dropout_rate
+        )
         if num_layers < 1 or num_heads < 1 or max_positions < 1:
             raise ValueError("num_layers, num_heads and max_positions must be at least 1.")
         if embedding_dim % num_heads:
