@@ -88,6 +88,7 @@ def test_a_disk_that_fills_up_during_a_feature_cache_build_names_the_file_and_th
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_disk_filling_up_mid_run_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path):
     with tmpfs(tmp_path / "disk", "size=64m") as disk:
         run = disk / "run"

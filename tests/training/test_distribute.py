@@ -53,6 +53,7 @@ def _run(tmp_path, strategy, script=SCRIPT, settings=SETTINGS):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_mirrored_over_two_cpus_matches_one_device(tmp_path):
     # With the attention regulariser, a mean over captions beside the cross-entropy's over words.
     settings = {**SETTINGS, "attention_regularizer": 1.0, "label_smoothing": 0.1}
@@ -65,6 +66,7 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_tuning_mirrored_over_two_cpus_matches_one_device(tmp_path):
     # Trials score val_loss: no per-epoch captioning (the training tests above and below caption).
     settings = {**SETTINGS, "cache_features": True, "cache_dir": str(tmp_path / "features"), "val_captions": 0}
@@ -111,6 +113,7 @@ def _run_workers(args: list[str], scratch, num_workers: int = 2) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_multi_worker_training_writes_only_the_chiefs_files(tmp_path):
     run_dir = tmp_path / "run"
     scratch = tmp_path / "tmp"
@@ -158,6 +161,7 @@ def test_multi_worker_training_in_a_cluster_of_one_worker(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_multi_worker_hyperband_writes_only_the_chiefs_files_and_reloads_its_search(tmp_path):
     directory = tmp_path / "tune"
     scratch = tmp_path / "tmp"

@@ -16,6 +16,7 @@ from faults import ENV, SYNTHETIC_FLAGS, assert_no_half_written_file, completed_
 from kcap.training.config import TrainConfig
 
 
+@pytest.mark.long
 def test_a_second_train_on_a_run_in_progress_is_refused_and_ctrl_c_stops_the_first_cleanly(tmp_path):
     run = tmp_path / "run"
     args = kcap_command("train", "--run-dir", str(run), "--epochs", "50", *SYNTHETIC_FLAGS)
@@ -50,6 +51,7 @@ def test_a_second_train_on_a_run_in_progress_is_refused_and_ctrl_c_stops_the_fir
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_sigkill_at_any_moment_then_the_same_command_finishes_every_epoch_once(tmp_path):
     from kcap.inference import load_run
 

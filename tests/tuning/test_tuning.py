@@ -219,6 +219,7 @@ def _trial_status(path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_killed_search_resumes_without_repeating_trials(tmp_path, space_file):
     config = _tiny(tmp_path / "features")
     directory, retrained = tmp_path / "tune", tmp_path / "best-run"
