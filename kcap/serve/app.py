@@ -163,7 +163,7 @@ def build_app(model: ServedModel, settings: ServeSettings | None = None) -> Star
         return error_response(error.status_code, f"{request.method} {request.url.path}: {error.detail}.")
 
     async def server_error(request: Request, error: Exception) -> Response:
-        log.exception("%s %s failed", request.method, request.url.path)
+        # Starlette raises the error again after this answer, and uvicorn logs its traceback.
         return error_response(500, f"The server failed on this request ({type(error).__name__}); "
                                    "its log has the details.")
 
@@ -182,8 +182,9 @@ def build_app(model: ServedModel, settings: ServeSettings | None = None) -> Star
         Route("/caption", caption, methods=["POST"]),
         Route(f"/v1/models/{MODEL_NAME}:predict", predict, methods=["POST"]),
         Route(f"/v1/models/{MODEL_NAME}", status),
-        Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static"),
     ]
+    if STATIC.is_dir():
+        routes.append(Mount("/static", StaticFiles(directory=STATIC), name="static"))
     app = Starlette(
         routes=routes,
         exception_handlers={RequestError: request_error, HTTPException: http_error, Exception: server_error},
