@@ -118,14 +118,16 @@ def run_level(port: int, bodies: list[bytes], clients: int, max_requests: int, m
                                    {"Content-Type": "application/json"})
                 response = connection.getresponse()
                 response.read()
-                ok = response.status == 200
-                status = response.status
-            except OSError as error:
+                error = None if response.status == 200 else str(response.status)
+            except OSError as failure:
                 connection.close()
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-                ok, status = False, type(error).__name__
+                error = type(failure).__name__
             with lock:
-                (latencies if ok else errors).append(time.monotonic() - start if ok else status)
+                if error is None:
+                    latencies.append(time.monotonic() - start)
+                else:
+                    errors.append(error)
         connection.close()
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -140,7 +142,7 @@ def run_level(port: int, bodies: list[bytes], clients: int, max_requests: int, m
         "clients": clients,
         "requests": len(latencies) + len(errors),
         "errors": len(errors),
-        "error_kinds": sorted({str(e) for e in errors}),
+        "error_kinds": sorted(set(errors)),
         "seconds": round(wall, 2),
         "captions_per_s": round(len(latencies) / wall, 2),
         "p50_ms": round(statistics.median(ms), 1) if ms else None,
