@@ -112,7 +112,8 @@ def build_app(model: ServedModel, settings: ServeSettings | None = None) -> Star
     async def predict(request: Request) -> Response:
         deadline = time.monotonic() + settings.timeout_s
         content_type = request.headers.get("content-type", "application/json")
-        if not content_type.startswith("application/json"):
+        # curl -d sends its JSON as a form: TensorFlow Serving reads it all the same, and so does this.
+        if not content_type.startswith(("application/json", "application/x-www-form-urlencoded")):
             raise RequestError(415, f"The predict API takes application/json, not {content_type}.")
         body = await read_body(request.stream(), request.headers.get("content-length"), settings.max_upload_bytes)
         try:

@@ -96,8 +96,10 @@ def test_predict_gives_the_savedmodels_captions_and_caption_adds_candidates_and_
     assert [p["caption"] for p in predictions] == [c.decode() for c in direct["caption"].numpy()]
     np.testing.assert_allclose([p["score"] for p in predictions], direct["score"].numpy(), rtol=1e-5)
     # TF Serving's other spelling of the same request.
-    other = requests.post(f"{server.url}/v1/models/kcap:predict", timeout=60,
-                          json={"instances": [{"image_bytes": {"b64": base64.b64encode(images[0]).decode()}}]})
+    other = {"instances": [{"image_bytes": {"b64": base64.b64encode(images[0]).decode()}}]}
+    # Sent as `curl -d @request.json` sends it, with a form's content type, as TF Serving takes it.
+    other = requests.post(f"{server.url}/v1/models/kcap:predict", data=json.dumps(other), timeout=60,
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert other.json()["predictions"][0]["caption"] == predictions[0]["caption"]
 
     result = upload(server.url, images[-1], "photo.jpg").json()
