@@ -1,0 +1,157 @@
+"""The `kcap serve` page in a real headless Chromium, against a real server and a tiny trained run.
+
+Needs Debian's `chromium` (`.ci/run` installs it) and the `playwright` package, which drives
+the system browser through `executable_path`: `playwright install` (a download) is never run.
+"""
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from conftest import SHARED, kcap_command
+from matplotlib import colormaps
+
+# A Flickr8k test-split photo (500x375), of the subset in ../shared.
+PHOTO = SHARED / "data" / "flickr8k_1000" / "Images" / "1258913059_07c613f7ff.jpg"
+CHROMIUM = shutil.which("chromium")
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="no `chromium` on PATH (Debian: apt-get install chromium; .ci/run installs it)"),
+    pytest.mark.skipif(not PHOTO.is_file(), reason=f"no Flickr8k photo at {PHOTO} (set KCAP_SHARED)"),
+]
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[test])")
+
+STARTUP_SECONDS = 90  # TensorFlow's import and the model's first trace, on two busy cores
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, tmp_path_factory):
+    """`kcap serve` for the conftest's tiny run on 127.0.0.1; yields its base URL."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            kcap_command("serve", "--run-dir", str(trained_run), "--host", "127.0.0.1", "--port", str(port)),
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"kcap serve exited with {process.returncode}:\n{log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"kcap serve did not answer /healthz in {STARTUP_SECONDS} s:\n{log_path.read_text()}")
+                time.sleep(0.25)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page.set_default_timeout(60_000)  # the first caption traces the model
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server)
+        yield page
+        browser.close()
+        assert not errors, f"the page's scripts failed: {errors}"
+
+
+def expected_heat(attention: list, word: int, size: tuple[int, int]) -> np.ndarray:
+    """Word `word`'s heat map as RGB at `size`, as `kcap caption --attention-plot` colours it."""
+    from kcap.evaluation.attention_plot import attention_map
+
+    grids = np.asarray(attention, np.float32)
+    heat = attention_map(grids[word].ravel(), grids.shape[1:], size) / grids.max()
+    return colormaps["inferno"](heat)[..., :3] * 255
+
+
+def canvas_pixels(page) -> np.ndarray:
+    """The heat canvas as (height, width, 4) uint8 RGBA."""
+    width, height, data = page.evaluate(
+        """() => {
+            const canvas = document.getElementById("heat");
+            const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+            return [canvas.width, canvas.height, Array.from(pixels)];
+        }"""
+    )
+    return np.asarray(data, np.uint8).reshape(height, width, 4)
+
+
+def test_page_captions_a_photo_shows_attention_and_errors(server, page, trained_run, tmp_path):
+    from kcap.inference import load_run
+
+    with urllib.request.urlopen(f"{server}/v1/models/kcap") as response:
+        beam_size = json.load(response)["metadata"]["beam_size"]
+    expected = load_run(trained_run).caption_files([PHOTO], beam_size=beam_size)[0]["caption"]
+
+    with page.expect_response("**/caption") as answer:
+        page.set_input_files("#file", str(PHOTO))
+    result = answer.value.json()
+    page.wait_for_selector("#caption .word")
+    words = page.locator("#caption .word")
+    assert page.inner_text("#caption").split() == result["words"] == expected.split()
+    assert result["caption"] == expected
+    others = [item["caption"] for item in result["candidates"][1:]]
+    if others:
+        assert page.locator("#candidates li").all_inner_texts() == [
+            f"{item['caption']} {item['score']:.2f}" for item in result["candidates"][1:]
+        ]
+    assert page.get_attribute("#photo", "src")
+
+    # No word pointed at: no heat map. Each word pointed at: its own, as the attention plot colours it.
+    assert page.get_attribute("#heat", "data-word") is None
+    assert canvas_pixels(page)[..., 3].max() == 0
+    shown = []
+    for index in sorted({0, words.count() - 1}):
+        words.nth(index).hover()
+        assert page.get_attribute("#heat", "data-word") == str(index)
+        pixels = canvas_pixels(page)
+        assert (pixels[..., 3] == 153).all()  # the plot's alpha=0.6, everywhere
+        want = expected_heat(result["attention"], index, pixels.shape[:2])
+        assert np.abs(pixels[..., :3] - want).mean() < 4, "the heat map is not the word's upsampled attention"
+        shown.append(pixels)
+    first, last = np.asarray(result["attention"])[[0, -1]]
+    if not np.allclose(first, last, atol=1e-3):
+        assert not np.array_equal(shown[0], shown[-1]), "pointing at another word left the overlay unchanged"
+
+    # The keyboard: a focused word shows its heat map too.
+    page.mouse.move(0, 0)
+    words.nth(0).focus()
+    assert page.get_attribute("#heat", "data-word") == "0"
+    page.screenshot(path=tmp_path / "serve.png", full_page=True)
+    assert (tmp_path / "serve.png").stat().st_size > 10_000
+
+    # Not an image: the server's reason, in words, on the page; the caption is gone.
+    with page.expect_response("**/caption") as answer:
+        page.set_input_files("#file", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not a photo\n"})
+    assert 400 <= answer.value.status < 500
+    reason = answer.value.json()["error"]
+    page.wait_for_selector("#error:not([hidden])")
+    message = page.inner_text("#error")
+    assert "notes.txt" in message and reason in message and "Traceback" not in message
+    assert page.is_hidden("#result")
