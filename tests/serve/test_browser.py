@@ -4,6 +4,7 @@ Needs Debian's `chromium` (`.ci/run` installs it) and the `playwright` package, 
 the system browser through `executable_path`: `playwright install` (a download) is never run.
 """
 
+import base64
 import json
 import shutil
 import socket
@@ -91,15 +92,32 @@ def expected_heat(attention: list, word: int, size: tuple[int, int]) -> np.ndarr
 
 
 def canvas_pixels(page) -> np.ndarray:
-    """The heat canvas as (height, width, 4) uint8 RGBA."""
+    """The heat canvas as (height, width, 4) uint8 RGBA (sent as base64: a JSON array is seconds)."""
     width, height, data = page.evaluate(
         """() => {
             const canvas = document.getElementById("heat");
-            const pixels = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-            return [canvas.width, canvas.height, Array.from(pixels)];
+            const bytes = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+            let text = "";
+            for (let i = 0; i < bytes.length; i += 0x8000) {
+                text += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+            }
+            return [canvas.width, canvas.height, btoa(text)];
         }"""
     )
-    return np.asarray(data, np.uint8).reshape(height, width, 4)
+    return np.frombuffer(base64.b64decode(data), np.uint8).reshape(height, width, 4)
+
+
+def transfer(page, name: str, mime: str, data: bytes):
+    """A DataTransfer holding one file, in the page: what a drop or a paste carries."""
+    return page.evaluate_handle(
+        """([name, type, base64]) => {
+            const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, {type}));
+            return transfer;
+        }""",
+        [name, mime, base64.b64encode(data).decode()],
+    )
 
 
 def test_page_captions_a_photo_shows_attention_and_errors(server, page, trained_run, tmp_path):
@@ -146,12 +164,21 @@ def test_page_captions_a_photo_shows_attention_and_errors(server, page, trained_
     page.screenshot(path=tmp_path / "serve.png", full_page=True)
     assert (tmp_path / "serve.png").stat().st_size > 10_000
 
-    # Not an image: the server's reason, in words, on the page; the caption is gone.
+    # Not an image, dropped on the page: the server's reason, in words, on the page; the caption is gone.
     with page.expect_response("**/caption") as answer:
-        page.set_input_files("#file", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not a photo\n"})
+        page.dispatch_event("#drop", "drop", {"dataTransfer": transfer(page, "notes.txt", "text/plain", b"not a photo\n")})
     assert 400 <= answer.value.status < 500
     reason = answer.value.json()["error"]
     page.wait_for_selector("#error:not([hidden])")
     message = page.inner_text("#error")
     assert "notes.txt" in message and reason in message and "Traceback" not in message
     assert page.is_hidden("#result")
+
+    # The photo pasted: captioned again, the error gone.
+    with page.expect_response("**/caption"):
+        page.evaluate(
+            "transfer => document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: transfer}))",
+            transfer(page, "", "image/jpeg", PHOTO.read_bytes()),
+        )
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.inner_text("#caption").split() == expected.split() and page.is_hidden("#error")
