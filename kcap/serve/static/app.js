@@ -128,6 +128,7 @@ async function showPhoto(file) {
     await photo.decode();
   } catch {
     photo.removeAttribute("src"); // the server read it, this browser cannot show it
+    $("heat").width = 0; // and no heat map without the image under it
     return false;
   }
   const scale = Math.min(1, HEAT_LONGEST_SIDE / Math.max(photo.naturalWidth, photo.naturalHeight));
