@@ -26,6 +26,7 @@ pytestmark = [
 ]
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[test])")
 
+BEAM_SIZE = 3  # the page shows the other candidates of a beam search
 STARTUP_SECONDS = 90  # TensorFlow's import and the model's first trace, on two busy cores
 
 
@@ -37,16 +38,23 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(trained_run, tmp_path_factory):
-    """`kcap serve` for the conftest's tiny run on 127.0.0.1; yields its base URL."""
+    """`kcap serve` for the conftest's tiny run on 127.0.0.1: (base URL, `kcap caption`'s caption of PHOTO).
+
+    The caption is computed while the server exports and loads the run: two cores, half the wait.
+    """
+    from kcap.inference import load_run
+
     port = free_port()
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            kcap_command("serve", "--run-dir", str(trained_run), "--host", "127.0.0.1", "--port", str(port)),
+            kcap_command("serve", "--run-dir", str(trained_run), "--beam-size", str(BEAM_SIZE),
+                         "--host", "127.0.0.1", "--port", str(port)),
             stdout=log, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
+        expected = load_run(trained_run).caption_files([PHOTO], beam_size=BEAM_SIZE)[0]["caption"]
         deadline = time.monotonic() + STARTUP_SECONDS
         while True:
             if process.poll() is not None:
@@ -58,7 +66,7 @@ def server(trained_run, tmp_path_factory):
                 if time.monotonic() > deadline:
                     pytest.fail(f"kcap serve did not answer /healthz in {STARTUP_SECONDS} s:\n{log_path.read_text()}")
                 time.sleep(0.25)
-        yield url
+        yield url, expected
     finally:
         process.terminate()
         try:
@@ -76,7 +84,7 @@ def page(server):
         page.set_default_timeout(60_000)  # the first caption traces the model
         errors = []
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(server)
+        page.goto(server[0])
         yield page
         browser.close()
         assert not errors, f"the page's scripts failed: {errors}"
@@ -120,12 +128,11 @@ def transfer(page, name: str, mime: str, data: bytes):
     )
 
 
-def test_page_captions_a_photo_shows_attention_and_errors(server, page, trained_run, tmp_path):
-    from kcap.inference import load_run
-
-    with urllib.request.urlopen(f"{server}/v1/models/kcap") as response:
-        beam_size = json.load(response)["metadata"]["beam_size"]
-    expected = load_run(trained_run).caption_files([PHOTO], beam_size=beam_size)[0]["caption"]
+def test_page_captions_a_photo_shows_attention_and_errors(server, page, tmp_path):
+    url, expected = server
+    with urllib.request.urlopen(f"{url}/v1/models/kcap") as response:
+        assert json.load(response)["metadata"]["beam_size"] == BEAM_SIZE
+    assert f"beam size {BEAM_SIZE}" in page.inner_text("#model")
 
     with page.expect_response("**/caption") as answer:
         page.set_input_files("#file", str(PHOTO))
