@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install kcap with its test extras into .venv (or $KCAP_VENV), check the import contracts, run the test suite.
+# Install kcap with its test and serve extras into .venv (or $KCAP_VENV), check the import contracts, run the test suite.
 #   scripts/test.sh [PYTEST ARGS...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +8,7 @@ VENV="${KCAP_VENV:-.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test,serve]"
 # The import contracts of setup.cfg's [importlinter] (layers, no cycles): seconds, so first.
 "$VENV/bin/lint-imports" setup.cfg
 # Each test file on one of up to four worker processes (pytest-xdist): a file's slow

@@ -1,7 +1,7 @@
-"""The `kcap` command line: data → train → caption → evaluate → export, and tune.
+"""The `kcap` command line: data → train → caption → evaluate → export → serve, and tune.
 
 `main` parses a command and runs it; each group of commands is a module here
-(`train`, `caption`, `data`, `export`), and `kcap tune` is `tuning.command`'s.
+(`train`, `caption`, `data`, `export`, `serve`), and `kcap tune` is `tuning.command`'s.
 
 Example: `main(["data", "check", "--data", "synthetic"])` returns the exit code, 0.
 """
@@ -18,6 +18,7 @@ import kcap
 from kcap.cli.caption import add_caption_commands
 from kcap.cli.data import add_data_command
 from kcap.cli.export import add_export_command
+from kcap.cli.serve import add_serve_command
 from kcap.cli.train import add_train_commands
 from tuning.command import add_tune_command
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_caption_commands(sub)
     add_data_command(sub)
     add_export_command(sub)
+    add_serve_command(sub)
     add_tune_command(sub)
     return parser
 

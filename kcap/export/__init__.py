@@ -1,6 +1,8 @@
 """Exporting a trained run for serving: `export_run(run_dir, output)` writes a SavedModel."""
 
-__all__ = ["SERVING_DEFAULT", "SERVING_IMAGES", "build_export_archive", "captions_from_ids", "export_run"]
+__all__ = [
+    "CAPTION_DETAILS", "DECODE_IMAGE", "SERVING_DEFAULT", "SERVING_IMAGES", "build_export_archive", "captions_from_ids", "export_run",
+]
 
 
 def __getattr__(name: str):

@@ -13,6 +13,16 @@ Signatures of the exported SavedModel:
   the caption's summed log-probability, `<end>` included).
 - `serving_images`: `images` (`float32`, `[None, H, W, 3]`, RGB in [0, 255] at
   the model's image size) → the same outputs.
+- `decode_image`: one image's bytes (`tf.string`, `[]`) → `pixels` (`uint8`,
+  `[H, W, 3]`), the pixels `serving_default` and `kcap caption` caption; an
+  image TensorFlow cannot decode fails this call alone (`kcap serve` decodes
+  each request on its own, then captions many as one batch).
+- `caption_details`: `images` as `serving_images` → its `caption` and `score`,
+  the search's other finished captions (`candidates`, `candidate_scores`, best
+  first) and the caption's `attention` over the feature map's locations
+  (`[None, max_length + 1, h * w]`, a row per word, then `<end>`'s).
+
+`kcap.export.signatures` names them and describes their inputs and outputs.
 
 Assets (under `assets/`): `vocab.json` and `config.json` of the run,
 `kcap_version.txt` and `export.json` (how the export was made).
@@ -32,13 +42,12 @@ import tensorflow as tf
 import kcap
 from kcap import compat
 from kcap.data.images import decode_image
+from kcap.export.signatures import CAPTION_DETAILS, DECODE_IMAGE, SERVING_DEFAULT, SERVING_IMAGES, SIGNATURES
 from kcap.model.samplers import Sampler, get_sampler, sampler_for
 from kcap.text.vocabulary import END_ID, PAD_ID, START_ID
 from kcap.training.run_dir import CHECKPOINTS
 from kcap.utils.files import atomic_directory
 
-SERVING_DEFAULT = "serving_default"
-SERVING_IMAGES = "serving_images"
 EXPORT_FORMAT = "kcap.export"
 EXPORT_VERSION = 1
 
@@ -71,7 +80,7 @@ def captions_from_ids(ids: tf.Tensor, words: tf.Tensor) -> tf.Tensor:
 def build_export_archive(
     model: keras.Model, words: list[str], sampler: str | Sampler = "greedy"
 ) -> keras.export.ExportArchive:
-    """An `ExportArchive` with the `serving_default` and `serving_images` endpoints.
+    """An `ExportArchive` with the endpoints of the module docstring.
 
     Args:
         model: a `kcap.model.captioner.Captioner`.
@@ -116,15 +125,28 @@ def build_export_archive(
         captions, scores = tf.cond(tf.shape(images)[0] > 0, lambda: caption_batch(images), no_captions)
         return {"caption": captions, "score": scores}
 
+    def decode_one(image_bytes):
+        # The exact decode + resize of `kcap caption`; uint8 after resizing, as there,
+        # so both paths feed the model the same pixels.
+        return decode_image(image_bytes, (height, width))
+
     def caption_bytes(image_bytes):
-        # Per image, the exact decode + resize of `kcap caption`; uint8 after resizing,
-        # as there, so both paths feed the model the same pixels.
         images = tf.map_fn(
-            lambda data: decode_image(data, (height, width)),
-            image_bytes,
-            fn_output_signature=tf.TensorSpec((height, width, 3), tf.uint8),
+            decode_one, image_bytes, fn_output_signature=tf.TensorSpec((height, width, 3), tf.uint8)
         )
         return caption_images(tf.cast(images, tf.float32))
+
+    def caption_details(images):
+        # The backbone fails on a batch of 0: one blank image is captioned instead, and none returned.
+        count = tf.shape(images)[0]
+        images = tf.cond(count > 0, lambda: images, lambda: tf.zeros([1, height, width, 3]))
+        encoded = model.encode({"images": images}, training=False)
+        ids, attention, scores = sampler.candidates(model.decoder, encoded, tf.constant(max_length, tf.int32))
+        shape = tf.shape(ids)
+        captions = tf.reshape(captions_from_ids(tf.reshape(ids, [-1, shape[2]]), vocabulary_words), shape[:2])
+        scores = tf.cast(scores, tf.float32)
+        return {"caption": captions[:count, 0], "score": scores[:count, 0], "candidates": captions[:count],
+                "candidate_scores": scores[:count], "attention": tf.cast(attention[:count, 0], tf.float32)}
 
     # Named `serving_default` ourselves, so TF Serving and `saved_model_cli`
     # list it under that key (ExportArchive would otherwise alias the first endpoint).
@@ -134,6 +156,14 @@ def build_export_archive(
     )
     archive.add_endpoint(
         SERVING_IMAGES, caption_images,
+        input_signature=[tf.TensorSpec((None, height, width, 3), tf.float32, name="images")],
+    )
+    archive.add_endpoint(
+        DECODE_IMAGE, lambda image_bytes: {"pixels": decode_one(image_bytes)},
+        input_signature=[tf.TensorSpec((), tf.string, name="image_bytes")],
+    )
+    archive.add_endpoint(
+        CAPTION_DETAILS, caption_details,
         input_signature=[tf.TensorSpec((None, height, width, 3), tf.float32, name="images")],
     )
     return archive
@@ -191,12 +221,10 @@ def export_run(
         "image_size": list(trained.model.image_size),
         "max_length": trained.model.max_length,
         "vocabulary_size": len(trained.vocabulary),
-        "signatures": {
-            SERVING_DEFAULT: {"inputs": {"image_bytes": "string [None]"},
-                              "outputs": {"caption": "string [None]", "score": "float32 [None]"}},
-            SERVING_IMAGES: {"inputs": {"images": "float32 [None, H, W, 3] in [0, 255]"},
-                             "outputs": {"caption": "string [None]", "score": "float32 [None]"}},
-        },
+        # The feature map's (height, width): `caption_details`' attention rows are these grids, flattened.
+        "attention_grid": list(trained.model.feature_shape[:2]),
+        "decoder": trained.model.decoder_name,
+        "signatures": SIGNATURES,
     }
     with tempfile.TemporaryDirectory(prefix="kcap-export-") as staging:
         staging = Path(staging)
@@ -259,6 +287,8 @@ def _check_output(output: Path, run_dir: Path, force: bool) -> None:
 
 
 __all__ = [
+    "CAPTION_DETAILS",
+    "DECODE_IMAGE",
     "SERVING_DEFAULT",
     "SERVING_IMAGES",
     "build_export_archive",

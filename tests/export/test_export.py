@@ -18,7 +18,14 @@ from PIL import Image
 from conftest import REPO, kcap_command
 
 import kcap
-from kcap.export import SERVING_DEFAULT, SERVING_IMAGES, captions_from_ids, export_run
+from kcap.export import (
+    CAPTION_DETAILS,
+    DECODE_IMAGE,
+    SERVING_DEFAULT,
+    SERVING_IMAGES,
+    captions_from_ids,
+    export_run,
+)
 from kcap.inference import load_run
 from kcap.model.samplers import BeamSampler
 from kcap.text.vocabulary import Vocabulary
@@ -166,7 +173,7 @@ def test_export_carries_vocabulary_config_and_version_as_assets(exported, traine
     info = json.loads((assets / "export.json").read_text())
     assert info["beam_size"] == 1 and info["checkpoint"] == "best"
     assert info["image_size"] == [64, 64] and info["kcap_version"] == kcap.__version__
-    assert set(info["signatures"]) == {SERVING_DEFAULT, SERVING_IMAGES}
+    assert set(info["signatures"]) == {SERVING_DEFAULT, SERVING_IMAGES, DECODE_IMAGE, CAPTION_DETAILS}
     # A model server running as another user reads it: the modes a plain mkdir would give.
     umask = os.umask(0)
     os.umask(umask)

@@ -63,6 +63,22 @@ class Sampler:
     def __call__(self, decoder: Decoder, encoded: tf.Tensor, max_length: tf.Tensor | int) -> Decoded:
         raise NotImplementedError
 
+    def candidates(self, decoder: Decoder, encoded: tf.Tensor, max_length: tf.Tensor | int) -> Decoded:
+        """The captions found for each image, best first, with a candidate axis after the batch's.
+
+        `(token_ids, attention, scores)` of shapes (batch, n, ...): the sampler's
+        caption and, for a sampler that finds several (beam search), the others.
+        Here one: the caption `__call__` returns.
+
+        Example:
+
+        ```python
+        ids, attention, scores = BeamSampler(beam_size=3).candidates(model.decoder, model.encode(inputs), 20)
+        ```
+        """
+        ids, attention, scores = self(decoder, encoded, max_length)
+        return ids[:, None], attention[:, None], scores[:, None]
+
     def get_config(self) -> dict[str, Any]:
         return {}
 

@@ -87,6 +87,21 @@ class BeamSampler(Sampler):
         return {**config, "no_repeat_ngram": self.no_repeat_ngram} if self.no_repeat_ngram else config
 
     def __call__(self, decoder: Decoder, encoded: tf.Tensor, max_length: tf.Tensor | int) -> Decoded:
+        ids, attention, scores = self._search(decoder, encoded, max_length, keep=1)
+        return ids[:, 0], attention[:, 0], scores[:, 0]
+
+    def candidates(self, decoder: Decoder, encoded: tf.Tensor, max_length: tf.Tensor | int) -> Decoded:
+        """Up to `beam_size` finished captions per image, best first; `__call__`'s caption is the first.
+
+        The search is `__call__`'s, step for step; besides the best finished
+        caption it keeps the `beam_size` best ones met on the way. An image with
+        fewer finished captions has slots of score `-inf` (and ids 0) at the end.
+        """
+        return self._search(decoder, encoded, max_length, keep=self.beam_size)
+
+    def _search(self, decoder: Decoder, encoded: tf.Tensor, max_length: tf.Tensor | int, keep: int) -> Decoded:
+        """Beam search keeping the `keep` best finished captions of each image: ids (batch, keep, steps),
+        attention (batch, keep, steps, locations), raw scores (batch, keep), best first."""
         k = self.beam_size
         alpha = tf.cast(self.length_penalty, tf.float32)
         batch = tf.shape(encoded)[0]
@@ -109,11 +124,11 @@ class BeamSampler(Sampler):
         # Histories are dense and are regathered through the backpointers every step.
         ids = tf.zeros([batch * k, steps], tf.int32)
         attention = tf.zeros([batch * k, steps, locations], tf.float32)
-        # The best finished caption of each image so far.
-        best_ids = tf.zeros([batch, steps], tf.int32)
-        best_attention = tf.zeros([batch, steps, locations], tf.float32)
-        best_raw = tf.fill([batch], neg_inf)
-        best_norm = tf.fill([batch], neg_inf)
+        # The `keep` best finished captions of each image so far, best first.
+        best_ids = tf.zeros([batch, keep, steps], tf.int32)
+        best_attention = tf.zeros([batch, keep, steps, locations], tf.float32)
+        best_raw = tf.fill([batch, keep], neg_inf)
+        best_norm = tf.fill([batch, keep], neg_inf)
         positions = tf.range(steps)
         # Row of each image's first beam. Made here, not in the loop body: there `batch`
         # is a captured tensor with no known value, and with one image the rows' shape
@@ -152,16 +167,19 @@ class BeamSampler(Sampler):
             attention = tf.where(at_t[None, :, None], step_weights[:, None, :], tf.gather(attention, parent))
             finished = was_finished | tf.equal(word, END_ID)
 
-            # Keep the best finished caption of each image on the side.
-            norm = tf.reshape(tf.where(finished, raw / penalty(lengths, alpha), neg_inf), [batch, k])
-            top = tf.argmax(norm, axis=-1, output_type=tf.int32)
-            top_norm = tf.reduce_max(norm, axis=-1)
-            rows = first_beam + top
-            better = top_norm > best_norm  # strictly: ties keep the earlier caption
-            best_ids = tf.where(better[:, None], tf.gather(ids, rows), best_ids)
-            best_attention = tf.where(better[:, None, None], tf.gather(attention, rows), best_attention)
-            best_raw = tf.where(better, tf.gather(raw, rows), best_raw)
-            best_norm = tf.where(better, top_norm, best_norm)
+            # Keep the best finished captions of each image on the side. A beam enters once, on the
+            # step it ends; ranked after those kept (top_k is stable), so ties keep the earlier caption.
+            just_finished = finished & tf.logical_not(was_finished)
+            norm = tf.reshape(tf.where(just_finished, raw / penalty(lengths, alpha), neg_inf), [batch, k])
+            best_norm, top = tf.math.top_k(tf.concat([best_norm, norm], axis=1), keep)
+
+            def kept(best, current):
+                current = tf.reshape(current, tf.concat([[batch, k], tf.shape(current)[1:]], 0))
+                return tf.gather(tf.concat([best, current], axis=1), top, batch_dims=1)
+
+            best_ids = kept(best_ids, ids)
+            best_attention = kept(best_attention, attention)
+            best_raw = kept(best_raw, raw)
             return (t + 1, word, state, raw, lengths, finished, ids, attention,
                     best_ids, best_attention, best_raw, best_norm)
 
@@ -173,7 +191,7 @@ class BeamSampler(Sampler):
             # With no finished caption yet best_norm is -inf, and the search goes on.
             settled = tf.logical_or(
                 tf.reduce_all(tf.reshape(finished, [batch, k]), axis=-1),
-                tf.logical_and(best_norm > neg_inf, best_norm >= reachable),
+                tf.logical_and(best_norm[:, 0] > neg_inf, best_norm[:, 0] >= reachable),
             )
             return tf.logical_and(t < steps, tf.logical_not(tf.reduce_all(settled)))
 
