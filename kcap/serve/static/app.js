@@ -14,7 +14,7 @@ const OPACITY = Math.round(0.6 * 255);
 const HEAT_LONGEST_SIDE = 512; // canvas pixels; CSS stretches the canvas over the image
 
 const $ = (id) => document.getElementById(id);
-let shown = null; // {words, attention, top, heats}: the caption on the page
+let shown = null; // {attention, top, heats} of the caption on the page, null without attention
 let hovered = null; // index of the word under the pointer
 let uploads = 0; // numbers the uploads, so that a slow answer to an older one is dropped
 let photoUrl = null;
@@ -138,13 +138,16 @@ async function showPhoto(file) {
 }
 
 function showCaption(answer) {
+  const { attention } = answer; // null from an export written before kcap serve
   const caption = $("caption");
   caption.replaceChildren();
   answer.words.forEach((word, index) => {
     if (index) caption.append(" ");
-    caption.append(wordButton(word, index));
+    caption.append(attention ? wordButton(word, index) : word);
   });
   if (!answer.words.length) caption.textContent = "(the model gave an empty caption)";
+  $("hint").hidden = !attention;
+  $("no-attention").hidden = Boolean(attention);
   $("score").textContent = `score ${answer.score.toFixed(2)}`;
   const others = answer.candidates.slice(1).map(({ caption: text, score }) => {
     const item = document.createElement("li");
@@ -159,12 +162,12 @@ function showCaption(answer) {
   if (!others.length) {
     const item = document.createElement("li");
     item.className = "none";
-    item.textContent = `None: the server decodes with beam size ${answer.beam_size}.`;
+    item.textContent =
+      answer.beam_size > 1 ? "None: the server sent only its best caption." : "None: greedy decoding (beam size 1).";
     others.push(item);
   }
   $("candidates").replaceChildren(...others);
-  const top = Math.max(0, ...answer.attention.flat(2));
-  shown = { words: answer.words, attention: answer.attention, top: top || 1, heats: [] };
+  shown = attention && { attention, top: Math.max(0, ...attention.flat(2)) || 1, heats: [] };
 }
 
 async function captionFile(file) {
