@@ -50,6 +50,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(
         f"Exported {args.run_dir} ({args.checkpoint} checkpoint, beam size {args.beam_size}) to {path}\n"
         f"  serving_default: image_bytes string [None] -> caption string [None], score float32 [None]\n"
-        f"  serving_images:  images float32 [None, H, W, 3] in [0, 255] -> caption, score"
+        f"  serving_images:  images float32 [None, H, W, 3] in [0, 255] -> caption, score\n"
+        f"  decode_image:    image_bytes string [] -> pixels uint8 [H, W, 3]\n"
+        f"  caption_details: images -> caption, score, candidates, candidate_scores, attention (for kcap serve)"
     )
     return 0

@@ -69,7 +69,8 @@ class _Captioner:
         try:
             if not self.model.batches:  # an old export: serving_default, one image per call
                 return await asyncio.wait_for(run_in_threadpool(self.model.caption_bytes, data), _left(deadline))
-            pixels = await asyncio.wait_for(run_in_threadpool(self.model.decode, data), _left(deadline))
+            with self.batcher.expecting():
+                pixels = await asyncio.wait_for(run_in_threadpool(self.model.decode, data), _left(deadline))
             return await self.batcher.submit(pixels, _left(deadline))
         except ImageDecodeError as error:
             raise RequestError(400, f"{what} could not be decoded ({error}); it may be truncated or damaged. "

@@ -3,15 +3,19 @@
 One asyncio task collects queued items into a batch (up to `max_batch_size`,
 waiting at most `max_wait_s` after the oldest arrived) and runs it on one
 worker thread, so the event loop keeps accepting requests meanwhile and the
-next batch fills while the model works. A full queue refuses at once
-(`QueueFull`), and a caller that stops waiting leaves its item to be skipped.
+next batch fills while the model works. It waits for more only while some are
+on their way (`expecting`: requests still being read and decoded), so a lone
+request is run at once rather than after `max_wait_s`. A full queue refuses
+at once (`QueueFull`), and a caller that stops waiting leaves its item to be skipped.
 
 Example:
 
 ```python
 batcher = Batcher(lambda items: [x * 2 for x in items], max_batch_size=16, max_wait_s=0.01, max_queue=64)
 await batcher.start()
-assert await batcher.submit(21, timeout_s=5) == 42
+with batcher.expecting():
+    value = 21  # read and check a request here: the batcher waits for it
+    assert await batcher.submit(value, timeout_s=5) == 42
 await batcher.stop()
 ```
 """
@@ -19,6 +23,7 @@ await batcher.stop()
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +61,7 @@ class Batcher:
         self.max_queue = max_queue
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
+        self._expected = 0
         # One thread: the model runs one batch at a time, each with all the cores.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="kcap-batch")
 
@@ -69,6 +75,15 @@ class Batcher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @contextlib.contextmanager
+    def expecting(self):
+        """Around a request's reading and decoding, on the event loop: a batch being collected waits for it."""
+        self._expected += 1
+        try:
+            yield
+        finally:
+            self._expected -= 1
 
     async def submit(self, value: Any, timeout_s: float) -> Any:
         """Queues `value` and waits for its result; raises `QueueFull`, `TimeoutError`, or `run_batch`'s error."""
@@ -91,7 +106,7 @@ class Batcher:
                     batch.append(self._queue.get_nowait())
                     continue
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or not self._expected:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))

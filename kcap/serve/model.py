@@ -15,6 +15,7 @@ result = model.caption([pixels])[0]                     # {"caption", "score", "
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -166,5 +167,14 @@ class ServedModel:
 
 
 def _first_line(error: Exception) -> str:
-    """A TensorFlow error's message without the graph dump that follows it."""
-    return getattr(error, "message", str(error)).strip().split("\n")[0]
+    """What a TensorFlow error says about the input, without node names, graph dumps and tracebacks.
+
+    >>> _first_line(ValueError("{{function_node f}} Invalid PNG data, size 3000\\n\\t [[{{node DecodeImage}}]]"))
+    'Invalid PNG data, size 3000'
+    """
+    message = re.sub(r"\{\{[^}]*\}\}", "", getattr(error, "message", str(error)))
+    lines = [line.strip() for line in message.splitlines() if line.strip() and not line.strip().startswith("[[")]
+    if not lines:
+        return type(error).__name__
+    # A graph's error: its own message comes last, after where the failing node was defined.
+    return lines[-1] if lines[0].startswith("Graph execution error") else lines[0]

@@ -141,6 +141,43 @@ def test_a_finished_caption_pushed_out_of_the_beam_is_still_returned():
     assert greedy_ids.numpy()[0, :2].tolist() == [a, x] and greedy_scores.numpy()[0] < scores.numpy()[0]
 
 
+def test_candidates_are_distinct_finished_captions_best_first_led_by_the_beams_caption(alpha=0.7):
+    rng = np.random.default_rng(7)
+    encoded, max_length = tf.zeros([2, 4, 2]), tf.constant(6)
+    for trial in range(4):
+        decoder = MarkovDecoder(_random_markov_table(rng, 9, end_weight=rng.uniform(0.05, 0.6)))
+        sampler = BeamSampler(3, alpha)
+        ids, attention, scores = sampler.candidates(decoder, encoded, max_length)
+        best_ids, best_attention, best_scores = sampler(decoder, encoded, max_length)
+        assert ids.shape[:2] == (2, 3) and attention.shape[:2] == (2, 3)
+        np.testing.assert_array_equal(ids[:, 0], best_ids)
+        np.testing.assert_array_equal(scores[:, 0], best_scores)
+        np.testing.assert_array_equal(attention[:, 0], best_attention)
+        for image in range(2):
+            found = np.isfinite(scores[image].numpy())
+            rows = ids[image].numpy()[found]
+            assert found[0] and len({tuple(r) for r in rows}) == len(rows), trial
+            assert (np.sum(rows == END_ID, axis=1) == 1).all()
+            ranked = normalised(rows, scores[image].numpy()[found], alpha)
+            assert (np.diff(ranked) <= 1e-6).all(), trial
+
+
+def test_candidates_keep_a_finished_caption_pushed_out_of_the_beam():
+    # The example above: "<end>" alone is best; "a x ..." and "a y ..." finish later.
+    a, x, y, z = 4, 5, 6, 7
+    table = np.full((8, 8), 1e-9)
+    table[START_ID, [a, END_ID, z]] = [0.7, 0.25, 0.05 - 6e-9]
+    for word in (a, x, y, z):
+        table[word, [x, y, z, END_ID]] = [0.25, 0.25, 0.25, 0.25]
+    table[a, [x, y, z, END_ID]] = [0.55, 0.45, 0.0, 0.0]
+    table = table / table.sum(1, keepdims=True)
+    ids, _, scores = BeamSampler(beam_size=2, length_penalty=0.0).candidates(
+        MarkovDecoder(table), tf.zeros([1, 4, 2]), tf.constant(5)
+    )
+    assert ids.numpy()[0, 0].tolist() == [END_ID, 0, 0, 0, 0, 0]
+    assert ids.numpy()[0, 1, 0] == a and scores.numpy()[0, 1] < scores.numpy()[0, 0]
+
+
 def test_beam_search_matches_the_plain_reference_on_the_trained_model(trained):
     run, _, inputs = trained
     model = run.model
