@@ -84,7 +84,10 @@ function wordButton(word, index) {
   button.textContent = word;
   button.dataset.index = String(index);
   button.setAttribute("aria-label", `${word}: show where the model looked`);
-  button.addEventListener("pointerenter", () => showWord((hovered = index)));
+  button.addEventListener("pointerenter", () => {
+    hovered = index;
+    showWord(index);
+  });
   button.addEventListener("pointerleave", () => {
     hovered = null;
     showWord(focusedWord());
