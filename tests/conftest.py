@@ -22,7 +22,8 @@ TINY = dict(
 # its workers in collection order (--no-loadscope-reorder; xdist would otherwise start the files
 # with the most tests first), so these start while the short ones fill the other workers.
 LONGEST_FIRST = (
-    "test_interrupted_runs.py", "test_tuning.py", "test_distribute.py", "test_export.py", "test_metrics.py",
+    "test_browser.py", "test_serve.py", "test_tuning.py", "test_interrupted_runs.py", "test_export.py",
+    "test_distribute.py", "test_metrics.py",
     "test_disk_space.py", "test_bad_data.py", "test_training.py", "test_recipes.py", "test_decoders.py",
     "test_captioner_generate.py", "test_atomic_files.py", "test_feature_cache.py", "test_resume.py",
 )
