@@ -45,7 +45,7 @@ def add_tune_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                    help="after the search, train this run directory with the best hyperparameters")
     p.add_argument("--retrain-epochs", type=positive_int, default=None, help="epochs of the --retrain-best run (default: --epochs)")
     p.add_argument("--verbose", "-v", type=int, default=None, help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
-    add_train_arguments(p)
+    add_train_arguments(p, objective_flags=("--training-objective",))  # --objective: what ranks the trials
     p.set_defaults(func=cmd_tune, monitor=None)  # None: the --retrain-best run monitors the --objective
     return p
 

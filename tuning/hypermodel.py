@@ -35,9 +35,10 @@ import keras
 import keras_tuner
 
 from kcap import compat
-from kcap.data.pipeline import steps_per_epoch
 from kcap.model.captioner import Captioner
-from kcap.training.assembly import RunData, fit_arguments, prepare_data, validation_captioning, with_feature_cache
+from kcap.training.assembly import (
+    RunData, fit_arguments, prepare_data, training_steps, validation_captioning, with_feature_cache,
+)
 from kcap.training.config import TrainConfig
 from kcap.training.trainer import build_captioner
 from kcap.utils.files import read_json
@@ -52,6 +53,7 @@ TUNABLE = (
     "context_gate", "deep_output",  # --decoder gru_attention's
     "label_smoothing", "attention_regularizer",
     "lr_schedule", "warmup_epochs",
+    "samples_per_image", "scst_baseline",  # --objective cider's (with --init-from: each trial starts from that run)
 )
 
 _SPEC_KEYS = {
@@ -278,7 +280,7 @@ def prepare_tuning_data(config: TrainConfig, progress: bool = True, build_cache:
     """
     data = prepare_data(config)
     if config.cache_features:
-        model = build_captioner(config, data.vocabulary, data.normalization)
+        model = build_captioner(config, data.vocabulary, data.normalization, reward=data.reward)
         data = with_feature_cache(data, config, model, build=build_cache, progress=progress)
         del model
         keras.backend.clear_session()
@@ -339,8 +341,7 @@ class CaptionerHyperModel(keras_tuner.HyperModel):
     def build(self, hp: keras_tuner.HyperParameters) -> Captioner:
         config = self.trial_config(hp)
         model = build_captioner(
-            config, self.data.vocabulary, self.data.normalization,
-            steps_per_epoch(self.data.train_images, config.batch_size),
+            config, self.data.vocabulary, self.data.normalization, training_steps(config, self.data), self.data.reward
         )
         # Optimizer slots exist from the start, so the weights keras-tuner loads back
         # (get_best_models, Hyperband's next round) bring the optimizer state with them.
