@@ -263,6 +263,11 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
     skipped: dict = {}  # what the data check left out (--on-bad-image skip), for config.json
     data = prepare_data(config, source if resuming else None, skipped)
     _check_data(config, data.dataset)
+    if config.training_objective == "cider" and config.monitor == "val_loss":
+        log.warning(
+            "--objective cider with --monitor val_loss: best.keras follows the cross-entropy, which self-critical "
+            "training does not lower. --monitor val_cider keeps the epoch with the best CIDEr-D."
+        )
     with strategy.scope():
         model = build_captioner(config, data.vocabulary, data.normalization, training_steps(config, data), data.reward)
     if config.cache_features:
