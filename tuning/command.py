@@ -38,7 +38,7 @@ def add_tune_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--tuner", default="random", choices=TUNERS, help="search strategy (default: random)")
     p.add_argument("--max-trials", type=int, default=10, help="most trials to run (default 10; may grow on resume)")
     p.add_argument("--objective", default="val_loss", choices=list(OBJECTIVES),
-                   help="what ranks trials: val_loss (lower is better) or val_bleu4 (higher is better)")
+                   help="what ranks trials: val_loss (lower is better), val_bleu4 or val_cider (higher is better)")
     p.add_argument("--search-space", default=str(DEFAULT_SEARCH_SPACE),
                    help="JSON file of hyperparameter ranges (default: tuning/search_space.json)")
     p.add_argument("--retrain-best", metavar="RUN", default=None,

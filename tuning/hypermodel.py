@@ -297,7 +297,7 @@ class CaptionerHyperModel(keras_tuner.HyperModel):
         config: the base settings (resolved); the search space overrides some of them.
         data: the data every trial trains on (`prepare_tuning_data(config)`).
         search_space: a validated search space (`load_search_space`).
-        objective: `"val_loss"` or `"val_bleu4"` (the latter adds
+        objective: `"val_loss"`, `"val_bleu4"` or `"val_cider"` (the latter two add
             `kcap.training.validation_captioning.ValidationCaptioning`).
 
     Example:
@@ -364,7 +364,7 @@ class CaptionerHyperModel(keras_tuner.HyperModel):
         initial_epoch = int(kwargs.pop("initial_epoch", 0))
         callbacks = list(kwargs.pop("callbacks", None) or [])
         arguments = fit_arguments(config, self.data, epochs, initial_epoch)
-        if self.objective == "val_bleu4":
-            # First: keras-tuner's checkpoint and TensorBoard callbacks read val_bleu4 from the same logs.
+        if self.objective != "val_loss":
+            # First: keras-tuner's checkpoint and TensorBoard callbacks read val_bleu4/val_cider from the same logs.
             callbacks.insert(0, validation_captioning(config, self.data))
         return model.fit(**arguments, callbacks=callbacks, **kwargs)
