@@ -34,7 +34,9 @@ class Captioner(keras.Model):
     Augmentation, preprocessing and the backbone live inside the model, so
     they run on the accelerator and travel with a saved `.keras` file.
     Training uses teacher forcing with a cross-entropy masked on padding;
-    `compile` adds label smoothing and the attention regulariser to it.
+    `compile` adds label smoothing and the attention regulariser to it, or
+    makes it self-critical (`objective="cider"`: sampled captions rewarded
+    by their CIDEr-D).
 
     Inputs are dicts: `{"images": uint8/float (batch, h, w, 3) in [0, 255]}`
     or, with a feature cache, `{"features": (batch, h', w', c)}`; training
