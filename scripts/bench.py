@@ -9,8 +9,9 @@ Prints ONE JSON object on stdout (progress notes go to stderr):
 {"kcap":     {"train_captions_per_s", "greedy_captions_per_s", "latency_ms_batch1",
               "extract_images_per_s", "backbone_images_per_s", "peak_rss_mb", ...details},
  "transformer": {"train_captions_per_s", ...details},
+ "self_critical": {"train_images_per_s", "cross_entropy_images_per_s", ...details},
  "baseline": {"train_captions_per_s", "greedy_captions_per_s", "latency_ms_batch1", ...details},
- "ratios":   {"train", "train_transformer", "transformer_vs_gru", "greedy", "extract"},
+ "ratios":   {"train", "train_transformer", "transformer_vs_gru", "self_critical_vs_cross_entropy", "greedy", "extract"},
  "config":   {...every setting and what was measured on},
  "machine":  {...CPUs, TensorFlow and Keras versions, devices}}
 ```
@@ -33,6 +34,15 @@ set's captions when that is absent), tokenised by kcap's `Vocabulary`:
   `--decoder-heads` defaults, `--units` its feed-forward size) is timed as kcap's
   GRU decoder is, on the same batches: `transformer`, and `ratios.train_transformer`
   (against the baseline) and `ratios.transformer_vs_gru`.
+- self-critical training images/s (`Captioner.compile(objective="cider")`, kcap
+  train's `--objective cider`): kcap's GRU model at the same sizes, `--batch-size`
+  images a step, `--samples-per-image` captions sampled for each and rewarded
+  with their CIDEr-D (`CiderReward`) against the images' own references, timed
+  as the cross-entropy step is after an untimed pass. Beside it, cross-entropy's
+  images/s on the same images: its captions/s over the images' mean number of
+  captions (an epoch over them takes images / images/s either way). Samples run
+  until they end or reach the longest caption's length; an untrained model
+  rarely ends early, so `mean_sample_tokens` says how long they were.
 - greedy captions/s with exactly `--tokens` (16) decoder steps per caption, no
   early stop, so an untrained model costs what a trained one does. kcap: its
   `GreedySampler` on a batch, compiled as `Captioner.generate` does it (the
@@ -135,6 +145,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     setup.add_argument("--skip-baseline", action="store_true", help="measure kcap alone")
     setup.add_argument("--skip-extract", action="store_true", help="no feature-extraction measurement")
     setup.add_argument("--skip-transformer", action="store_true", help="no Transformer-decoder training measurement")
+    setup.add_argument("--skip-self-critical", action="store_true", help="no self-critical training measurement")
+    setup.add_argument("--samples-per-image", type=int, default=5, help="self-critical captions sampled per image")
     setup.add_argument("--seed", type=int, default=0)
     setup.add_argument("--output", type=Path, default=None, help="also write the JSON to this file")
     args = parser.parse_args(argv)
@@ -321,6 +333,50 @@ def bench_kcap_train(model, rows, features, args) -> dict:
         "train_mean_batch_length": statistics.fmean(lengths),
         "train_loss": loss,
         "jit_compile": bool(model.jit_compile),
+    }
+
+
+def bench_kcap_self_critical(model, images, vocabulary, features, args) -> dict:
+    """Self-critical training images/s: `--batch-size` images a step, as `bench_kcap_train` times it."""
+    import numpy as np
+    import tensorflow as tf
+
+    from kcap.model.cider_reward import CiderReward
+    from kcap.training.assembly import reference_ids
+
+    references = [[reference_ids(c, vocabulary) for c in image.captions] for image in images]
+    reward = CiderReward(references, args.vocab_size)
+    vectors = reward.reference_vectors(references)
+    order = np.resize(np.arange(len(images)), args.batch_size * args.steps)
+    model.compile(optimizer=model.optimizer, jit_compile=False, objective="cider", reward=reward,
+                  samples_per_image=args.samples_per_image)
+    features = tf.constant(features.astype(np.float16))
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(order)
+        .batch(args.batch_size, drop_remainder=True)
+        .map(lambda rows: ({"features": features}, {k: tf.gather(v, rows) for k, v in vectors.items()}))
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+    warmup = time.perf_counter() - start
+    iterator = iter(dataset.repeat())
+    float(model.train_function(iterator)["loss"])
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        logs = model.train_function(iterator)
+    loss = float(logs["loss"])  # waits for the device
+    seconds = time.perf_counter() - start
+    encoded = model.encode({"features": features})
+    ids, _, _ = model.self_critical_samples(encoded, {k: v[:args.batch_size] for k, v in vectors.items()})
+    return {
+        "train_images_per_s": args.batch_size * args.steps / seconds,
+        "train_seconds": seconds,
+        "train_warmup_seconds": warmup,
+        "samples_per_image": args.samples_per_image,
+        "mean_sample_tokens": float(np.count_nonzero(ids.numpy(), axis=1).mean()),
+        "train_loss": loss,
+        "mean_reward": float(logs["reward"]),
     }
 
 
@@ -648,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
         "extract_images_per_s", "backbone_images_per_s", "peak_rss_mb")}
     baseline_result: dict = {key: None for key in ("train_captions_per_s", "greedy_captions_per_s", "latency_ms_batch1")}
     transformer_result: dict = {"train_captions_per_s": None}
+    self_critical_result: dict = {"train_images_per_s": None, "cross_entropy_images_per_s": None}
 
     with tf.device(device):
         note(f"kcap: training {args.steps} steps on {device} ...")
@@ -664,6 +721,15 @@ def main(argv: list[str] | None = None) -> int:
                 note(f"extraction skipped: {kcap_result['extract_skipped']}")
         kcap_result["peak_rss_mb"] = peak_rss_mb()
         del model
+        if args.skip_self_critical:
+            self_critical_result["skipped"] = "--skip-self-critical"
+        else:
+            note(f"kcap: self-critical training {args.steps} steps on {device} ...")
+            model, _ = kcap_captioner(args, vocabulary)
+            self_critical_result.update(bench_kcap_self_critical(model, images, vocabulary, features, args))
+            captions_per_image = len(all_captions) / len(images)
+            self_critical_result["cross_entropy_images_per_s"] = kcap_result["train_captions_per_s"] / captions_per_image
+            del model
         if args.skip_transformer:
             transformer_result["skipped"] = "--skip-transformer"
         else:
@@ -680,11 +746,15 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "kcap": kcap_result,
         "transformer": transformer_result,
+        "self_critical": self_critical_result,
         "baseline": baseline_result,
         "ratios": {
             "train": ratio(kcap_result["train_captions_per_s"], baseline_result["train_captions_per_s"]),
             "train_transformer": ratio(transformer_result["train_captions_per_s"], baseline_result["train_captions_per_s"]),
             "transformer_vs_gru": ratio(transformer_result["train_captions_per_s"], kcap_result["train_captions_per_s"]),
+            "self_critical_vs_cross_entropy": ratio(
+                self_critical_result["train_images_per_s"], self_critical_result["cross_entropy_images_per_s"]
+            ),
             "greedy": ratio(kcap_result["greedy_captions_per_s"], baseline_result["greedy_captions_per_s"]),
             "extract": ratio(kcap_result["extract_images_per_s"], kcap_result["backbone_images_per_s"]),
         },

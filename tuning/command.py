@@ -38,14 +38,14 @@ def add_tune_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--tuner", default="random", choices=TUNERS, help="search strategy (default: random)")
     p.add_argument("--max-trials", type=int, default=10, help="most trials to run (default 10; may grow on resume)")
     p.add_argument("--objective", default="val_loss", choices=list(OBJECTIVES),
-                   help="what ranks trials: val_loss (lower is better) or val_bleu4 (higher is better)")
+                   help="what ranks trials: val_loss (lower is better), val_bleu4 or val_cider (higher is better)")
     p.add_argument("--search-space", default=str(DEFAULT_SEARCH_SPACE),
                    help="JSON file of hyperparameter ranges (default: tuning/search_space.json)")
     p.add_argument("--retrain-best", metavar="RUN", default=None,
                    help="after the search, train this run directory with the best hyperparameters")
     p.add_argument("--retrain-epochs", type=positive_int, default=None, help="epochs of the --retrain-best run (default: --epochs)")
     p.add_argument("--verbose", "-v", type=int, default=None, help="Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
-    add_train_arguments(p)
+    add_train_arguments(p, objective_flags=("--training-objective",))  # --objective: what ranks the trials
     p.set_defaults(func=cmd_tune, monitor=None)  # None: the --retrain-best run monitors the --objective
     return p
 

@@ -35,9 +35,10 @@ import keras
 import keras_tuner
 
 from kcap import compat
-from kcap.data.pipeline import steps_per_epoch
 from kcap.model.captioner import Captioner
-from kcap.training.assembly import RunData, fit_arguments, prepare_data, validation_captioning, with_feature_cache
+from kcap.training.assembly import (
+    RunData, fit_arguments, prepare_data, training_steps, validation_captioning, with_feature_cache,
+)
 from kcap.training.config import TrainConfig
 from kcap.training.trainer import build_captioner
 from kcap.utils.files import read_json
@@ -52,6 +53,7 @@ TUNABLE = (
     "context_gate", "deep_output",  # --decoder gru_attention's
     "label_smoothing", "attention_regularizer",
     "lr_schedule", "warmup_epochs",
+    "samples_per_image", "scst_baseline",  # --objective cider's (with --init-from: each trial starts from that run)
 )
 
 _SPEC_KEYS = {
@@ -278,7 +280,7 @@ def prepare_tuning_data(config: TrainConfig, progress: bool = True, build_cache:
     """
     data = prepare_data(config)
     if config.cache_features:
-        model = build_captioner(config, data.vocabulary, data.normalization)
+        model = build_captioner(config, data.vocabulary, data.normalization, reward=data.reward)
         data = with_feature_cache(data, config, model, build=build_cache, progress=progress)
         del model
         keras.backend.clear_session()
@@ -295,7 +297,7 @@ class CaptionerHyperModel(keras_tuner.HyperModel):
         config: the base settings (resolved); the search space overrides some of them.
         data: the data every trial trains on (`prepare_tuning_data(config)`).
         search_space: a validated search space (`load_search_space`).
-        objective: `"val_loss"` or `"val_bleu4"` (the latter adds
+        objective: `"val_loss"`, `"val_bleu4"` or `"val_cider"` (the latter two add
             `kcap.training.validation_captioning.ValidationCaptioning`).
 
     Example:
@@ -339,8 +341,7 @@ class CaptionerHyperModel(keras_tuner.HyperModel):
     def build(self, hp: keras_tuner.HyperParameters) -> Captioner:
         config = self.trial_config(hp)
         model = build_captioner(
-            config, self.data.vocabulary, self.data.normalization,
-            steps_per_epoch(self.data.train_images, config.batch_size),
+            config, self.data.vocabulary, self.data.normalization, training_steps(config, self.data), self.data.reward
         )
         # Optimizer slots exist from the start, so the weights keras-tuner loads back
         # (get_best_models, Hyperband's next round) bring the optimizer state with them.
@@ -363,7 +364,7 @@ class CaptionerHyperModel(keras_tuner.HyperModel):
         initial_epoch = int(kwargs.pop("initial_epoch", 0))
         callbacks = list(kwargs.pop("callbacks", None) or [])
         arguments = fit_arguments(config, self.data, epochs, initial_epoch)
-        if self.objective == "val_bleu4":
-            # First: keras-tuner's checkpoint and TensorBoard callbacks read val_bleu4 from the same logs.
+        if self.objective != "val_loss":
+            # First: keras-tuner's checkpoint and TensorBoard callbacks read val_bleu4/val_cider from the same logs.
             callbacks.insert(0, validation_captioning(config, self.data))
         return model.fit(**arguments, callbacks=callbacks, **kwargs)

@@ -5,5 +5,5 @@ from __future__ import annotations
 from pathlib import Path
 
 TUNERS = ("random", "hyperband", "bayesian")
-OBJECTIVES = {"val_loss": "min", "val_bleu4": "max"}  # each with the direction that is better
+OBJECTIVES = {"val_loss": "min", "val_bleu4": "max", "val_cider": "max"}  # each with the direction that is better
 DEFAULT_SEARCH_SPACE = Path(__file__).with_name("search_space.json")

@@ -54,7 +54,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
     config = dataclasses.replace(train_config(args), cache_features=True).resolved()
     data = prepare_data(config)
-    model = build_captioner(config, data.vocabulary, data.normalization)
+    model = build_captioner(config, data.vocabulary, data.normalization, reward=data.reward)
     cache, stats = build_feature_cache(config, model, data.dataset)
     print(json.dumps({"cache": str(cache.directory), "images": len(cache.image_paths),
                       "size_bytes": cache.size_bytes, **stats}, indent=2))

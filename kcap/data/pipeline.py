@@ -41,15 +41,18 @@ def steps_per_epoch(images: Sequence[CaptionedImage], batch_size: int) -> int:
     return -(-rows // batch_size)
 
 
-def _batcher(paths: np.ndarray, tokens: np.ndarray, image_size, batch_size: int, feature_cache):
-    """A function from row order to batches of (inputs, captions), from image files or the cache."""
+def _batcher(paths: np.ndarray, tokens, image_size, batch_size: int, feature_cache):
+    """A function from row order to batches of (inputs, targets), from image files or the cache.
+
+    `tokens`: one row per path, an array or a dict of them (the targets).
+    """
     if feature_cache is not None:
         return feature_batcher(feature_cache, paths, batch_size, tokens)
-    tokens_t = tf.constant(tokens)
+    tokens_t = tf.nest.map_structure(tf.constant, tokens)
     paths_t = path_tensor(paths)
 
     def load(index):
-        return {"images": load_image(paths_t[index], image_size)}, tokens_t[index]
+        return {"images": load_image(paths_t[index], image_size)}, tf.nest.map_structure(lambda t: t[index], tokens_t)
 
     return lambda order: (
         tf.data.Dataset.from_tensor_slices(order).map(load, num_parallel_calls=AUTOTUNE).batch(batch_size)
@@ -57,13 +60,14 @@ def _batcher(paths: np.ndarray, tokens: np.ndarray, image_size, batch_size: int,
 
 
 def feature_batcher(
-    feature_cache: FeatureCache, paths: Sequence[str], batch_size: int, tokens: np.ndarray | None = None
+    feature_cache: FeatureCache, paths: Sequence[str], batch_size: int, tokens: np.ndarray | dict | None = None
 ) -> Callable[[tf.Tensor], tf.data.Dataset]:
     """A function from an order of `paths` (int64 indices) to batches of their cached features.
 
     Each batch is `{"features": float16}`, or `({"features": ...}, captions)`
-    with `tokens` (one row of token ids per path). Training, validation loss
-    and validation captioning all read the cache through this.
+    with `tokens` (one row of token ids per path, or a dict of arrays with
+    one row per path: self-critical training's references). Training,
+    validation loss and validation captioning all read the cache through this.
 
     Example:
 
@@ -75,12 +79,12 @@ def feature_batcher(
     """
     rows = tf.constant(feature_cache.rows(paths))
     gather = feature_cache.gather_fn()
-    tokens_t = None if tokens is None else tf.constant(tokens)
+    tokens_t = None if tokens is None else tf.nest.map_structure(tf.constant, tokens)
 
     def load_batch(indices):
         # One read per batch, not per caption: the memory map is read in order.
         inputs = {"features": gather(tf.gather(rows, indices))}
-        return inputs if tokens_t is None else (inputs, tf.gather(tokens_t, indices))
+        return inputs if tokens_t is None else (inputs, tf.nest.map_structure(lambda t: tf.gather(t, indices), tokens_t))
 
     return lambda order: (
         tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(load_batch, num_parallel_calls=AUTOTUNE)
@@ -155,6 +159,36 @@ def training_dataset(
 
     epochs_ds = tf.data.Dataset.range(initial_epoch, epochs)
     return epochs_ds.flat_map(one_epoch).map(_trim_padding, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def self_critical_dataset(
+    images: Sequence[CaptionedImage],
+    references: dict[str, np.ndarray],
+    image_size: Sequence[int],
+    batch_size: int,
+    seed: int,
+    epochs: int,
+    initial_epoch: int = 0,
+    feature_cache: FeatureCache | None = None,
+) -> tf.data.Dataset:
+    """Self-critical training's batches for epochs `initial_epoch .. epochs-1`: one row per image, not per caption.
+
+    Each is `(inputs, references)`: `{"images"}` or `{"features"}` (with a
+    feature cache) and the images' rows of `references`, a dict of arrays
+    with one row per image (`kcap.model.cider_reward.CiderReward.reference_vectors`).
+    Epoch `e` is shuffled by `(seed, e)` alone, as `training_dataset`'s, so a
+    resumed run sees the batches an uninterrupted one would.
+    """
+    paths = np.asarray([str(image.path) for image in images])
+    batches = _batcher(paths, references, image_size, batch_size, feature_cache)
+    lengths = tf.ones([len(paths)], tf.int64)
+    epochs_ds = tf.data.Dataset.range(initial_epoch, epochs)
+    return epochs_ds.flat_map(lambda epoch: batches(epoch_order(lengths, batch_size, seed, epoch))).prefetch(AUTOTUNE)
+
+
+def images_per_epoch_steps(images: Sequence[CaptionedImage], batch_size: int) -> int:
+    """Batches in an epoch of `self_critical_dataset`: one row per image."""
+    return -(-len(images) // batch_size)
 
 
 def evaluation_dataset(

@@ -15,8 +15,16 @@ from kcap.model.augmentation import ImageAugmentation
 from kcap.model.decoders import DEFAULT_DECODER, get_decoder
 from kcap.model.encoder import FeatureEncoder
 from kcap.model.preprocessing import ImagePreprocessing
-from kcap.model.samplers import DEFAULT_LENGTH_PENALTY, Decoded, Sampler, get_sampler, sampler_for
-from kcap.text.vocabulary import PAD_ID
+from kcap.model.samplers import (
+    DEFAULT_LENGTH_PENALTY, Decoded, GreedySampler, RandomSampler, Sampler, get_sampler, sampler_for,
+)
+from kcap.text.vocabulary import PAD_ID, START_ID
+
+# What `Captioner.compile(objective=...)` trains for: the words of the training captions
+# (teacher forcing), or the CIDEr-D of sampled captions (self-critical sequence training).
+OBJECTIVES = ("cross_entropy", "cider")
+# The self-critical baseline: the mean reward of the image's other samples, or its greedy caption's.
+BASELINES = ("mean", "greedy")
 
 
 @keras.saving.register_keras_serializable(package="kcap")
@@ -26,7 +34,9 @@ class Captioner(keras.Model):
     Augmentation, preprocessing and the backbone live inside the model, so
     they run on the accelerator and travel with a saved `.keras` file.
     Training uses teacher forcing with a cross-entropy masked on padding;
-    `compile` adds label smoothing and the attention regulariser to it.
+    `compile` adds label smoothing and the attention regulariser to it, or
+    makes it self-critical (`objective="cider"`: sampled captions rewarded
+    by their CIDEr-D).
 
     Inputs are dicts: `{"images": uint8/float (batch, h, w, 3) in [0, 255]}`
     or, with a feature cache, `{"features": (batch, h', w', c)}`; training
@@ -121,6 +131,10 @@ class Captioner(keras.Model):
         self.accuracy_tracker = keras.metrics.Mean(name="masked_accuracy")
         self.label_smoothing = 0.0  # training settings: see `compile`
         self.attention_regularizer = 0.0
+        self.objective = "cross_entropy"
+        self.__dict__["reward"] = None
+        self.samples_per_image = 5
+        self.baseline = "mean"
         self.build()
 
     def _set_backbone_trainable(self):
@@ -242,7 +256,17 @@ class Captioner(keras.Model):
 
     # -- training ------------------------------------------------------------
 
-    def compile(self, *args, label_smoothing: float = 0.0, attention_regularizer: float = 0.0, **kwargs):
+    def compile(
+        self,
+        *args,
+        label_smoothing: float = 0.0,
+        attention_regularizer: float = 0.0,
+        objective: str = "cross_entropy",
+        reward: Callable[[tf.Tensor, object], tf.Tensor] | None = None,
+        samples_per_image: int = 5,
+        baseline: str = "mean",
+        **kwargs,
+    ):
         """Keras' `compile`, and the settings of the training objective beside the optimizer's.
 
         They belong to training, not to the model: a saved model is the same
@@ -256,23 +280,60 @@ class Captioner(keras.Model):
             attention_regularizer: λ of Show, Attend and Tell's doubly
                 stochastic attention regulariser, added to the loss as λ times
                 its mean over the captions (`doubly_stochastic_penalty`).
+            objective: `"cross_entropy"` (teacher forcing on the training
+                captions), or `"cider"`: self-critical sequence training
+                (Rennie et al., 2017). Each image's `samples_per_image`
+                captions, drawn from the model (temperature 1), are rewarded
+                by `reward`; the loss is `-(reward - baseline) * log p(word)`
+                averaged over the sampled words, `<end>` included. Training
+                batches are then `(inputs, references)`, `references` what
+                `reward` takes beside the captions (rows of
+                `CiderReward.reference_vectors`, one per image).
+                `test_step` (`val_loss`) stays the cross-entropy.
+            reward: with `objective="cider"`, a function of sampled token ids
+                (captions, time) and the references of each caption → float32
+                (captions,): a `kcap.model.cider_reward.CiderReward`.
+            samples_per_image: K, the captions sampled per image.
+            baseline: `"mean"`: the mean reward of the image's other K - 1
+                samples; `"greedy"`: the reward of its greedy caption.
             *args, **kwargs: `keras.Model.compile`'s.
 
-        The reported `loss` and `val_loss` are the whole objective.
+        The reported `loss` and `val_loss` are the whole objective; with
+        `objective="cider"`, `reward` is the mean reward of the samples.
 
         Example:
 
         ```python
         model.compile(optimizer="adam", label_smoothing=0.1, attention_regularizer=1.0)
+        model.compile(optimizer=keras.optimizers.Adam(5e-5), objective="cider", reward=CiderReward(refs, len(vocab)))
         ```
         """
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
         if not 0.0 <= attention_regularizer < float("inf"):
             raise ValueError(f"attention_regularizer must be 0 or more, got {attention_regularizer}.")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+        if objective == "cider":
+            if reward is None:
+                raise ValueError("objective='cider' needs a reward, e.g. kcap.model.cider_reward.CiderReward(...).")
+            if baseline not in BASELINES:
+                raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}.")
+            if samples_per_image < (2 if baseline == "mean" else 1):
+                raise ValueError(
+                    f"samples_per_image={samples_per_image}: the 'mean' baseline averages the other samples "
+                    "of each image, so it needs at least 2; sample more, or use baseline='greedy'."
+                )
         super().compile(*args, **kwargs)
         self.label_smoothing = float(label_smoothing)
         self.attention_regularizer = float(attention_regularizer)
+        self.objective = objective
+        # Out of Keras' attribute tracking: training settings, not model state, that no saved file holds.
+        self.__dict__["reward"] = reward
+        if objective == "cider":
+            self.__dict__["reward_tracker"] = keras.metrics.Mean(name="reward")
+        self.samples_per_image = int(samples_per_image)
+        self.baseline = baseline
 
     def get_compile_config(self):
         config = super().get_compile_config()
@@ -290,7 +351,8 @@ class Captioner(keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.accuracy_tracker]
+        # The reward only where there is one: a cross-entropy run's logs stay as they were.
+        return [self.loss_tracker, self.accuracy_tracker] + ([self.reward_tracker] if self.objective == "cider" else [])
 
     def _loss_terms(self, inputs, captions, training):
         """The objective as a list of (mean, count) terms, each a mean over `count` items of the batch,
@@ -329,6 +391,8 @@ class Captioner(keras.Model):
         return terms, correct
 
     def train_step(self, data):
+        if self.objective == "cider":
+            return self._self_critical_step(data)
         inputs, captions = data
         with tf.GradientTape() as tape:
             terms, correct = self._loss_terms(inputs, captions, training=True)
@@ -356,7 +420,73 @@ class Captioner(keras.Model):
         # Token-weighted, so an epoch's loss is the mean over all its words.
         self.loss_tracker.update_state(loss, sample_weight=tokens)
         self.accuracy_tracker.update_state(correct)
-        return compat.multi_worker_step_outputs({m.name: m.result() for m in self.metrics})
+        return compat.multi_worker_step_outputs({m.name: m.result() for m in (self.loss_tracker, self.accuracy_tracker)})
+
+    # -- self-critical training --------------------------------------------------
+
+    def self_critical_samples(
+        self, encoded: tf.Tensor, references, seed: tf.Tensor | int = 0
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """The captions a self-critical step trains on, with their rewards and baselines.
+
+        `encoded` (images, locations, embedding_dim) from `encode`;
+        `references` the reward's, one row per image. Returns token ids
+        int32 (images * K, max_length + 1), image-major (an image's K samples
+        together), drawn by `RandomSampler(temperature=1, seed=seed)`, and
+        float32 (images * K,) rewards and baselines. `train_step` draws with
+        the optimizer's iteration count as the seed, so a resumed run draws
+        what an uninterrupted one would.
+
+        Example:
+
+        ```python
+        ids, rewards, baselines = model.self_critical_samples(model.encode(inputs), references, seed=3)
+        ```
+        """
+        k = self.samples_per_image
+        repeated = tf.nest.map_structure(lambda x: tf.repeat(x, k, axis=0), references)
+        ids, _, _ = RandomSampler(temperature=1.0, seed=seed)(self.decoder, tf.repeat(encoded, k, axis=0), self.max_length)
+        rewards = self.reward(ids, repeated)
+        if self.baseline == "greedy":
+            greedy, _, _ = GreedySampler()(self.decoder, encoded, self.max_length)
+            baselines = tf.repeat(self.reward(greedy, references), k, axis=0)
+        else:
+            per_image = tf.reshape(rewards, (-1, k))
+            others = (tf.reduce_sum(per_image, axis=1, keepdims=True) - per_image) / (k - 1)
+            baselines = tf.reshape(others, (-1,))
+        return ids, rewards, baselines
+
+    def sample_log_probs(self, encoded: tf.Tensor, ids: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+        """Log-probabilities of the words of decoded captions (`<end>` included), by teacher forcing.
+
+        `encoded` has one row per caption of `ids` (as a sampler returns them).
+        Returns float32 log p of each word, flat over the batch, and the
+        (caption, position) index of each: the gradient of a policy.
+        """
+        tokens = tf.concat([tf.fill([tf.shape(ids)[0], 1], START_ID), ids[:, :-1]], axis=1)
+        outputs, _ = self.decoder.teacher_forced(tokens, encoded, training=training)
+        words = tf.where(tf.not_equal(ids, PAD_ID))
+        logits = ops.cast(self.decoder.output_logits(tf.gather_nd(outputs, words), training=training), "float32")
+        log_probs = -keras.losses.sparse_categorical_crossentropy(tf.gather_nd(ids, words), logits, from_logits=True)
+        return log_probs, words
+
+    def _self_critical_step(self, data):
+        inputs, references = data
+        seed = tf.cast(self.optimizer.iterations, tf.int64)
+        with tf.GradientTape() as tape:
+            encoded = self.encode(inputs, training=True)
+            # Sampling is not differentiated: the gradient flows through log p of the samples alone.
+            ids, rewards, baselines = self.self_critical_samples(tf.stop_gradient(encoded), references, seed)
+            log_probs, words = self.sample_log_probs(tf.repeat(encoded, self.samples_per_image, axis=0), ids, True)
+            advantages = tf.gather(rewards - baselines, words[:, 0])
+            count = ops.cast(ops.shape(log_probs)[0], "float32")
+            loss = -ops.sum(advantages * log_probs) / ops.maximum(count, 1.0)
+            scaled_loss = self.optimizer.scale_loss(sum(_replica_shares([(loss, count)])))
+        gradients = tape.gradient(scaled_loss, self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+        self.loss_tracker.update_state(loss, sample_weight=count)
+        self.reward_tracker.update_state(rewards)
+        return compat.multi_worker_step_outputs({m.name: m.result() for m in (self.loss_tracker, self.reward_tracker)})
 
     # -- captioning ----------------------------------------------------------
 

@@ -32,8 +32,12 @@ from kcap.data.dataset import CaptionDataset, CaptionedImage
 from kcap.data.feature_cache import FeatureCache
 from kcap.data.loading import load_checked_dataset
 from kcap.data.normalization import channel_statistics
-from kcap.data.pipeline import evaluation_dataset, steps_per_epoch, training_dataset
-from kcap.text.vocabulary import SPECIAL_TOKENS, Vocabulary
+from kcap.data.pipeline import (
+    evaluation_dataset, images_per_epoch_steps, self_critical_dataset, steps_per_epoch, training_dataset,
+)
+from kcap.model.cider_reward import CiderReward
+from kcap.text.tokenize import tokenize
+from kcap.text.vocabulary import END_ID, SPECIAL_TOKENS, Vocabulary
 from kcap.training.config import TrainConfig
 from kcap.training.run_dir import RunDir
 from kcap.training.validation_captioning import ValidationCaptioning, subset
@@ -51,6 +55,8 @@ class RunData:
     `normalization` holds the training images' `mean` and `std` (for
     `normalize="dataset"`); `feature_cache` and `cache_stats` (how it was
     built: `FeatureCache.build`'s statistics) are set by `with_feature_cache`.
+    For `training_objective="cider"`, `reward` is the CIDEr-D of the training split's
+    references and `references` their vectors, a row per training image.
     """
 
     dataset: CaptionDataset
@@ -58,6 +64,8 @@ class RunData:
     normalization: dict | None = None
     feature_cache: FeatureCache | None = None
     cache_stats: dict | None = None
+    reward: CiderReward | None = None
+    references: dict | None = None
 
     @property
     def train_images(self) -> list[CaptionedImage]:
@@ -71,13 +79,16 @@ class RunData:
 def prepare_data(config: TrainConfig, run: RunDir | None = None, skipped: dict | None = None) -> RunData:
     """The split data set, the vocabulary and (for `normalize="dataset"`) the channel statistics.
 
-    A run being resumed keeps the vocabulary and statistics it started with.
+    A run being resumed keeps the vocabulary and statistics it started with;
+    a run `--init-from` another takes that run's (and its splits).
     The data check runs first (`kcap.data.check`): with `on_bad_image="error"`
     any bad image or caption row stops here; with `"skip"` they are left out
     and, when `skipped` is a dict, listed in it (`{"images": [...], "rows": [...]}`).
     """
     # Data check (issue #8): every problem is reported before any training.
-    resumed_splits = run.splits if run is not None and run.splits.is_file() else None
+    # A run's own files first; a run started --init-from another has that run's until it writes its own.
+    runs = [r for r in (run, RunDir(config.init_from) if config.init_from else None) if r is not None]
+    resumed_splits = next((r.splits for r in runs if r.splits.is_file()), None)
     dataset, report = load_checked_dataset(config.data_settings(), run_splits=resumed_splits)
     if skipped is not None:
         skipped.update(report.skipped_json())
@@ -90,8 +101,9 @@ def prepare_data(config: TrainConfig, run: RunDir | None = None, skipped: dict |
     train_images = dataset.subset("train")
     if not train_images:
         raise ValueError(f"No training images in {dataset.source}.")
-    if run is not None and run.vocabulary.is_file():
-        vocabulary = Vocabulary.load(run.vocabulary)
+    vocabulary_file = next((r.vocabulary for r in runs if r.vocabulary.is_file()), None)
+    if vocabulary_file is not None:
+        vocabulary = Vocabulary.load(vocabulary_file)
     else:
         vocabulary = Vocabulary.build(
             (c for image in train_images for c in image.captions),
@@ -106,12 +118,21 @@ def prepare_data(config: TrainConfig, run: RunDir | None = None, skipped: dict |
             )
     normalization = None
     if config.normalize == "dataset":
-        if run is not None and run.config.is_file():
-            normalization = run.read_config().get("normalization")
+        normalization = next((r.read_config().get("normalization") for r in runs if r.config.is_file()), None)
         if not normalization:
             mean, std = channel_statistics([str(i.path) for i in train_images], (config.image_size,) * 2)
             normalization = {"mean": mean, "std": std}
-    return RunData(dataset, vocabulary, normalization)
+    data = RunData(dataset, vocabulary, normalization)
+    if config.training_objective == "cider":
+        references = [[reference_ids(c, vocabulary) for c in image.captions] for image in train_images]
+        reward = CiderReward(references, len(vocabulary))
+        data = dataclasses.replace(data, reward=reward, references=reward.reference_vectors(references))
+    return data
+
+
+def reference_ids(caption: str, vocabulary: Vocabulary) -> list[int]:
+    """A reference caption as CIDEr-D rewards read it: the ids of all its words (no `max_length` cut), and `<end>`."""
+    return [vocabulary.word_id(word) for word in tokenize(caption)] + [END_ID]
 
 
 # -- the feature cache ----------------------------------------------------------
@@ -188,10 +209,16 @@ def fit_arguments(config: TrainConfig, data: RunData, epochs: int | None = None,
     epochs = config.epochs if epochs is None else epochs
     train_images, val_images = data.train_images, data.val_images
     image_size = (config.image_size, config.image_size)
-    train_ds = training_dataset(
-        train_images, data.vocabulary, image_size, config.batch_size, config.seed, epochs, initial_epoch,
-        feature_cache=data.feature_cache, length_pool=config.length_pool,
-    )
+    if config.training_objective == "cider":
+        train_ds = self_critical_dataset(
+            train_images, data.references, image_size, config.batch_size, config.seed, epochs, initial_epoch,
+            feature_cache=data.feature_cache,
+        )
+    else:
+        train_ds = training_dataset(
+            train_images, data.vocabulary, image_size, config.batch_size, config.seed, epochs, initial_epoch,
+            feature_cache=data.feature_cache, length_pool=config.length_pool,
+        )
     val_ds = (
         evaluation_dataset(val_images, data.vocabulary, image_size, config.batch_size, feature_cache=data.feature_cache)
         if val_images else None
@@ -201,9 +228,16 @@ def fit_arguments(config: TrainConfig, data: RunData, epochs: int | None = None,
         "validation_data": val_ds,
         "epochs": epochs,
         "initial_epoch": initial_epoch,
-        "steps_per_epoch": steps_per_epoch(train_images, config.batch_size),
+        "steps_per_epoch": training_steps(config, data),
         "shuffle": False,  # the dataset shuffles, by (seed, epoch)
     }
+
+
+def training_steps(config: TrainConfig, data: RunData) -> int:
+    """Training batches per epoch: of captions, or of images for `training_objective="cider"`."""
+    if config.training_objective == "cider":
+        return images_per_epoch_steps(data.train_images, config.batch_size)
+    return steps_per_epoch(data.train_images, config.batch_size)
 
 
 def validation_captioning(

@@ -30,6 +30,17 @@ LR_SCHEDULES = ("constant", "cosine")
 NORMALIZE = ("backbone", "dataset")
 # Batches per pool of like-length captions where the backbone is frozen (`TrainConfig.length_pool`).
 LENGTH_POOL = 20
+# What a run trains for: `kcap.model.captioner.OBJECTIVES` and `BASELINES`, named here so
+# that `kcap train --help` lists them without loading Keras.
+TRAINING_OBJECTIVES = ("cross_entropy", "cider")
+SCST_BASELINES = ("mean", "greedy")
+# The settings a run started `--init-from` another takes from its own flags: the
+# training's. Every other one (data, splits, model, backbone) is the other run's.
+STAGE_SETTINGS = (
+    "training_objective", "init_from", "samples_per_image", "scst_baseline", "epochs", "batch_size", "length_pool",
+    "learning_rate", "lr_schedule", "warmup_epochs", "clipnorm", "val_captions", "monitor",
+    "early_stopping", "strategy", "mixed_precision", "on_bad_image", "full_decode",
+)
 
 
 @dataclasses.dataclass
@@ -85,6 +96,10 @@ class TrainConfig:
     val_captions: int = 200  # validation images captioned each epoch for val_bleu4/val_cider (0: off)
     monitor: str = "val_loss"  # what picks the best checkpoint: val_loss, val_bleu4 or val_cider
     early_stopping: int | None = None  # stop after this many epochs without improvement
+    training_objective: str = "cross_entropy"  # --objective, one of TRAINING_OBJECTIVES; "cider": self-critical training, from init_from
+    init_from: str | None = None  # a finished run: its weights, vocabulary, splits and other settings (STAGE_SETTINGS aside)
+    samples_per_image: int = 5  # --objective cider: captions sampled per image (K)
+    scst_baseline: str = "mean"  # --objective cider: the other K-1 samples' "mean" reward, or the "greedy" caption's
 
     @property
     def is_synthetic(self) -> bool:
@@ -98,7 +113,7 @@ class TrainConfig:
         """A copy with every `None` default replaced by its actual value."""
         from kcap.model.backbones import check_weights_file, get_backbone_spec, is_backbone_file
 
-        c = dataclasses.replace(self)
+        c = self._from_initial_run() if self.init_from else dataclasses.replace(self)
         if not c.data.strip():
             raise ValueError("Invalid configuration: data is empty; give 'synthetic', a caption file or a folder.")
         if c.backbone is None:
@@ -156,6 +171,28 @@ class TrainConfig:
         c.validate()
         return c
 
+    def _from_initial_run(self) -> "TrainConfig":
+        """The settings of the run `init_from` names, with this configuration's `STAGE_SETTINGS` over them.
+
+        The cache folder is this one's where given: the cache itself is the run's, wherever it is kept.
+        """
+        source = Path(_absolute(self.init_from))
+        if not (source / "config.json").is_file():
+            raise ValueError(
+                f"--init-from {self.init_from}: no kcap run there (no config.json); give the directory of a "
+                "finished `kcap train` run."
+            )
+        base = TrainConfig.load(source / "config.json")
+        data = self.data if self.is_synthetic else _absolute(self.data)
+        if data != base.data:
+            raise ValueError(
+                f"--init-from {source} goes on from that run's data and splits ({base.data}), not {data}; "
+                f"give --data {base.data}."
+            )
+        stage = {name: getattr(self, name) for name in STAGE_SETTINGS}
+        stage.update(init_from=str(source), cache_dir=_absolute(self.cache_dir) or base.cache_dir)
+        return dataclasses.replace(base, **stage)
+
     def validate(self) -> None:
         from kcap.model.decoders import decoder_names  # TensorFlow: imported only once a run is validated
 
@@ -197,6 +234,18 @@ class TrainConfig:
             (self.monitor in MONITORS, f"monitor must be {_alternatives(MONITORS)}"),
             (self.monitor == "val_loss" or self.val_captions > 0, "monitor val_bleu4/val_cider needs val_captions > 0"),
             (self.early_stopping is None or self.early_stopping >= 1, "early_stopping must be at least 1"),
+            (self.training_objective in TRAINING_OBJECTIVES, f"training_objective must be {_alternatives(TRAINING_OBJECTIVES)}"),
+            (
+                self.training_objective == "cross_entropy" or self.init_from is not None,
+                "training_objective 'cider' fine-tunes a trained captioner: give init_from (--init-from RUN), a finished "
+                "cross-entropy run",
+            ),
+            (self.scst_baseline in SCST_BASELINES, f"scst_baseline must be {_alternatives(SCST_BASELINES)}"),
+            (
+                self.samples_per_image >= (2 if self.scst_baseline == "mean" else 1),
+                "samples_per_image must be at least 2 with scst_baseline 'mean' (it averages the other samples), "
+                "at least 1 with 'greedy'",
+            ),
         ]
         for ok, message in checks:
             if not ok:

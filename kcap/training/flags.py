@@ -20,7 +20,9 @@ import math
 
 from kcap.data.caption_files import caption_formats
 from kcap.data.loading import ON_BAD_IMAGE
-from kcap.training.config import LR_SCHEDULES, MIXED_PRECISION, MONITORS, NORMALIZE, STRATEGIES, TrainConfig
+from kcap.training.config import (
+    LR_SCHEDULES, MIXED_PRECISION, MONITORS, NORMALIZE, SCST_BASELINES, STRATEGIES, TRAINING_OBJECTIVES, TrainConfig,
+)
 from kcap.training.hparams import apply_hparams
 
 
@@ -70,8 +72,11 @@ def preprocessing_mode(text: str) -> str:
     return text
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """Adds a flag for every `TrainConfig` setting (but `position_embedding`), with its default."""
+def add_train_arguments(p: argparse.ArgumentParser, objective_flags: tuple[str, ...] = ("--objective", "--training-objective")) -> None:
+    """Adds a flag for every `TrainConfig` setting (but `position_embedding`), with its default.
+
+    `objective_flags` name `training_objective`'s: `kcap tune` has an `--objective` of its own.
+    """
     d = TrainConfig(data="")
     p.add_argument("--data", required=True, help="'synthetic' (the embedded set) or a caption file / folder")
     p.add_argument("--images", default=None, help="images folder (default: Images/ or images/ beside the caption file)")
@@ -111,6 +116,19 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention-regularizer", type=float, default=d.attention_regularizer, metavar="LAMBDA",
                    help="add LAMBDA times Show-Attend-Tell's doubly stochastic attention penalty to the loss; "
                         "the paper uses 1 (default: %(default)s, off)")
+    p.add_argument(*objective_flags, dest="training_objective", default=d.training_objective, choices=TRAINING_OBJECTIVES,
+                   help="'cross_entropy': teacher forcing on the captions; 'cider': self-critical training, which "
+                        "rewards sampled captions with their CIDEr-D, from the run --init-from names "
+                        "(default: %(default)s)")
+    p.add_argument("--init-from", default=d.init_from, metavar="RUN",
+                   help="start from this finished run's best model, vocabulary, splits, feature cache and settings; "
+                        "only the training's flags (--objective, --epochs, --learning-rate, --batch-size, ...) are "
+                        "this run's own")
+    p.add_argument("--samples-per-image", type=positive_int, default=d.samples_per_image, metavar="K",
+                   help="--objective cider: captions sampled per image and step (default: %(default)s)")
+    p.add_argument("--scst-baseline", default=d.scst_baseline, choices=SCST_BASELINES,
+                   help="--objective cider: a sample's reward is compared with the mean reward of the image's "
+                        "other samples, or with its greedy caption's (default: %(default)s)")
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="keep this many most frequent words")
     p.add_argument("--min-word-count", type=int, default=d.min_word_count, help="words seen fewer times in training captions become <unk>")

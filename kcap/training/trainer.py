@@ -15,13 +15,16 @@ import keras
 import kcap
 from kcap.data.decode_failures import explain_decode_failures
 from kcap.data.dataset import SPLITS, CaptionDataset
-from kcap.data import pipeline
 from kcap.model.augmentation import ImageAugmentation
 from kcap.model.backbones import build_backbone
 from kcap.model.captioner import Captioner
+from kcap.model.cider_reward import CiderReward
+from kcap.model.model_files import load_keras_file
 from kcap.model.preprocessing import ImagePreprocessing
 from kcap.text.vocabulary import Vocabulary
-from kcap.training.assembly import RunData, fit_arguments, prepare_data, validation_captioning, with_feature_cache
+from kcap.training.assembly import (
+    RunData, fit_arguments, prepare_data, training_steps, validation_captioning, with_feature_cache,
+)
 from kcap.training.callbacks import (
     BestModelCheckpoint,
     HistoryLog,
@@ -49,14 +52,20 @@ RESUMABLE_CHANGES = ("epochs", "strategy", "data", "images", "format", "cache_di
 
 
 def build_captioner(
-    config: TrainConfig, vocabulary: Vocabulary, normalization: dict | None = None, steps_per_epoch: int | None = None
+    config: TrainConfig,
+    vocabulary: Vocabulary,
+    normalization: dict | None = None,
+    steps_per_epoch: int | None = None,
+    reward: CiderReward | None = None,
 ) -> Captioner:
     """The captioner a (resolved) configuration describes, compiled.
 
     `normalization` holds the training set's `mean` and `std` when
     `config.normalize == "dataset"`. `steps_per_epoch` (training batches per
     epoch) places `--lr-schedule cosine`'s warm-up and decay; a model built
-    only to run its backbone (a feature cache) may leave it out.
+    only to run its backbone (a feature cache) may leave it out. With
+    `config.init_from` the weights are that run's best model's; `reward`
+    (`RunData.reward`) is what `training_objective="cider"` trains for.
     """
     keras.utils.set_random_seed(config.seed)  # the same initial weights every time
     # Cached features are computed once and kept: in float32, whatever the training
@@ -98,10 +107,21 @@ def build_captioner(
         # size, which XLA cannot compile, and Keras' "auto" would turn XLA on
         # wherever a GPU is visible. Under mixed_float16, compile() wraps the
         # optimizer in a LossScaleOptimizer, which train_step's scale_loss uses.
+        objective = {}
+        if config.training_objective != "cross_entropy":
+            objective = dict(
+                objective=config.training_objective, reward=reward, samples_per_image=config.samples_per_image,
+                baseline=config.scst_baseline,
+            )
         model.compile(
             optimizer=optimizer, jit_compile=False,
-            label_smoothing=config.label_smoothing, attention_regularizer=config.attention_regularizer,
+            label_smoothing=config.label_smoothing, attention_regularizer=config.attention_regularizer, **objective,
         )
+    if config.init_from:
+        # The same architecture (the settings are the run's), so the weights match one to one;
+        # not its optimizer's state: this run starts its own.
+        source = RunDir(config.init_from).model_path("best")
+        model.set_weights(load_keras_file(source, f"--init-from {config.init_from} needs a finished run.").get_weights())
     return model
 
 
@@ -243,10 +263,13 @@ def _train(config: TrainConfig, source: RunDir, run: RunDir, strategy, verbose) 
     skipped: dict = {}  # what the data check left out (--on-bad-image skip), for config.json
     data = prepare_data(config, source if resuming else None, skipped)
     _check_data(config, data.dataset)
-    with strategy.scope():
-        model = build_captioner(
-            config, data.vocabulary, data.normalization, pipeline.steps_per_epoch(data.train_images, config.batch_size)
+    if config.training_objective == "cider" and config.monitor == "val_loss":
+        log.warning(
+            "--objective cider with --monitor val_loss: best.keras follows the cross-entropy, which self-critical "
+            "training does not lower. --monitor val_cider keeps the epoch with the best CIDEr-D."
         )
+    with strategy.scope():
+        model = build_captioner(config, data.vocabulary, data.normalization, training_steps(config, data), data.reward)
     if config.cache_features:
         # Another worker waits for the chief, which builds the cache on the shared file system.
         data = with_feature_cache(data, config, model, build=run.path == source.path)

@@ -50,7 +50,7 @@ def test_bench_reports_kcap_and_the_baseline(tmp_path):
     output = tmp_path / "bench.json"
     report, _ = run_bench(*TINY, "--output", str(output))
 
-    assert set(report) == {"kcap", "transformer", "baseline", "ratios", "config", "machine"}
+    assert set(report) == {"kcap", "transformer", "self_critical", "baseline", "ratios", "config", "machine"}
     assert KCAP_KEYS <= set(report["kcap"])
     assert_positive(report["kcap"], KCAP_KEYS)
     assert BASELINE_KEYS <= set(report["baseline"])
@@ -64,6 +64,10 @@ def test_bench_reports_kcap_and_the_baseline(tmp_path):
         transformer["train_captions_per_s"] / baseline["train_captions_per_s"], rel=2e-3)
     assert ratios["transformer_vs_gru"] == pytest.approx(
         transformer["train_captions_per_s"] / kcap["train_captions_per_s"], rel=2e-3)
+    self_critical = report["self_critical"]
+    assert_positive(self_critical, ["train_images_per_s", "cross_entropy_images_per_s"])
+    assert ratios["self_critical_vs_cross_entropy"] == pytest.approx(
+        self_critical["train_images_per_s"] / self_critical["cross_entropy_images_per_s"], rel=2e-3)
     assert ratios["greedy"] == pytest.approx(kcap["greedy_captions_per_s"] / baseline["greedy_captions_per_s"], rel=2e-3)
     assert ratios["extract"] == pytest.approx(kcap["extract_images_per_s"] / kcap["backbone_images_per_s"], rel=2e-3)
 
@@ -90,7 +94,9 @@ def test_bench_reports_kcap_and_the_baseline(tmp_path):
 
 def test_bench_falls_back_to_synthetic_captions_and_skips(tmp_path):
     # An empty shared folder: no caption file, no backbone file.
-    report, done = run_bench(*TINY, "--skip-baseline", "--skip-extract", "--skip-transformer", shared=tmp_path)
+    report, done = run_bench(
+        *TINY, "--skip-baseline", "--skip-extract", "--skip-transformer", "--skip-self-critical", shared=tmp_path
+    )
     assert "using the synthetic set's captions" in done.stderr
     assert report["config"]["captions_source"] == "synthetic"
     assert_positive(report["kcap"], KCAP_KEYS - {"extract_images_per_s", "backbone_images_per_s"})
@@ -98,8 +104,12 @@ def test_bench_falls_back_to_synthetic_captions_and_skips(tmp_path):
     assert report["baseline"]["skipped"] == "--skip-baseline"
     assert all(report["baseline"][key] is None for key in BASELINE_KEYS)
     assert report["transformer"] == {"train_captions_per_s": None, "skipped": "--skip-transformer"}
+    assert report["self_critical"] == {
+        "train_images_per_s": None, "cross_entropy_images_per_s": None, "skipped": "--skip-self-critical",
+    }
     assert report["ratios"] == {
-        "train": None, "train_transformer": None, "transformer_vs_gru": None, "greedy": None, "extract": None,
+        "train": None, "train_transformer": None, "transformer_vs_gru": None, "self_critical_vs_cross_entropy": None,
+        "greedy": None, "extract": None,
     }
 
 

@@ -1,0 +1,47 @@
+"""Self-critical training (`Captioner.compile(objective="cider")`): one step moves log p with the advantage."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from decoding_helpers import random_captions, tiny_captioner
+
+from kcap.model.cider_reward import CiderReward
+from kcap.text.vocabulary import END_ID
+
+
+@pytest.mark.parametrize("decoder", ["gru_attention", "transformer"])
+def test_a_step_raises_log_p_of_a_sample_that_beats_the_baseline_and_lowers_one_that_does_not(decoder):
+    vocabulary_size, images = 10, 1
+    model = tiny_captioner(vocabulary_size, max_length=5, decoder=decoder)
+    rows = random_captions(3 * 3, vocabulary_size, max_length=5, seed=2)
+    references = [[list(r[1:list(r).index(END_ID) + 1]) for r in rows[3 * i:3 * i + 3]] for i in range(3)]
+    reward = CiderReward(references, vocabulary_size)
+    inputs = {"features": np.random.default_rng(0).normal(size=(images, *model.feature_shape)).astype("float32")}
+    # One image (the document frequencies come from three): no other image's samples pull on its words.
+    vectors = {k: tf.constant(v) for k, v in reward.reference_vectors(references[:images]).items()}
+    encoded = tf.repeat(model.encode(inputs), 4, axis=0)
+
+    # The greedy baseline: the reward of the image's greedy caption, for each of its samples.
+    model.compile(optimizer="sgd", objective="cider", reward=reward, samples_per_image=4, baseline="greedy")
+    greedy, _, _ = model.decode(model.encode(inputs))
+    np.testing.assert_array_equal(model.self_critical_samples(model.encode(inputs), vectors)[2],
+                                  tf.repeat(reward(greedy, vectors), 4))
+
+    model.compile(optimizer=keras.optimizers.SGD(0.02), objective="cider", reward=reward, samples_per_image=4)
+
+    def caption_log_probs(ids):
+        log_probs, words = model.sample_log_probs(encoded, ids)
+        return tf.math.segment_sum(log_probs, words[:, 0]).numpy()
+
+    # The step draws with the optimizer's iteration count (0) as the seed: these samples.
+    ids, rewards, baselines = model.self_critical_samples(model.encode(inputs), vectors, seed=0)
+    advantages = (rewards - baselines).numpy()
+    assert np.ptp(advantages) > 0
+    before = caption_log_probs(ids)
+    history = model.fit(tf.data.Dataset.from_tensors((inputs, vectors)), epochs=1, verbose=0).history
+    assert set(history) == {"loss", "reward"} and history["reward"][0] == pytest.approx(float(np.mean(rewards)))
+    change = caption_log_probs(ids) - before
+    assert change[np.argmax(advantages)] > 0 > change[np.argmin(advantages)]
+    assert np.sum(advantages * change) > 0
