@@ -474,10 +474,12 @@ class Captioner(keras.Model):
         inputs, references = data
         seed = tf.cast(self.optimizer.iterations, tf.int64)
         with tf.GradientTape() as tape:
-            encoded = self.encode(inputs, training=True)
+            # Dropout off throughout: the policy gradient needs log p under the very
+            # distribution the captions were drawn from, and sampling runs without it.
+            encoded = self.encode(inputs, training=False)
             # Sampling is not differentiated: the gradient flows through log p of the samples alone.
             ids, rewards, baselines = self.self_critical_samples(tf.stop_gradient(encoded), references, seed)
-            log_probs, words = self.sample_log_probs(tf.repeat(encoded, self.samples_per_image, axis=0), ids, True)
+            log_probs, words = self.sample_log_probs(tf.repeat(encoded, self.samples_per_image, axis=0), ids, False)
             advantages = tf.gather(rewards - baselines, words[:, 0])
             count = ops.cast(ops.shape(log_probs)[0], "float32")
             loss = -ops.sum(advantages * log_probs) / ops.maximum(count, 1.0)
