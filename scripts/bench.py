@@ -286,6 +286,20 @@ def kcap_captioner(args, vocabulary, decoder: str = "gru_attention"):
                    "position_embedding": defaults.position_embedding, "learning_rate": defaults.learning_rate}
 
 
+def _timed_steps(model, dataset, steps: int) -> tuple[dict, float]:
+    """The last step's logs and the seconds of `steps` training steps over `dataset` after a `fit` warm-up."""
+    # Round the same batches again: one untimed step traces the outer function for
+    # this iterator (fit's own may be another type), then `steps` timed steps see
+    # batches 1..steps-1 and 0, lengths the warm-up has all compiled.
+    iterator = iter(dataset.repeat())
+    float(model.train_function(iterator)["loss"])
+    start = time.perf_counter()
+    for _ in range(steps):
+        logs = model.train_function(iterator)
+    float(logs["loss"])  # waits for the device
+    return logs, time.perf_counter() - start
+
+
 def bench_kcap_train(model, rows, features, args) -> dict:
     """Training captions/s: a warm-up `fit` over the batches, then the same batches timed."""
     import numpy as np
@@ -315,16 +329,8 @@ def bench_kcap_train(model, rows, features, args) -> dict:
         ) from None
     warmup = time.perf_counter() - start
 
-    # Round the same batches again: one untimed step traces the outer function for
-    # this iterator (fit's own may be another type), then `steps` timed steps see
-    # batches 1..steps-1 and 0, lengths the warm-up has all compiled.
-    iterator = iter(dataset.repeat())
-    float(model.train_function(iterator)["loss"])
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        logs = model.train_function(iterator)
-    loss = float(logs["loss"])  # waits for the device
-    seconds = time.perf_counter() - start
+    logs, seconds = _timed_steps(model, dataset, args.steps)
+    loss = float(logs["loss"])
     lengths = [int(np.count_nonzero(batch, axis=1).max()) for batch in np.split(rows, args.steps)]
     return {
         "train_captions_per_s": args.batch_size * args.steps / seconds,
@@ -360,13 +366,8 @@ def bench_kcap_self_critical(model, images, vocabulary, features, args) -> dict:
     start = time.perf_counter()
     model.fit(dataset, epochs=1, verbose=0, shuffle=False)
     warmup = time.perf_counter() - start
-    iterator = iter(dataset.repeat())
-    float(model.train_function(iterator)["loss"])
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        logs = model.train_function(iterator)
-    loss = float(logs["loss"])  # waits for the device
-    seconds = time.perf_counter() - start
+    logs, seconds = _timed_steps(model, dataset, args.steps)
+    loss = float(logs["loss"])
     encoded = model.encode({"features": features})
     ids, _, _ = model.self_critical_samples(encoded, {k: v[:args.batch_size] for k, v in vectors.items()})
     return {
