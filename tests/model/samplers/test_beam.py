@@ -120,12 +120,15 @@ def test_beam_search_matches_a_plain_reference_on_random_markov_decoders(alpha, 
         np.testing.assert_allclose(scores.numpy()[0], raw, rtol=1e-5)
 
 
-def test_a_finished_caption_pushed_out_of_the_beam_is_still_returned():
-    # After <start>: "a" 0.7, <end> 0.25. Beam 2 keeps ["a", "<end>"].
-    # After "a": "x" 0.55, "y" 0.45. "a x" (0.385) and "a y" (0.315) both
-    # beat the finished "<end>" (0.25) and push it out of the beam.
-    # Every continuation after that costs at least a factor 1/4, so the empty
-    # caption (probability 0.25) is the best. Greedy returns a worse one.
+def _pushed_out_table() -> tuple[np.ndarray, int, int]:
+    """A Markov table whose best caption, the empty one, is pushed out of a beam of 2; and the words a, x.
+
+    After <start>: "a" 0.7, <end> 0.25. Beam 2 keeps ["a", "<end>"].
+    After "a": "x" 0.55, "y" 0.45. "a x" (0.385) and "a y" (0.315) both
+    beat the finished "<end>" (0.25) and push it out of the beam.
+    Every continuation after that costs at least a factor 1/4, so the empty
+    caption (probability 0.25) is the best.
+    """
     a, x, y, z = 4, 5, 6, 7
     table = np.full((8, 8), 1e-9)
     table[START_ID, [a, END_ID, z]] = [0.7, 0.25, 0.05 - 6e-9]
@@ -133,6 +136,12 @@ def test_a_finished_caption_pushed_out_of_the_beam_is_still_returned():
         table[word, [x, y, z, END_ID]] = [0.25, 0.25, 0.25, 0.25]
     table[a, [x, y, z, END_ID]] = [0.55, 0.45, 0.0, 0.0]
     table = table / table.sum(1, keepdims=True)
+    return table, a, x
+
+
+def test_a_finished_caption_pushed_out_of_the_beam_is_still_returned():
+    # Greedy returns a worse caption than the pushed-out empty one.
+    table, a, x = _pushed_out_table()
     decoder, encoded, max_length = MarkovDecoder(table), tf.zeros([1, 4, 2]), tf.constant(5)
     ids, _, scores = BeamSampler(beam_size=2, length_penalty=0.0)(decoder, encoded, max_length)
     assert ids.numpy()[0].tolist() == [END_ID, 0, 0, 0, 0, 0]
@@ -163,14 +172,8 @@ def test_candidates_are_distinct_finished_captions_best_first_led_by_the_beams_c
 
 
 def test_candidates_keep_a_finished_caption_pushed_out_of_the_beam():
-    # The example above: "<end>" alone is best; "a x ..." and "a y ..." finish later.
-    a, x, y, z = 4, 5, 6, 7
-    table = np.full((8, 8), 1e-9)
-    table[START_ID, [a, END_ID, z]] = [0.7, 0.25, 0.05 - 6e-9]
-    for word in (a, x, y, z):
-        table[word, [x, y, z, END_ID]] = [0.25, 0.25, 0.25, 0.25]
-    table[a, [x, y, z, END_ID]] = [0.55, 0.45, 0.0, 0.0]
-    table = table / table.sum(1, keepdims=True)
+    # "<end>" alone is best; "a x ..." and "a y ..." finish later.
+    table, a, _ = _pushed_out_table()
     ids, _, scores = BeamSampler(beam_size=2, length_penalty=0.0).candidates(
         MarkovDecoder(table), tf.zeros([1, 4, 2]), tf.constant(5)
     )
