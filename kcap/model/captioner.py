@@ -16,7 +16,7 @@ from kcap.model.decoders import DEFAULT_DECODER, get_decoder
 from kcap.model.encoder import FeatureEncoder
 from kcap.model.preprocessing import ImagePreprocessing
 from kcap.model.samplers import (
-    DEFAULT_LENGTH_PENALTY, Decoded, GreedySampler, RandomSampler, Sampler, get_sampler, sampler_for,
+    DEFAULT_LENGTH_PENALTY, BeamSampler, Decoded, GreedySampler, RandomSampler, Sampler, get_sampler, sampler_for,
 )
 from kcap.text.vocabulary import PAD_ID, START_ID
 
@@ -25,6 +25,9 @@ from kcap.text.vocabulary import PAD_ID, START_ID
 OBJECTIVES = ("cross_entropy", "cider")
 # The self-critical baseline: the mean reward of the image's other samples, or its greedy caption's.
 BASELINES = ("mean", "greedy")
+# How the self-critical samples are drawn: from the model's distribution, or as the
+# K best captions of a beam search of width K (as the Meshed-Memory Transformer trains).
+SCST_SAMPLERS = ("random", "beam")
 
 
 @keras.saving.register_keras_serializable(package="kcap")
@@ -135,6 +138,8 @@ class Captioner(keras.Model):
         self.__dict__["reward"] = None
         self.samples_per_image = 5
         self.baseline = "mean"
+        self.sample_max_length = self.max_length
+        self.sampler = "random"
         self.build()
 
     def _set_backbone_trainable(self):
@@ -265,6 +270,8 @@ class Captioner(keras.Model):
         reward: Callable[[tf.Tensor, object], tf.Tensor] | None = None,
         samples_per_image: int = 5,
         baseline: str = "mean",
+        sample_max_length: int | None = None,
+        sampler: str = "random",
         **kwargs,
     ):
         """Keras' `compile`, and the settings of the training objective beside the optimizer's.
@@ -285,7 +292,8 @@ class Captioner(keras.Model):
                 (Rennie et al., 2017). Each image's `samples_per_image`
                 captions, drawn from the model (temperature 1), are rewarded
                 by `reward`; the loss is `-(reward - baseline) * log p(word)`
-                averaged over the sampled words, `<end>` included. Training
+                averaged over the sampled words, `<end>` included where the
+                model chose it (not where `sample_max_length` forced it). Training
                 batches are then `(inputs, references)`, `references` what
                 `reward` takes beside the captions (rows of
                 `CiderReward.reference_vectors`, one per image).
@@ -296,6 +304,14 @@ class Captioner(keras.Model):
             samples_per_image: K, the captions sampled per image.
             baseline: `"mean"`: the mean reward of the image's other K - 1
                 samples; `"greedy"`: the reward of its greedy caption.
+            sample_max_length: the most words a sample (and the greedy
+                baseline) may have before `<end>` is forced; at most, and by
+                default, the model's `max_length`. Shorter is faster, and keeps
+                the long tail of rambling samples out of the gradient.
+            sampler: `"random"`: K captions drawn at temperature 1; `"beam"`:
+                the K best finished captions of a beam search of width K
+                (Cornia et al., 2020), which never draws the unlikely words
+                that sampling spends much of its gradient pushing down.
             *args, **kwargs: `keras.Model.compile`'s.
 
         The reported `loss` and `val_loss` are the whole objective; with
@@ -319,6 +335,10 @@ class Captioner(keras.Model):
                 raise ValueError("objective='cider' needs a reward, e.g. kcap.model.cider_reward.CiderReward(...).")
             if baseline not in BASELINES:
                 raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}.")
+            if sampler not in SCST_SAMPLERS:
+                raise ValueError(f"sampler must be one of {SCST_SAMPLERS}, got {sampler!r}.")
+            if sample_max_length is not None and sample_max_length < 1:
+                raise ValueError(f"sample_max_length must be at least 1, got {sample_max_length}.")
             if samples_per_image < (2 if baseline == "mean" else 1):
                 raise ValueError(
                     f"samples_per_image={samples_per_image}: the 'mean' baseline averages the other samples "
@@ -334,6 +354,8 @@ class Captioner(keras.Model):
             self.__dict__["reward_tracker"] = keras.metrics.Mean(name="reward")
         self.samples_per_image = int(samples_per_image)
         self.baseline = baseline
+        self.sample_max_length = min(self.max_length, int(sample_max_length or self.max_length))
+        self.sampler = sampler
 
     def get_compile_config(self):
         config = super().get_compile_config()
@@ -431,11 +453,13 @@ class Captioner(keras.Model):
 
         `encoded` (images, locations, embedding_dim) from `encode`;
         `references` the reward's, one row per image. Returns token ids
-        int32 (images * K, max_length + 1), image-major (an image's K samples
-        together), drawn by `RandomSampler(temperature=1, seed=seed)`, and
-        float32 (images * K,) rewards and baselines. `train_step` draws with
-        the optimizer's iteration count as the seed, so a resumed run draws
-        what an uninterrupted one would.
+        int32 (images * K, sample_max_length + 1), image-major (an image's K samples
+        together), drawn by `RandomSampler(temperature=1, seed=seed)` (or
+        the K best of `BeamSampler(beam_size=K)`, with rows of padding where
+        it finished fewer), and float32 (images * K,) rewards and baselines
+        (a baseline equals its reward where there is nothing to compare).
+        `train_step` draws with the optimizer's iteration count as the seed,
+        so a resumed run draws what an uninterrupted one would.
 
         Example:
 
@@ -445,15 +469,29 @@ class Captioner(keras.Model):
         """
         k = self.samples_per_image
         repeated = tf.nest.map_structure(lambda x: tf.repeat(x, k, axis=0), references)
-        ids, _, _ = RandomSampler(temperature=1.0, seed=seed)(self.decoder, tf.repeat(encoded, k, axis=0), self.max_length)
+        length = self.sample_max_length
+        if self.sampler == "beam":
+            ids, _, scores = BeamSampler(beam_size=k).candidates(self.decoder, encoded, length)
+            ids = tf.reshape(ids, (-1, length + 1))
+            # A search may finish fewer than K captions: the missing ones (all padding) have
+            # no words to train and count in no baseline.
+            found = tf.math.is_finite(tf.reshape(scores, (-1,)))
+        else:
+            ids, _, _ = RandomSampler(temperature=1.0, seed=seed)(self.decoder, tf.repeat(encoded, k, axis=0), length)
+            found = tf.ones([tf.shape(ids)[0]], tf.bool)
         rewards = self.reward(ids, repeated)
         if self.baseline == "greedy":
-            greedy, _, _ = GreedySampler()(self.decoder, encoded, self.max_length)
+            greedy, _, _ = GreedySampler()(self.decoder, encoded, length)
             baselines = tf.repeat(self.reward(greedy, references), k, axis=0)
         else:
-            per_image = tf.reshape(rewards, (-1, k))
-            others = (tf.reduce_sum(per_image, axis=1, keepdims=True) - per_image) / (k - 1)
-            baselines = tf.reshape(others, (-1,))
+            found_k = tf.reshape(tf.cast(found, rewards.dtype), (-1, k))
+            per_image = tf.reshape(rewards, (-1, k)) * found_k
+            others = tf.reduce_sum(found_k, axis=1, keepdims=True) - found_k
+            mean_of_others = (tf.reduce_sum(per_image, axis=1, keepdims=True) - per_image) / tf.maximum(others, 1.0)
+            baselines = tf.reshape(mean_of_others, (-1,))
+            found = tf.logical_and(found, tf.reshape(others > 0, (-1,)))
+        # No sample, or no other sample to compare it with: no advantage.
+        baselines = tf.where(found, baselines, rewards)
         return ids, rewards, baselines
 
     def sample_log_probs(self, encoded: tf.Tensor, ids: tf.Tensor, training: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
@@ -480,6 +518,10 @@ class Captioner(keras.Model):
             # Sampling is not differentiated: the gradient flows through log p of the samples alone.
             ids, rewards, baselines = self.self_critical_samples(tf.stop_gradient(encoded), references, seed)
             log_probs, words = self.sample_log_probs(tf.repeat(encoded, self.samples_per_image, axis=0), ids, False)
+            # An `<end>` after sample_max_length words was forced, not drawn: it is no
+            # action of the policy, and pushing its log p down would teach the model never to end.
+            drawn = tf.where(words[:, 1] < self.sample_max_length)[:, 0]
+            log_probs, words = tf.gather(log_probs, drawn), tf.gather(words, drawn)
             advantages = tf.gather(rewards - baselines, words[:, 0])
             count = ops.cast(ops.shape(log_probs)[0], "float32")
             loss = -ops.sum(advantages * log_probs) / ops.maximum(count, 1.0)
@@ -487,7 +529,8 @@ class Captioner(keras.Model):
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         self.loss_tracker.update_state(loss, sample_weight=count)
-        self.reward_tracker.update_state(rewards)
+        # A beam search's missing captions (all padding) are no samples.
+        self.reward_tracker.update_state(rewards, sample_weight=tf.not_equal(ids[:, 0], PAD_ID))
         return compat.multi_worker_step_outputs({m.name: m.result() for m in (self.loss_tracker, self.reward_tracker)})
 
     # -- captioning ----------------------------------------------------------

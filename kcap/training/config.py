@@ -30,14 +30,15 @@ LR_SCHEDULES = ("constant", "cosine")
 NORMALIZE = ("backbone", "dataset")
 # Batches per pool of like-length captions where the backbone is frozen (`TrainConfig.length_pool`).
 LENGTH_POOL = 20
-# What a run trains for: `kcap.model.captioner.OBJECTIVES` and `BASELINES`, named here so
+# What a run trains for: `kcap.model.captioner.OBJECTIVES`, `BASELINES` and `SCST_SAMPLERS`, named here so
 # that `kcap train --help` lists them without loading Keras.
 TRAINING_OBJECTIVES = ("cross_entropy", "cider")
 SCST_BASELINES = ("mean", "greedy")
+SCST_SAMPLERS = ("random", "beam")
 # The settings a run started `--init-from` another takes from its own flags: the
 # training's. Every other one (data, splits, model, backbone) is the other run's.
 STAGE_SETTINGS = (
-    "training_objective", "init_from", "samples_per_image", "scst_baseline", "epochs", "batch_size", "length_pool",
+    "training_objective", "init_from", "samples_per_image", "scst_baseline", "scst_sampler", "sample_max_length", "epochs", "batch_size", "length_pool",
     "learning_rate", "lr_schedule", "warmup_epochs", "clipnorm", "val_captions", "monitor",
     "early_stopping", "strategy", "mixed_precision", "on_bad_image", "full_decode",
 )
@@ -100,6 +101,8 @@ class TrainConfig:
     init_from: str | None = None  # a finished run: its weights, vocabulary, splits and other settings (STAGE_SETTINGS aside)
     samples_per_image: int = 5  # --objective cider: captions sampled per image (K)
     scst_baseline: str = "mean"  # --objective cider: the other K-1 samples' "mean" reward, or the "greedy" caption's
+    scst_sampler: str = "random"  # --objective cider: samples drawn at temperature 1, or a width-K beam's K best
+    sample_max_length: int | None = None  # --objective cider: most words per sample (None: the vocabulary's max_length)
 
     @property
     def is_synthetic(self) -> bool:
@@ -241,6 +244,8 @@ class TrainConfig:
                 "cross-entropy run",
             ),
             (self.scst_baseline in SCST_BASELINES, f"scst_baseline must be {_alternatives(SCST_BASELINES)}"),
+            (self.scst_sampler in SCST_SAMPLERS, f"scst_sampler must be {_alternatives(SCST_SAMPLERS)}"),
+            (self.sample_max_length is None or self.sample_max_length >= 1, "sample_max_length must be at least 1"),
             (
                 self.samples_per_image >= (2 if self.scst_baseline == "mean" else 1),
                 "samples_per_image must be at least 2 with scst_baseline 'mean' (it averages the other samples), "

@@ -21,7 +21,8 @@ import math
 from kcap.data.caption_files import caption_formats
 from kcap.data.loading import ON_BAD_IMAGE
 from kcap.training.config import (
-    LR_SCHEDULES, MIXED_PRECISION, MONITORS, NORMALIZE, SCST_BASELINES, STRATEGIES, TRAINING_OBJECTIVES, TrainConfig,
+    LR_SCHEDULES, MIXED_PRECISION, MONITORS, NORMALIZE, SCST_BASELINES, SCST_SAMPLERS, STRATEGIES, TRAINING_OBJECTIVES,
+    TrainConfig,
 )
 from kcap.training.hparams import apply_hparams
 
@@ -129,6 +130,12 @@ def add_train_arguments(p: argparse.ArgumentParser, objective_flags: tuple[str, 
     p.add_argument("--scst-baseline", default=d.scst_baseline, choices=SCST_BASELINES,
                    help="--objective cider: a sample's reward is compared with the mean reward of the image's "
                         "other samples, or with its greedy caption's (default: %(default)s)")
+    p.add_argument("--scst-sampler", default=d.scst_sampler, choices=SCST_SAMPLERS,
+                   help="--objective cider: draw the K samples at temperature 1, or take the K best captions of a "
+                        "beam search of width K (default: %(default)s)")
+    p.add_argument("--sample-max-length", type=positive_int, default=d.sample_max_length, metavar="N",
+                   help="--objective cider: end each sample after at most N words (default: the vocabulary's "
+                        "max length)")
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="keep this many most frequent words")
     p.add_argument("--min-word-count", type=int, default=d.min_word_count, help="words seen fewer times in training captions become <unk>")

@@ -111,7 +111,8 @@ def build_captioner(
         if config.training_objective != "cross_entropy":
             objective = dict(
                 objective=config.training_objective, reward=reward, samples_per_image=config.samples_per_image,
-                baseline=config.scst_baseline,
+                baseline=config.scst_baseline, sample_max_length=config.sample_max_length,
+                sampler=config.scst_sampler,
             )
         model.compile(
             optimizer=optimizer, jit_compile=False,

@@ -8,11 +8,12 @@ import tensorflow as tf
 from decoding_helpers import random_captions, tiny_captioner
 
 from kcap.model.cider_reward import CiderReward
+from kcap.model.samplers import BeamSampler
 from kcap.text.vocabulary import END_ID
 
 
-@pytest.mark.parametrize("decoder", ["gru_attention", "transformer"])
-def test_a_step_raises_log_p_of_a_sample_that_beats_the_baseline_and_lowers_one_that_does_not(decoder):
+@pytest.mark.parametrize("decoder, sampler", [("gru_attention", "random"), ("transformer", "random"), ("transformer", "beam")])
+def test_a_step_raises_log_p_of_a_sample_that_beats_the_baseline_and_lowers_one_that_does_not(decoder, sampler):
     vocabulary_size, images = 10, 1
     model = tiny_captioner(vocabulary_size, max_length=5, decoder=decoder)
     rows = random_captions(3 * 3, vocabulary_size, max_length=5, seed=2)
@@ -29,19 +30,48 @@ def test_a_step_raises_log_p_of_a_sample_that_beats_the_baseline_and_lowers_one_
     np.testing.assert_array_equal(model.self_critical_samples(model.encode(inputs), vectors)[2],
                                   tf.repeat(reward(greedy, vectors), 4))
 
-    model.compile(optimizer=keras.optimizers.SGD(0.02), objective="cider", reward=reward, samples_per_image=4)
+    model.compile(optimizer=keras.optimizers.SGD(0.002), objective="cider", reward=reward, samples_per_image=4,
+                  sampler=sampler)
 
     def caption_log_probs(ids):
         log_probs, words = model.sample_log_probs(encoded, ids)
-        return tf.math.segment_sum(log_probs, words[:, 0]).numpy()
+        return tf.math.unsorted_segment_sum(log_probs, words[:, 0], len(ids)).numpy()
 
     # The step draws with the optimizer's iteration count (0) as the seed: these samples.
     ids, rewards, baselines = model.self_critical_samples(model.encode(inputs), vectors, seed=0)
+    if sampler == "beam":
+        candidates, _, scores = BeamSampler(beam_size=4).candidates(model.decoder, model.encode(inputs), 5)
+        np.testing.assert_array_equal(ids, tf.reshape(candidates, (4, -1)))
+        # A candidate the search did not find is padding, and has no advantage.
+        np.testing.assert_array_equal((rewards - baselines).numpy()[~np.isfinite(scores.numpy()[0])], 0)
     advantages = (rewards - baselines).numpy()
     assert np.ptp(advantages) > 0
+    found = ids.numpy()[:, 0] != 0
     before = caption_log_probs(ids)
     history = model.fit(tf.data.Dataset.from_tensors((inputs, vectors)), epochs=1, verbose=0).history
-    assert set(history) == {"loss", "reward"} and history["reward"][0] == pytest.approx(float(np.mean(rewards)))
+    assert set(history) == {"loss", "reward"} and history["reward"][0] == pytest.approx(float(np.mean(rewards[found])))
     change = caption_log_probs(ids) - before
     assert change[np.argmax(advantages)] > 0 > change[np.argmin(advantages)]
     assert np.sum(advantages * change) > 0
+
+
+def test_an_end_forced_by_sample_max_length_is_no_action_of_the_policy():
+    vocabulary_size = 10
+    model = tiny_captioner(vocabulary_size, max_length=6, decoder="transformer")
+    rows = random_captions(6, vocabulary_size, max_length=6, seed=4)
+    references = [[list(r[1:list(r).index(END_ID) + 1]) for r in rows[3 * i:3 * i + 3]] for i in range(2)]
+    reward = CiderReward(references, vocabulary_size)
+    inputs = {"features": np.random.default_rng(1).normal(size=(2, *model.feature_shape)).astype("float32")}
+    vectors = {k: tf.constant(v) for k, v in reward.reference_vectors(references).items()}
+    model.compile(optimizer=keras.optimizers.SGD(0.0), objective="cider", reward=reward, samples_per_image=3,
+                  sample_max_length=2)
+
+    ids, rewards, baselines = model.self_critical_samples(model.encode(inputs), vectors, seed=0)
+    assert ids.shape == (6, 3)
+    log_probs, words = model.sample_log_probs(tf.repeat(model.encode(inputs), 3, axis=0), ids)
+    forced = words.numpy()[:, 1] == 2
+    assert forced.any() and not forced.all()
+    weighted = -(tf.gather(rewards - baselines, words[:, 0]) * log_probs).numpy()
+    history = model.fit(tf.data.Dataset.from_tensors((inputs, vectors)), epochs=1, verbose=0).history
+    assert history["loss"][0] == pytest.approx(weighted[~forced].mean(), rel=1e-5)
+    assert history["loss"][0] != pytest.approx(weighted.mean(), rel=1e-3)

@@ -93,9 +93,11 @@ class BeamSampler(Sampler):
     def candidates(self, decoder: Decoder, encoded: tf.Tensor, max_length: tf.Tensor | int) -> Decoded:
         """Up to `beam_size` finished captions per image, best first; `__call__`'s caption is the first.
 
-        The search is `__call__`'s, step for step; besides the best finished
-        caption it keeps the `beam_size` best ones met on the way. An image with
-        fewer finished captions has slots of score `-inf` (and ids 0) at the end.
+        The search is `__call__`'s, step for step, but goes on until no
+        unfinished beam can enter the `beam_size` best finished captions met
+        on the way (not just beat the best). An image with fewer finished
+        captions (after `max_length` words) has slots of score `-inf` (and
+        ids 0) at the end.
         """
         return self._search(decoder, encoded, max_length, keep=self.beam_size)
 
@@ -188,10 +190,12 @@ class BeamSampler(Sampler):
             # The most an unfinished beam can still reach (see the docstring).
             reachable = tf.where(finished, neg_inf, raw / penalty(steps, alpha))
             reachable = tf.reduce_max(tf.reshape(reachable, [batch, k]), axis=-1)
-            # With no finished caption yet best_norm is -inf, and the search goes on.
+            # Settled when no unfinished beam can enter the `keep` best: the best alone for
+            # `__call__`. Until `keep` captions have finished the last is -inf, and the search goes on.
+            last_kept = best_norm[:, keep - 1]
             settled = tf.logical_or(
                 tf.reduce_all(tf.reshape(finished, [batch, k]), axis=-1),
-                tf.logical_and(best_norm[:, 0] > neg_inf, best_norm[:, 0] >= reachable),
+                tf.logical_and(last_kept > neg_inf, last_kept >= reachable),
             )
             return tf.logical_and(t < steps, tf.logical_not(tf.reduce_all(settled)))
 
