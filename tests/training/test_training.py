@@ -319,6 +319,8 @@ def test_like_length_batches_are_the_default_only_where_the_backbone_is_frozen(t
         ({"lr_schedule": "cosine", "warmup_epochs": 2.0}, "warmup_epochs must be from 0 to below epochs"),
         ({"warmup_epochs": 0.5}, "warmup_epochs needs lr_schedule 'cosine'"),
         ({"data": ""}, "data is empty"),
+        ({"scst_sampler": "top_k"}, "scst_sampler must be 'random' or 'beam'"),
+        ({"sample_max_length": 0}, "sample_max_length must be at least 1"),
     ],
 )
 def test_out_of_range_settings_are_refused_before_any_work(tmp_path, tiny_config, setting, message):
