@@ -53,7 +53,7 @@ TUNABLE = (
     "context_gate", "deep_output",  # --decoder gru_attention's
     "label_smoothing", "attention_regularizer",
     "lr_schedule", "warmup_epochs",
-    "samples_per_image", "scst_baseline", "scst_sampler", "sample_max_length",  # --objective cider's (with --init-from: each trial starts from that run)
+    "samples_per_image", "scst_baseline", "scst_sampler", "sample_max_length", "scst_cross_entropy",  # --objective cider's (with --init-from: each trial starts from that run)
 )
 
 _SPEC_KEYS = {

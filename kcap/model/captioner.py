@@ -140,6 +140,7 @@ class Captioner(keras.Model):
         self.baseline = "mean"
         self.sample_max_length = self.max_length
         self.sampler = "random"
+        self.cross_entropy_weight = 0.0
         self.build()
 
     def _set_backbone_trainable(self):
@@ -272,6 +273,7 @@ class Captioner(keras.Model):
         baseline: str = "mean",
         sample_max_length: int | None = None,
         sampler: str = "random",
+        cross_entropy_weight: float = 0.0,
         **kwargs,
     ):
         """Keras' `compile`, and the settings of the training objective beside the optimizer's.
@@ -312,6 +314,13 @@ class Captioner(keras.Model):
                 the K best finished captions of a beam search of width K
                 (Cornia et al., 2020), which never draws the unlikely words
                 that sampling spends much of its gradient pushing down.
+            cross_entropy_weight: w > 0 adds w times the cross-entropy of the
+                images' reference captions (teacher forcing) to the
+                self-critical loss, the mixed objective of Paulus et al.
+                (2017): it anchors the model to human captions while it
+                chases the reward. The references then also hold
+                `"captions"`: int32 (images, references, time) token ids,
+                rows of padding where an image has fewer.
             *args, **kwargs: `keras.Model.compile`'s.
 
         The reported `loss` and `val_loss` are the whole objective; with
@@ -335,6 +344,8 @@ class Captioner(keras.Model):
                 raise ValueError("objective='cider' needs a reward, e.g. kcap.model.cider_reward.CiderReward(...).")
             if baseline not in BASELINES:
                 raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}.")
+            if not 0.0 <= cross_entropy_weight < float("inf"):
+                raise ValueError(f"cross_entropy_weight must be 0 or more, got {cross_entropy_weight}.")
             if sampler not in SCST_SAMPLERS:
                 raise ValueError(f"sampler must be one of {SCST_SAMPLERS}, got {sampler!r}.")
             if sample_max_length is not None and sample_max_length < 1:
@@ -356,6 +367,7 @@ class Captioner(keras.Model):
         self.baseline = baseline
         self.sample_max_length = min(self.max_length, int(sample_max_length or self.max_length))
         self.sampler = sampler
+        self.cross_entropy_weight = float(cross_entropy_weight)
 
     def get_compile_config(self):
         config = super().get_compile_config()
@@ -376,15 +388,17 @@ class Captioner(keras.Model):
         # The reward only where there is one: a cross-entropy run's logs stay as they were.
         return [self.loss_tracker, self.accuracy_tracker] + ([self.reward_tracker] if self.objective == "cider" else [])
 
-    def _loss_terms(self, inputs, captions, training):
+    def _loss_terms(self, inputs, captions, training, encoded=None):
         """The objective as a list of (mean, count) terms, each a mean over `count` items of the batch,
         and whether each word (padding left out) was predicted right.
 
         The terms: the cross-entropy over the captions' words; with
         `attention_regularizer`, λ times the attention penalty over the captions.
+        `encoded` (one row per caption) stands in for `encode(inputs)` where given.
         """
         tokens, targets = captions[:, :-1], captions[:, 1:]
-        encoded = self.encode(inputs, training=training)
+        if encoded is None:
+            encoded = self.encode(inputs, training=training)
         outputs, attention = self.decoder.teacher_forced(tokens, encoded, training=training)
         # The output layers only where there is a word to predict: a batch is as
         # long as its longest caption, and about half its positions are padding;
@@ -510,6 +524,13 @@ class Captioner(keras.Model):
 
     def _self_critical_step(self, data):
         inputs, references = data
+        references = dict(references)
+        captions = references.pop("captions", None)
+        if self.cross_entropy_weight and captions is None:
+            raise ValueError(
+                "cross_entropy_weight > 0 needs the images' reference captions: a 'captions' entry beside the "
+                "reward's references (token ids, (images, references, time))."
+            )
         seed = tf.cast(self.optimizer.iterations, tf.int64)
         with tf.GradientTape() as tape:
             # Dropout off throughout: the policy gradient needs log p under the very
@@ -525,7 +546,16 @@ class Captioner(keras.Model):
             advantages = tf.gather(rewards - baselines, words[:, 0])
             count = ops.cast(ops.shape(log_probs)[0], "float32")
             loss = -ops.sum(advantages * log_probs) / ops.maximum(count, 1.0)
-            scaled_loss = self.optimizer.scale_loss(sum(_replica_shares([(loss, count)])))
+            terms = [(loss, count)]
+            if self.cross_entropy_weight:
+                per_image = tf.shape(captions)[1]
+                captions = tf.reshape(captions, (-1, tf.shape(captions)[2]))
+                (cross_entropy, words), *_ = self._loss_terms(
+                    None, captions, False, encoded=tf.repeat(encoded, per_image, axis=0)
+                )[0]
+                terms.append((self.cross_entropy_weight * cross_entropy, words))
+                loss = loss + self.cross_entropy_weight * cross_entropy
+            scaled_loss = self.optimizer.scale_loss(sum(_replica_shares(terms)))
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         self.optimizer.apply(gradients, self.trainable_variables)
         self.loss_tracker.update_state(loss, sample_weight=count)

@@ -24,8 +24,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from kcap.data.decode_failures import explain_decode_failures
 from kcap.data.dataset import CaptionDataset, CaptionedImage
@@ -126,8 +129,22 @@ def prepare_data(config: TrainConfig, run: RunDir | None = None, skipped: dict |
     if config.training_objective == "cider":
         references = [[reference_ids(c, vocabulary) for c in image.captions] for image in train_images]
         reward = CiderReward(references, len(vocabulary))
-        data = dataclasses.replace(data, reward=reward, references=reward.reference_vectors(references))
+        vectors = reward.reference_vectors(references)
+        if config.scst_cross_entropy:
+            vectors["captions"] = reference_captions(train_images, vocabulary)
+        data = dataclasses.replace(data, reward=reward, references=vectors)
     return data
+
+
+def reference_captions(images: Sequence[CaptionedImage], vocabulary: Vocabulary) -> np.ndarray:
+    """Each image's captions as the cross-entropy reads them: int32 (images, references, max_length + 2)
+    padded token ids, rows of padding where an image has fewer captions than the most."""
+    most = max(len(image.captions) for image in images)
+    out = np.zeros((len(images), most, vocabulary.max_length + 2), np.int32)
+    for i, image in enumerate(images):
+        for r, caption in enumerate(image.captions):
+            out[i, r] = vocabulary.encode(caption, pad=True)
+    return out
 
 
 def reference_ids(caption: str, vocabulary: Vocabulary) -> list[int]:

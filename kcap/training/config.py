@@ -38,7 +38,8 @@ SCST_SAMPLERS = ("random", "beam")
 # The settings a run started `--init-from` another takes from its own flags: the
 # training's. Every other one (data, splits, model, backbone) is the other run's.
 STAGE_SETTINGS = (
-    "training_objective", "init_from", "samples_per_image", "scst_baseline", "scst_sampler", "sample_max_length", "epochs", "batch_size", "length_pool",
+    "training_objective", "init_from", "samples_per_image", "scst_baseline", "scst_sampler", "sample_max_length", "scst_cross_entropy",
+    "epochs", "batch_size", "length_pool",
     "learning_rate", "lr_schedule", "warmup_epochs", "clipnorm", "val_captions", "monitor",
     "early_stopping", "strategy", "mixed_precision", "on_bad_image", "full_decode",
 )
@@ -102,6 +103,7 @@ class TrainConfig:
     samples_per_image: int = 5  # --objective cider: captions sampled per image (K)
     scst_baseline: str = "mean"  # --objective cider: the other K-1 samples' "mean" reward, or the "greedy" caption's
     scst_sampler: str = "random"  # --objective cider: samples drawn at temperature 1, or a width-K beam's K best
+    scst_cross_entropy: float = 0.0  # --objective cider: weight of the references' cross-entropy beside the reward
     sample_max_length: int | None = None  # --objective cider: most words per sample (None: the vocabulary's max_length)
 
     @property
@@ -245,6 +247,7 @@ class TrainConfig:
             ),
             (self.scst_baseline in SCST_BASELINES, f"scst_baseline must be {_alternatives(SCST_BASELINES)}"),
             (self.scst_sampler in SCST_SAMPLERS, f"scst_sampler must be {_alternatives(SCST_SAMPLERS)}"),
+            (0.0 <= self.scst_cross_entropy < float("inf"), "scst_cross_entropy must be 0 or more"),
             (self.sample_max_length is None or self.sample_max_length >= 1, "sample_max_length must be at least 1"),
             (
                 self.samples_per_image >= (2 if self.scst_baseline == "mean" else 1),

@@ -112,7 +112,7 @@ def build_captioner(
             objective = dict(
                 objective=config.training_objective, reward=reward, samples_per_image=config.samples_per_image,
                 baseline=config.scst_baseline, sample_max_length=config.sample_max_length,
-                sampler=config.scst_sampler,
+                sampler=config.scst_sampler, cross_entropy_weight=config.scst_cross_entropy,
             )
         model.compile(
             optimizer=optimizer, jit_compile=False,

@@ -75,3 +75,31 @@ def test_an_end_forced_by_sample_max_length_is_no_action_of_the_policy():
     history = model.fit(tf.data.Dataset.from_tensors((inputs, vectors)), epochs=1, verbose=0).history
     assert history["loss"][0] == pytest.approx(weighted[~forced].mean(), rel=1e-5)
     assert history["loss"][0] != pytest.approx(weighted.mean(), rel=1e-3)
+
+
+def test_the_mixed_objective_adds_the_weighted_cross_entropy_of_the_reference_captions():
+    vocabulary_size, weight = 10, 0.7
+    model = tiny_captioner(vocabulary_size, max_length=6, decoder="gru_attention")
+    rows = random_captions(6, vocabulary_size, max_length=6, seed=5)
+    references = [[list(r[1:list(r).index(END_ID) + 1]) for r in rows[3 * i:3 * i + 3]] for i in range(2)]
+    reward = CiderReward(references, vocabulary_size)
+    features = np.random.default_rng(2).normal(size=(2, *model.feature_shape)).astype("float32")
+    # The second image has two captions: its third row is padding, and no word of the cross-entropy.
+    captions = np.stack([rows[0:3], np.concatenate([rows[3:5], np.zeros_like(rows[5:6])])]).astype("int32")
+    model.compile(optimizer="sgd")
+    cross_entropy = model.evaluate({"features": np.repeat(features, 3, axis=0)}, captions.reshape(6, -1),
+                                   batch_size=6, verbose=0, return_dict=True)["loss"]
+
+    vectors = {k: tf.constant(v) for k, v in reward.reference_vectors(references).items()}
+    model.compile(optimizer=keras.optimizers.SGD(0.0), objective="cider", reward=reward, samples_per_image=3,
+                  cross_entropy_weight=weight)
+    ids, rewards, baselines = model.self_critical_samples(model.encode({"features": features}), vectors, seed=0)
+    log_probs, words = model.sample_log_probs(tf.repeat(model.encode({"features": features}), 3, axis=0), ids)
+    drawn = words.numpy()[:, 1] < model.sample_max_length
+    policy = -(tf.gather(rewards - baselines, words[:, 0]) * log_probs).numpy()[drawn].mean()
+    batch = ({"features": features}, {**vectors, "captions": tf.constant(captions)})
+    history = model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0).history
+    assert history["loss"][0] == pytest.approx(policy + weight * cross_entropy, rel=1e-5)
+
+    with pytest.raises(ValueError, match="needs the images' reference captions"):
+        model.fit(tf.data.Dataset.from_tensors(({"features": features}, vectors)), epochs=1, verbose=0)

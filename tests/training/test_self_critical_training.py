@@ -14,7 +14,7 @@ from kcap.training.config import TrainConfig
 def test_a_self_critical_run_killed_mid_epoch_resumes_and_finishes_its_epochs(trained_run, tmp_path, monkeypatch):
     config = TrainConfig(
         data="synthetic", training_objective="cider", init_from=str(trained_run), epochs=2, batch_size=32,
-        learning_rate=1e-4, samples_per_image=2, val_captions=2,
+        learning_rate=1e-4, samples_per_image=2, val_captions=2, scst_cross_entropy=0.5, sample_max_length=4,
     )
 
     class Killed(Exception):
@@ -41,6 +41,7 @@ def test_a_self_critical_run_killed_mid_epoch_resumes_and_finishes_its_epochs(tr
     saved = json.loads((tmp_path / "scst" / "config.json").read_text())["settings"]
     first = json.loads((trained_run / "config.json").read_text())["settings"]
     assert saved["units"] == first["units"] and saved["epochs"] == 2 and saved["learning_rate"] == 1e-4
+    assert saved["scst_cross_entropy"] == 0.5 and saved["sample_max_length"] == 4
     for name in ("vocab.json", "splits.json"):
         assert (tmp_path / "scst" / name).read_text() == (trained_run / name).read_text()
     assert (tmp_path / "scst" / "model.keras").is_file()
