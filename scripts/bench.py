@@ -147,6 +147,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     setup.add_argument("--skip-transformer", action="store_true", help="no Transformer-decoder training measurement")
     setup.add_argument("--skip-self-critical", action="store_true", help="no self-critical training measurement")
     setup.add_argument("--samples-per-image", type=int, default=5, help="self-critical captions sampled per image")
+    setup.add_argument("--scst-cross-entropy", type=float, default=0.1,
+                       help="self-critical: weight of the references' cross-entropy in the loss (kcap train's default)")
     setup.add_argument("--seed", type=int, default=0)
     setup.add_argument("--output", type=Path, default=None, help="also write the JSON to this file")
     args = parser.parse_args(argv)
@@ -348,14 +350,16 @@ def bench_kcap_self_critical(model, images, vocabulary, features, args) -> dict:
     import tensorflow as tf
 
     from kcap.model.cider_reward import CiderReward
-    from kcap.training.assembly import reference_ids
+    from kcap.training.assembly import reference_captions, reference_ids
 
     references = [[reference_ids(c, vocabulary) for c in image.captions] for image in images]
     reward = CiderReward(references, args.vocab_size)
     vectors = reward.reference_vectors(references)
+    if args.scst_cross_entropy:
+        vectors["captions"] = reference_captions(images, vocabulary)
     order = np.resize(np.arange(len(images)), args.batch_size * args.steps)
     model.compile(optimizer=model.optimizer, jit_compile=False, objective="cider", reward=reward,
-                  samples_per_image=args.samples_per_image)
+                  samples_per_image=args.samples_per_image, cross_entropy_weight=args.scst_cross_entropy)
     features = tf.constant(features.astype(np.float16))
     dataset = (
         tf.data.Dataset.from_tensor_slices(order)
@@ -369,12 +373,15 @@ def bench_kcap_self_critical(model, images, vocabulary, features, args) -> dict:
     logs, seconds = _timed_steps(model, dataset, args.steps)
     loss = float(logs["loss"])
     encoded = model.encode({"features": features})
-    ids, _, _ = model.self_critical_samples(encoded, {k: v[:args.batch_size] for k, v in vectors.items()})
+    ids, _, _ = model.self_critical_samples(
+        encoded, {k: v[:args.batch_size] for k, v in vectors.items() if k != "captions"}
+    )
     return {
         "train_images_per_s": args.batch_size * args.steps / seconds,
         "train_seconds": seconds,
         "train_warmup_seconds": warmup,
         "samples_per_image": args.samples_per_image,
+        "scst_cross_entropy": args.scst_cross_entropy,
         "mean_sample_tokens": float(np.count_nonzero(ids.numpy(), axis=1).mean()),
         "train_loss": loss,
         "mean_reward": float(logs["reward"]),

@@ -38,10 +38,10 @@ SCST_SAMPLERS = ("random", "beam")
 # The settings a run started `--init-from` another takes from its own flags: the
 # training's. Every other one (data, splits, model, backbone) is the other run's.
 STAGE_SETTINGS = (
-    "training_objective", "init_from", "samples_per_image", "scst_baseline", "scst_sampler", "sample_max_length", "scst_cross_entropy",
-    "epochs", "batch_size", "length_pool",
-    "learning_rate", "lr_schedule", "warmup_epochs", "clipnorm", "val_captions", "monitor",
-    "early_stopping", "strategy", "mixed_precision", "on_bad_image", "full_decode",
+    "training_objective", "init_from", "samples_per_image", "scst_baseline", "scst_sampler", "sample_max_length",
+    "scst_cross_entropy", "epochs", "batch_size", "length_pool", "learning_rate", "lr_schedule", "warmup_epochs",
+    "clipnorm", "val_captions", "monitor", "early_stopping", "strategy", "mixed_precision", "on_bad_image",
+    "full_decode",
 )
 
 
@@ -103,7 +103,7 @@ class TrainConfig:
     samples_per_image: int = 5  # --objective cider: captions sampled per image (K)
     scst_baseline: str = "mean"  # --objective cider: the other K-1 samples' "mean" reward, or the "greedy" caption's
     scst_sampler: str = "random"  # --objective cider: samples drawn at temperature 1, or a width-K beam's K best
-    scst_cross_entropy: float = 0.0  # --objective cider: weight of the references' cross-entropy beside the reward
+    scst_cross_entropy: float = 0.1  # --objective cider: weight of the references' cross-entropy beside the reward
     sample_max_length: int | None = None  # --objective cider: most words per sample (None: the vocabulary's max_length)
 
     @property
