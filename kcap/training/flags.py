@@ -135,8 +135,8 @@ def add_train_arguments(p: argparse.ArgumentParser, objective_flags: tuple[str, 
                         "beam search of width K (default: %(default)s)")
     p.add_argument("--scst-cross-entropy", type=float, default=d.scst_cross_entropy, metavar="W",
                    help="--objective cider: add W times the cross-entropy of the images' reference captions to the "
-                        "loss, which keeps the model near human captions; 0: the reward alone, which drifted "
-                        "away and collapsed within 3 epochs on Flickr8k (default: %(default)s)")
+                        "loss, which keeps the model near human captions; 0: the reward alone, which on Flickr8k "
+                        "drifted from them and collapsed (default: %(default)s)")
     p.add_argument("--sample-max-length", type=positive_int, default=d.sample_max_length, metavar="N",
                    help="--objective cider: end each sample after at most N words (default: the vocabulary's "
                         "max length)")
