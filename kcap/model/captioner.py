@@ -550,10 +550,10 @@ class Captioner(keras.Model):
             if self.cross_entropy_weight:
                 per_image = tf.shape(captions)[1]
                 captions = tf.reshape(captions, (-1, tf.shape(captions)[2]))
-                (cross_entropy, words), *_ = self._loss_terms(
+                (cross_entropy, reference_words), *_ = self._loss_terms(
                     None, captions, False, encoded=tf.repeat(encoded, per_image, axis=0)
                 )[0]
-                terms.append((self.cross_entropy_weight * cross_entropy, words))
+                terms.append((self.cross_entropy_weight * cross_entropy, reference_words))
                 loss = loss + self.cross_entropy_weight * cross_entropy
             scaled_loss = self.optimizer.scale_loss(sum(_replica_shares(terms)))
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
