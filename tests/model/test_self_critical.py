@@ -12,12 +12,27 @@ from kcap.model.samplers import BeamSampler
 from kcap.text.vocabulary import END_ID
 
 
+def _references(rows, images: int) -> list:
+    """Three captions of `rows` (token ids) per image, as the reward reads them: words and `<end>`."""
+    return [[list(r[1:list(r).index(END_ID) + 1]) for r in rows[3 * i:3 * i + 3]] for i in range(images)]
+
+
+def _policy_loss_per_word(model, inputs, vectors):
+    """-(reward - baseline) · log p of each word of the samples a first step draws (seed 0), whether
+    `sample_max_length` forced the word, and the samples."""
+    encoded = model.encode(inputs)
+    ids, rewards, baselines = model.self_critical_samples(encoded, vectors, seed=0)
+    log_probs, words = model.sample_log_probs(tf.repeat(encoded, model.samples_per_image, axis=0), ids)
+    weighted = -(tf.gather(rewards - baselines, words[:, 0]) * log_probs).numpy()
+    return weighted, words.numpy()[:, 1] == model.sample_max_length, ids
+
+
 @pytest.mark.parametrize("decoder, sampler", [("gru_attention", "random"), ("transformer", "random"), ("transformer", "beam")])
 def test_a_step_raises_log_p_of_a_sample_that_beats_the_baseline_and_lowers_one_that_does_not(decoder, sampler):
     vocabulary_size, images = 10, 1
     model = tiny_captioner(vocabulary_size, max_length=5, decoder=decoder)
     rows = random_captions(3 * 3, vocabulary_size, max_length=5, seed=2)
-    references = [[list(r[1:list(r).index(END_ID) + 1]) for r in rows[3 * i:3 * i + 3]] for i in range(3)]
+    references = _references(rows, 3)
     reward = CiderReward(references, vocabulary_size)
     inputs = {"features": np.random.default_rng(0).normal(size=(images, *model.feature_shape)).astype("float32")}
     # One image (the document frequencies come from three): no other image's samples pull on its words.
@@ -59,19 +74,16 @@ def test_an_end_forced_by_sample_max_length_is_no_action_of_the_policy():
     vocabulary_size = 10
     model = tiny_captioner(vocabulary_size, max_length=6, decoder="transformer")
     rows = random_captions(6, vocabulary_size, max_length=6, seed=4)
-    references = [[list(r[1:list(r).index(END_ID) + 1]) for r in rows[3 * i:3 * i + 3]] for i in range(2)]
+    references = _references(rows, 2)
     reward = CiderReward(references, vocabulary_size)
     inputs = {"features": np.random.default_rng(1).normal(size=(2, *model.feature_shape)).astype("float32")}
     vectors = {k: tf.constant(v) for k, v in reward.reference_vectors(references).items()}
     model.compile(optimizer=keras.optimizers.SGD(0.0), objective="cider", reward=reward, samples_per_image=3,
                   sample_max_length=2)
 
-    ids, rewards, baselines = model.self_critical_samples(model.encode(inputs), vectors, seed=0)
+    weighted, forced, ids = _policy_loss_per_word(model, inputs, vectors)
     assert ids.shape == (6, 3)
-    log_probs, words = model.sample_log_probs(tf.repeat(model.encode(inputs), 3, axis=0), ids)
-    forced = words.numpy()[:, 1] == 2
     assert forced.any() and not forced.all()
-    weighted = -(tf.gather(rewards - baselines, words[:, 0]) * log_probs).numpy()
     history = model.fit(tf.data.Dataset.from_tensors((inputs, vectors)), epochs=1, verbose=0).history
     assert history["loss"][0] == pytest.approx(weighted[~forced].mean(), rel=1e-5)
     assert history["loss"][0] != pytest.approx(weighted.mean(), rel=1e-3)
@@ -81,7 +93,7 @@ def test_the_mixed_objective_adds_the_weighted_cross_entropy_of_the_reference_ca
     vocabulary_size, weight = 10, 0.7
     model = tiny_captioner(vocabulary_size, max_length=6, decoder="gru_attention")
     rows = random_captions(6, vocabulary_size, max_length=6, seed=5)
-    references = [[list(r[1:list(r).index(END_ID) + 1]) for r in rows[3 * i:3 * i + 3]] for i in range(2)]
+    references = _references(rows, 2)
     reward = CiderReward(references, vocabulary_size)
     features = np.random.default_rng(2).normal(size=(2, *model.feature_shape)).astype("float32")
     # The second image has two captions: its third row is padding, and no word of the cross-entropy.
@@ -93,10 +105,8 @@ def test_the_mixed_objective_adds_the_weighted_cross_entropy_of_the_reference_ca
     vectors = {k: tf.constant(v) for k, v in reward.reference_vectors(references).items()}
     model.compile(optimizer=keras.optimizers.SGD(0.0), objective="cider", reward=reward, samples_per_image=3,
                   cross_entropy_weight=weight)
-    ids, rewards, baselines = model.self_critical_samples(model.encode({"features": features}), vectors, seed=0)
-    log_probs, words = model.sample_log_probs(tf.repeat(model.encode({"features": features}), 3, axis=0), ids)
-    drawn = words.numpy()[:, 1] < model.sample_max_length
-    policy = -(tf.gather(rewards - baselines, words[:, 0]) * log_probs).numpy()[drawn].mean()
+    weighted, forced, _ = _policy_loss_per_word(model, {"features": features}, vectors)
+    policy = weighted[~forced].mean()
     batch = ({"features": features}, {**vectors, "captions": tf.constant(captions)})
     history = model.fit(tf.data.Dataset.from_tensors(batch), epochs=1, verbose=0).history
     assert history["loss"][0] == pytest.approx(policy + weight * cross_entropy, rel=1e-5)
